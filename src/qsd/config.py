@@ -1,0 +1,241 @@
+"""Quantization specifications and the per-layer mixed-precision configuration (paper §3.1).
+
+A `QuantConfig` maps every quantizable unit of a denoiser (a fully-qualified module name, or
+`<name>:skip` for the skip half of a layer whose input is a concatenation, see `qsd.layers`) to a
+`QuantSpec` or to `None` (kept at full precision). Configs are frozen, JSON-serialisable values with a
+stable fingerprint, so they can key a results store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from qsd.errors import (
+    CorruptFileError,
+    MissingLayerError,
+    ModelMismatchError,
+    QsdError,
+    UnknownLayerError,
+    UnsupportedSpecError,
+    closest_names,
+)
+
+METHODS = ("uaq", "kmeans_c", "kmeans_a")
+"""Weight quantizers: uniform asymmetric (UAQ), K-Means per output channel (C) and per tensor (A)."""
+SUPPORTED_W_BITS = tuple(range(2, 9))
+SUPPORTED_A_BITS = tuple(range(4, 17))
+CONFIG_FORMAT_VERSION = 1
+SPEC_ATTRIBUTE = "qsd_specs"
+"""Attribute on every quantized module: {unit name: QuantSpec or None} as last applied (the readback)."""
+
+
+@dataclass(frozen=True, order=True)
+class QuantSpec:
+    """How one unit is quantized: weight method and bits, optional activation bits."""
+
+    method: str
+    w_bits: int
+    a_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            hint = closest_names(str(self.method), METHODS, n=1)
+            raise UnsupportedSpecError(
+                f"unknown quantization method {self.method!r}; supported: {', '.join(METHODS)}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+        if isinstance(self.w_bits, bool) or self.w_bits not in SUPPORTED_W_BITS:
+            raise UnsupportedSpecError(
+                f"unsupported weight bit width {self.w_bits!r} for {self.method}; "
+                f"supported: {SUPPORTED_W_BITS[0]}..{SUPPORTED_W_BITS[-1]} (integers)"
+            )
+        if self.a_bits is not None and (isinstance(self.a_bits, bool) or self.a_bits not in SUPPORTED_A_BITS):
+            raise UnsupportedSpecError(
+                f"unsupported activation bit width {self.a_bits!r}; supported: None (float) or "
+                f"{SUPPORTED_A_BITS[0]}..{SUPPORTED_A_BITS[-1]}"
+            )
+
+    @property
+    def key(self) -> str:
+        """Short option name, e.g. `kmeans_c-3` (the original code's `<method>-<bits>` keys)."""
+        return f"{self.method}-{self.w_bits}"
+
+    @classmethod
+    def parse(cls, key: str) -> QuantSpec:
+        """Inverse of `key`: `"uaq-4"` -> `QuantSpec("uaq", 4)`."""
+        method, sep, bits = str(key).rpartition("-")
+        if not sep or not bits.isdigit():
+            raise UnsupportedSpecError(f"cannot parse option {key!r}; expected '<method>-<bits>', e.g. 'uaq-4'")
+        return cls(method, int(bits))
+
+    def to_json(self) -> dict:
+        out = {"method": self.method, "w_bits": self.w_bits}
+        if self.a_bits is not None:
+            out["a_bits"] = self.a_bits
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> QuantSpec:
+        if not isinstance(data, Mapping) or set(data) - {"method", "w_bits", "a_bits"} or "method" not in data:
+            raise CorruptFileError(
+                f"a spec must be an object with keys method, w_bits[, a_bits]; got {data!r}"
+            )
+        return cls(data["method"], data.get("w_bits"), data.get("a_bits"))
+
+
+class QuantConfig(Mapping[str, QuantSpec | None]):
+    """Immutable map unit name -> `QuantSpec` (or `None` = full precision)."""
+
+    def __init__(self, layers: Mapping[str, QuantSpec | None]):
+        for name, spec in layers.items():
+            if not isinstance(name, str) or not name:
+                raise QsdError(f"layer names must be non-empty strings; got {name!r}")
+            if spec is not None and not isinstance(spec, QuantSpec):
+                raise QsdError(
+                    f"layer {name!r}: expected a QuantSpec or None, got {type(spec).__name__} {spec!r}; "
+                    "build specs with QuantSpec(method, w_bits) or QuantSpec.parse('uaq-4')"
+                )
+        self._layers = MappingProxyType(dict(sorted(layers.items())))
+
+    # Mapping protocol
+    def __getitem__(self, name: str) -> QuantSpec | None:
+        try:
+            return self._layers[name]
+        except KeyError:
+            hints = closest_names(name, self._layers)
+            raise UnknownLayerError(
+                f"no layer {name!r} in this config" + (f"; closest: {', '.join(hints)}" if hints else "")
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layers)
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, QuantConfig) and dict(self._layers) == dict(other._layers)
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for spec in self._layers.values():
+            key = "fp" if spec is None else spec.key
+            counts[key] = counts.get(key, 0) + 1
+        return f"QuantConfig({len(self)} layers: {', '.join(f'{k}×{v}' for k, v in sorted(counts.items()))})"
+
+    # Construction helpers
+    @classmethod
+    def from_model(cls, model) -> QuantConfig:
+        """The configuration last applied to `model` by `qsd.quantize_` or `MultiQuantizer.apply`."""
+        layers: dict[str, QuantSpec | None] = {}
+        for module in model.modules():
+            layers.update(getattr(module, SPEC_ATTRIBUTE, {}))
+        return cls(layers)
+
+    @classmethod
+    def uniform(cls, units: Iterable[str], spec: QuantSpec | None) -> QuantConfig:
+        """Every unit gets the same spec."""
+        return cls({u: spec for u in units})
+
+    def with_layers(self, changes: Mapping[str, QuantSpec | None]) -> QuantConfig:
+        """A copy with some units changed; unknown names are refused."""
+        unknown = [n for n in changes if n not in self._layers]
+        if unknown:
+            self[unknown[0]]  # raises UnknownLayerError with suggestions
+        return QuantConfig({**self._layers, **changes})
+
+    # Serialisation
+    def to_json(self) -> dict:
+        return {
+            "format": "qsd.QuantConfig",
+            "version": CONFIG_FORMAT_VERSION,
+            "layers": {n: (None if s is None else s.to_json()) for n, s in self._layers.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> QuantConfig:
+        if not isinstance(data, Mapping) or data.get("format") != "qsd.QuantConfig":
+            raise CorruptFileError(
+                "not a qsd QuantConfig: expected an object with format='qsd.QuantConfig' and 'layers'; "
+                f"got keys {sorted(data) if isinstance(data, Mapping) else type(data).__name__}"
+            )
+        if data.get("version") != CONFIG_FORMAT_VERSION:
+            raise CorruptFileError(
+                f"QuantConfig format version {data.get('version')!r} is not supported "
+                f"(this qsd reads version {CONFIG_FORMAT_VERSION})"
+            )
+        return cls({n: None if s is None else QuantSpec.from_json(s) for n, s in data["layers"].items()})
+
+    def dumps(self) -> str:
+        """Canonical JSON text (sorted keys, no whitespace): what the fingerprint hashes."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, text: str) -> QuantConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CorruptFileError(f"config is not valid JSON: {exc}") from None
+        return cls.from_json(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> QuantConfig:
+        return cls.loads(Path(path).read_text())
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable 16-hex-digit SHA-256 of the canonical JSON."""
+        return hashlib.sha256(self.dumps().encode()).hexdigest()[:16]
+
+    # Validation
+    def validate(self, units: Iterable[str], supported: Iterable[QuantSpec] | None = None) -> None:
+        """Check that this config names exactly `units`, with specs from `supported` (if given).
+
+        Raises `ModelMismatchError` when the layer sets are mostly disjoint (a config for another
+        model), `UnknownLayerError` for stray names (closest matches suggested), `MissingLayerError`
+        for unassigned units, `UnsupportedSpecError` for options outside `supported`.
+        """
+        units = list(units)
+        unit_set = set(units)
+        unknown = [n for n in self._layers if n not in unit_set]
+        missing = [u for u in units if u not in self._layers]
+        shared = len(self._layers) - len(unknown)
+        if unknown and shared < 0.5 * min(len(self._layers), len(units)):
+            raise ModelMismatchError(
+                f"this config was built for another model: only {shared} of its {len(self._layers)} layers "
+                f"exist in this model ({len(units)} quantizable units), e.g. {unknown[0]!r} does not. "
+                "Build the config from this model's units (MultiQuantizer.units / qsd.quantizable_units)."
+            )
+        if unknown:
+            lines = [f"{n!r} (closest: {', '.join(closest_names(n, units)) or 'none'})" for n in unknown[:5]]
+            raise UnknownLayerError(
+                f"{len(unknown)} layer name(s) in the config are not quantizable units of this model: "
+                + "; ".join(lines)
+                + ("; ..." if len(unknown) > 5 else "")
+            )
+        if missing:
+            raise MissingLayerError(
+                f"the config leaves {len(missing)} of {len(units)} units unassigned, e.g. {missing[:3]}; "
+                "every unit needs a QuantSpec or None (full precision): "
+                "use QuantConfig.uniform(units, None).with_layers(...) to start from full precision"
+            )
+        if supported is not None:
+            allowed = set(supported)
+            for name, spec in self._layers.items():
+                if spec is not None and QuantSpec(spec.method, spec.w_bits) not in allowed:
+                    raise UnsupportedSpecError(
+                        f"layer {name!r} asks for {spec.key}, which this multiquantizer did not precompute; "
+                        f"available: {', '.join(sorted(s.key for s in allowed))}"
+                    )
+

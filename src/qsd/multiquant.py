@@ -1,0 +1,291 @@
+"""MultiQuantizer: every weight-quantization option of every unit, precomputed once (paper §3.1, code.md §1.5).
+
+Build once (data-free), then `apply(config)` swaps the chosen options' dequantized weights into the model
+in O(units) with no re-quantization, and `restore()` brings back the exact float weights (the same
+tensors, so bitwise). Options are stored as codes + lookup tables (not dense fake-quantized copies as in
+the original), saved as safetensors + JSON metadata that pins the model's unit names, shapes and a
+SHA-256 of its float weights.
+
+Random configurations (paper §3.2, code.md §3): per configuration draw p ~ U(0, 1); each unit gets the
+low bit width with probability p, else the high one; the method is uniform over the methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from qsd.config import METHODS, QuantConfig, QuantSpec
+from qsd.errors import CorruptFileError, ModelMismatchError, QsdError
+from qsd.layers import Unit, quantizable_units
+from qsd.quantize import units_by_module, write_weight
+from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight, relative_error
+
+DEFAULT_BITS = (4, 3)
+DEFAULT_OPTIONS = tuple(QuantSpec(m, b) for m in METHODS for b in DEFAULT_BITS)
+FILE_FORMAT = "qsd.MultiQuantizer"
+FILE_VERSION = 1
+
+
+def float_weights_checksum(model: nn.Module, units: Sequence[Unit]) -> str:
+    """SHA-256 over the float weights of the modules that `units` cover, in order."""
+    modules = dict(model.named_modules())
+    digest = hashlib.sha256()
+    for module_name, _ in units_by_module(units):
+        weight = modules[module_name].weight.detach().cpu().contiguous()
+        digest.update(str(tuple(weight.shape)).encode())
+        digest.update(weight.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class MultiQuantizer:
+    """All quantization options of a denoiser's units; build with `MultiQuantizer.build(model)`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        units: Sequence[Unit],
+        options: Sequence[QuantSpec],
+        settings: QuantizerSettings,
+        quantized: dict[str, dict[QuantSpec, QuantizedWeight]],
+        errors: dict[str, dict[QuantSpec, float]],
+        checksum: str,
+    ):
+        self.model = model
+        self.unit_list = list(units)
+        self.options = tuple(options)
+        self.settings = settings
+        self.quantized = quantized
+        self.errors = errors
+        self.checksum = checksum
+        self._modules = dict(model.named_modules())
+        self._float = {name: self._modules[name].weight.data for name, _ in units_by_module(self.unit_list)}
+        self._groups = units_by_module(self.unit_list)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        options: Iterable[QuantSpec] = DEFAULT_OPTIONS,
+        settings: QuantizerSettings = QuantizerSettings(),
+        progress: bool = True,
+    ) -> MultiQuantizer:
+        """Quantize every unit of `model` with every option (weights only, no data needed)."""
+        options = tuple(dict.fromkeys(QuantSpec(o.method, o.w_bits) for o in options))
+        if not options:
+            raise QsdError("a MultiQuantizer needs at least one option, e.g. QuantSpec('uaq', 4)")
+        units = quantizable_units(model, settings.split_concat_inputs)
+        if not units:
+            raise QsdError(f"{type(model).__name__} has no Linear/Conv1d/Conv2d layers to quantize")
+        modules = dict(model.named_modules())
+        bits_by_method = {m: sorted({o.w_bits for o in options if o.method == m}) for m in METHODS}
+        quantized: dict[str, dict[QuantSpec, QuantizedWeight]] = {}
+        errors: dict[str, dict[QuantSpec, float]] = {}
+        for unit in tqdm(units, desc="multiquantizer", unit="layer", disable=not progress):
+            weight = unit.weight_slice(modules[unit.module].weight.detach()).float()
+            quantized[unit.name], errors[unit.name] = {}, {}
+            for method, bits in bits_by_method.items():
+                if not bits:
+                    continue
+                for b, qw in quantize_weight(weight, method, bits, settings).items():
+                    spec = QuantSpec(method, b)
+                    quantized[unit.name][spec] = qw
+                    errors[unit.name][spec] = relative_error(weight, qw.dequantize())
+        return cls(model, units, options, settings, quantized, errors, float_weights_checksum(model, units))
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def units(self) -> list[str]:
+        """Unit names in module order."""
+        return [u.name for u in self.unit_list]
+
+    def param_bits(self, unit: Unit) -> int:
+        """Precision of the unit's float weight (and of its scales/codebooks in the size accounting)."""
+        return self.settings.param_bits or self._float[unit.module].element_size() * 8
+
+    def search_space(self) -> pd.DataFrame:
+        """One row per (unit, option): size in bits (indices + overhead) and relative error."""
+        rows = []
+        for unit in self.unit_list:
+            p = self.param_bits(unit)
+            for spec in self.options:
+                qw = self.quantized[unit.name][spec]
+                rows.append(
+                    {
+                        "unit": unit.name,
+                        "method": spec.method,
+                        "w_bits": spec.w_bits,
+                        "option": spec.key,
+                        "n_weights": qw.numel,
+                        "index_bits": spec.w_bits * qw.numel,
+                        "overhead_bits": qw.overhead_bits(p),
+                        "size_bits": qw.size_bits(p),
+                        "bits_per_weight": qw.size_bits(p) / qw.numel,
+                        "error": self.errors[unit.name][spec],
+                    }
+                )
+        return pd.DataFrame(rows)
+
+    def cost(self, config: QuantConfig) -> dict[str, float]:
+        """Size of the quantized weights under `config`: avg_bits = (index + overhead bits) / weights.
+
+        Float units count at their own precision. Only the quantizable layers' weights enter (biases,
+        norms and embeddings are the same in every configuration).
+        """
+        config.validate(self.units, self.options)
+        size = fp = n = 0
+        for unit in self.unit_list:
+            spec, p = config[unit.name], self.param_bits(unit)
+            numel = self.quantized[unit.name][self.options[0]].numel
+            n += numel
+            fp += numel * p
+            size += numel * p if spec is None else self.quantized[unit.name][self._weight_spec(spec)].size_bits(p)
+        return {"avg_bits": size / n, "quantized_bytes": size / 8, "fp_bytes": fp / 8, "n_weights": n}
+
+    def summed_error(self, config: QuantConfig) -> float:
+        """Sum of the units' relative errors under `config` (float units add 0)."""
+        config.validate(self.units, self.options)
+        return float(
+            sum(self.errors[u][self._weight_spec(s)] for u, s in config.items() if s is not None)
+        )
+
+    def uniform(self, spec: QuantSpec | None) -> QuantConfig:
+        """Every unit with the same option (None = the float model)."""
+        return QuantConfig.uniform(self.units, spec)
+
+    def sample(self, rng: np.random.Generator | int | None) -> QuantConfig:
+        """A random configuration by the paper's scheme (p ~ U(0,1); low bits w.p. p; uniform method)."""
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        bits = sorted({o.w_bits for o in self.options})
+        methods = sorted({o.method for o in self.options}, key=METHODS.index)
+        p = rng.uniform()
+        low = rng.uniform(size=len(self.unit_list)) < p
+        method_idx = rng.integers(len(methods), size=len(self.unit_list))
+        specs = {
+            name: QuantSpec(methods[m], bits[0] if is_low else bits[-1])
+            for name, is_low, m in zip(self.units, low, method_idx, strict=True)
+        }
+        config = QuantConfig(specs)
+        config.validate(self.units, self.options)
+        return config
+
+    @staticmethod
+    def _weight_spec(spec: QuantSpec) -> QuantSpec:
+        return QuantSpec(spec.method, spec.w_bits) if spec.a_bits is not None else spec
+
+    # ------------------------------------------------------------------ applying
+    def apply(self, config: QuantConfig) -> None:
+        """Set every unit's weight to its option under `config` (None = float). No re-quantization."""
+        config.validate(self.units, self.options)
+        for module_name, units in self._groups:
+            float_weight = self._float[module_name]
+            pieces = []
+            for unit in units:
+                spec = config[unit.name]
+                pieces.append(
+                    unit.weight_slice(float_weight)
+                    if spec is None
+                    else self.quantized[unit.name][self._weight_spec(spec)].dequantize(float_weight.dtype)
+                )
+            write_weight(self._modules[module_name], pieces, {u.name: config[u.name] for u in units})
+
+    def restore(self) -> None:
+        """Put the original float weight tensors back (bitwise identical)."""
+        for module_name, units in self._groups:
+            module = self._modules[module_name]
+            write_weight(module, [self._float[module_name]], {u.name: None for u in units})
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write codes, lookup tables and errors as safetensors; names, shapes, settings as metadata."""
+        path = Path(path)
+        tensors: dict[str, torch.Tensor] = {}
+        for unit in self.unit_list:
+            for spec in self.options:
+                qw = self.quantized[unit.name][spec]
+                tensors[f"{unit.name}|{spec.key}|codes"] = qw.codes.contiguous()
+                tensors[f"{unit.name}|{spec.key}|lut"] = qw.lut.contiguous()
+        tensors["errors"] = torch.tensor(
+            [[self.errors[u][s] for s in self.options] for u in self.units], dtype=torch.float32
+        )
+        modules = self._modules
+        meta = {
+            "format": FILE_FORMAT,
+            "version": FILE_VERSION,
+            "model_class": type(self.model).__name__,
+            "units": [
+                [u.name, u.module, u.in_start, u.in_stop, list(modules[u.module].weight.shape)]
+                for u in self.unit_list
+            ],
+            "options": [s.key for s in self.options],
+            "settings": self.settings.to_json(),
+            "float_checksum": self.checksum,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        save_file(tensors, str(tmp), metadata={"qsd": json.dumps(meta)})
+        tmp.replace(path)  # never leave a half-written file under the real name
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module) -> MultiQuantizer:
+        """Read a saved multiquantizer for `model`; refuses files built for other layers or weights."""
+        path = Path(path)
+        if not path.is_file():
+            raise QsdError(f"no multiquantizer file at {path}; build one with MultiQuantizer.build(model).save(path)")
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as handle:
+                meta = json.loads((handle.metadata() or {})["qsd"])
+        except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as exc:
+            raise CorruptFileError(f"{path} is not a qsd multiquantizer file ({exc})") from None
+        if meta.get("format") != FILE_FORMAT or meta.get("version") != FILE_VERSION:
+            raise CorruptFileError(
+                f"{path}: format {meta.get('format')!r} v{meta.get('version')!r}; this qsd reads "
+                f"{FILE_FORMAT!r} v{FILE_VERSION}"
+            )
+        settings = QuantizerSettings.from_json(meta["settings"])
+        units = quantizable_units(model, settings.split_concat_inputs)
+        modules = dict(model.named_modules())
+        expected = {n: (m, a, b, tuple(s)) for n, m, a, b, s in meta["units"]}
+        actual = {u.name: (u.module, u.in_start, u.in_stop, tuple(modules[u.module].weight.shape)) for u in units}
+        if expected != actual:
+            missing = sorted(set(expected) - set(actual))
+            extra = sorted(set(actual) - set(expected))
+            reshaped = sorted(n for n in set(expected) & set(actual) if expected[n] != actual[n])
+            raise ModelMismatchError(
+                f"{path} was built for another model ({meta['model_class']}, {len(expected)} units) than this "
+                f"{type(model).__name__} ({len(actual)} units): {len(missing)} of its units are absent here "
+                f"{missing[:3]}, {len(extra)} units here are not in it {extra[:3]}, {len(reshaped)} differ in "
+                f"shape or split {reshaped[:3]}. Rebuild it with MultiQuantizer.build(model)."
+            )
+        checksum = float_weights_checksum(model, units)
+        if checksum != meta["float_checksum"]:
+            raise ModelMismatchError(
+                f"{path} was built from different float weights (checksum {meta['float_checksum'][:12]} vs this "
+                f"model's {checksum[:12]}): same architecture, other checkpoint. Rebuild it for these weights."
+            )
+        options = tuple(QuantSpec.parse(k) for k in meta["options"])
+        error_table = tensors["errors"]
+        quantized, errors = {}, {}
+        for i, unit in enumerate(units):
+            shape = tuple(unit.weight_slice(modules[unit.module].weight).shape)
+            quantized[unit.name] = {
+                s: QuantizedWeight(
+                    s.method, s.w_bits, tensors[f"{unit.name}|{s.key}|codes"], tensors[f"{unit.name}|{s.key}|lut"], shape
+                )
+                for s in options
+            }
+            errors[unit.name] = {s: float(error_table[i, j]) for j, s in enumerate(options)}
+        return cls(model, units, options, settings, quantized, errors, checksum)

@@ -1,0 +1,65 @@
+"""The compact form every weight quantizer returns, its size accounting and the shared error definition.
+
+A quantized weight of shape `[O, ...]` is stored as integer codes `[O, N]` (N = weight elements per
+output channel) and a lookup table: one row of 2^b values per output channel (UAQ, K-Means-C) or one
+row for the whole tensor (K-Means-A). UAQ's table row is `(q - z) * Δ` for q = 0..2^b-1, so one
+dequantization path serves every method; its *size* is still accounted as the scale and zero a
+deployment stores (paper §3.1; code.md §1.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """Codes + lookup table for one weight (or one input-channel slice of it).
+
+    Notation: O output channels, N = elements per output channel, b = `bits`.
+    """
+
+    method: str
+    bits: int
+    codes: torch.Tensor  # uint8 [O, N], values in 0..2^b-1
+    lut: torch.Tensor  # float32 [O, 2^b] (per channel) or [1, 2^b] (per tensor)
+    shape: tuple[int, ...]  # shape of the float weight this reproduces
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The fake-quantized float weight, in `shape`."""
+        if self.lut.shape[0] == 1:
+            values = self.lut[0][self.codes.long()]
+        else:
+            values = torch.gather(self.lut, 1, self.codes.long())
+        return values.reshape(self.shape).to(dtype)
+
+    @property
+    def numel(self) -> int:
+        return self.codes.numel()
+
+    def overhead_bits(self, param_bits: int) -> int:
+        """Bits beyond the indices, stored at the model's precision `param_bits` (code.md §1.4)."""
+        out_channels = self.codes.shape[0]
+        if self.method == "uaq":
+            return 2 * param_bits * out_channels  # one scale and one zero per output channel
+        if self.method == "kmeans_c":
+            return (1 << self.bits) * param_bits * out_channels  # a codebook per output channel
+        return (1 << self.bits) * param_bits  # kmeans_a: one codebook for the tensor
+
+    def size_bits(self, param_bits: int) -> int:
+        """Index bits plus overhead."""
+        return self.bits * self.numel + self.overhead_bits(param_bits)
+
+
+def relative_error(weight: torch.Tensor, approx: torch.Tensor) -> float:
+    """The one error definition for every method: mean squared error / mean square of the weight.
+
+    Computed and returned in float32 precision or better (the original stored fp16 and mixed two
+    reductions across methods; code.md §1.3).
+    """
+    w = weight.double()
+    power = w.square().mean()
+    err = (w - approx.double()).square().mean()
+    return float((err / power).float()) if power > 0 else float(err.float())
