@@ -49,12 +49,12 @@ class QuantSpec:
                 f"unknown quantization method {self.method!r}; supported: {', '.join(METHODS)}"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "")
             )
-        if isinstance(self.w_bits, bool) or self.w_bits not in SUPPORTED_W_BITS:
+        if type(self.w_bits) is not int or self.w_bits not in SUPPORTED_W_BITS:
             raise UnsupportedSpecError(
                 f"unsupported weight bit width {self.w_bits!r} for {self.method}; "
                 f"supported: {SUPPORTED_W_BITS[0]}..{SUPPORTED_W_BITS[-1]} (integers)"
             )
-        if self.a_bits is not None and (isinstance(self.a_bits, bool) or self.a_bits not in SUPPORTED_A_BITS):
+        if self.a_bits is not None and (type(self.a_bits) is not int or self.a_bits not in SUPPORTED_A_BITS):
             raise UnsupportedSpecError(
                 f"unsupported activation bit width {self.a_bits!r}; supported: None (float) or "
                 f"{SUPPORTED_A_BITS[0]}..{SUPPORTED_A_BITS[-1]}"
@@ -202,20 +202,20 @@ class QuantConfig(Mapping[str, QuantSpec | None]):
     def validate(self, units: Iterable[str], supported: Iterable[QuantSpec] | None = None) -> None:
         """Check that this config names exactly `units`, with specs from `supported` (if given).
 
-        Raises `ModelMismatchError` when the layer sets are mostly disjoint (a config for another
-        model), `UnknownLayerError` for stray names (closest matches suggested), `MissingLayerError`
+        Raises `ModelMismatchError` when many names are foreign (more than 2 and 10 % of the units: a
+        config for another model), `UnknownLayerError` for stray names (closest matches suggested), `MissingLayerError`
         for unassigned units, `UnsupportedSpecError` for options outside `supported`.
         """
         units = list(units)
         unit_set = set(units)
         unknown = [n for n in self._layers if n not in unit_set]
         missing = [u for u in units if u not in self._layers]
-        shared = len(self._layers) - len(unknown)
-        if unknown and shared < 0.5 * min(len(self._layers), len(units)):
+        if len(unknown) > max(2, 0.1 * len(units)):
             raise ModelMismatchError(
-                f"this config was built for another model: only {shared} of its {len(self._layers)} layers "
-                f"exist in this model ({len(units)} quantizable units), e.g. {unknown[0]!r} does not. "
-                "Build the config from this model's units (MultiQuantizer.units / qsd.quantizable_units)."
+                f"this config was built for another model: {len(unknown)} of its {len(self._layers)} layers are "
+                f"not units of this model (e.g. {unknown[0]!r}) and {len(missing)} of this model's "
+                f"{len(units)} units are missing from it (e.g. {missing[:1]}). Build the config from this "
+                "model's units (MultiQuantizer.units / qsd.quantizable_units)."
             )
         if unknown:
             lines = [f"{n!r} (closest: {', '.join(closest_names(n, units)) or 'none'})" for n in unknown[:5]]
