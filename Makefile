@@ -40,8 +40,9 @@ reproduce: setup
 smoke: setup
 	$(BIN)/pytest -m notebook tests/test_notebooks.py
 
-# Unit tests + smoke run of every notebook, then nbval over the executed smoke notebooks.
+# Lint, unit tests + smoke run of every notebook, then nbval over the executed smoke notebooks.
 test: setup
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
 	$(BIN)/pytest --nbval -p no:cacheprovider --nbval-current-env build/smoke/*.ipynb
 

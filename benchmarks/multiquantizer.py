@@ -165,7 +165,8 @@ def original_uaq(rows: torch.Tensor, bits: int) -> torch.Tensor:
 
 def original_kmeans_1d(values: np.ndarray, bits: int, seed: int) -> np.ndarray:
     """Original K-Means on a flat array: sklearn KMeans (k-means++, max_iter 100), per-element write-back."""
-    km = KMeans(n_clusters=min(2**bits, values.size), max_iter=100, random_state=seed).fit(values.reshape(-1, 1))
+    km = KMeans(n_clusters=min(2**bits, values.size), max_iter=100, random_state=seed)
+    km.fit(values.reshape(-1, 1))
     centers, labels = km.cluster_centers_, km.labels_
     out = values.copy()
     for i in range(out.shape[0]):
@@ -240,8 +241,8 @@ def warm_up(seed: int) -> None:
         original(method, x, BITS[0], seed)
 
 
-def compare_with_original(inputs: dict, repeats: int, seed: int) -> list[dict]:
-    """(b): one record per (method, layer, bits) with both errors; times per (method, layer)."""
+def compare_with_original(inputs: dict, repeats: int, seed: int, original_dtype: torch.dtype) -> list[dict]:
+    """(b): one record per (method, layer, bits) with both errors; the original computes in `original_dtype`."""
     warm_up(seed)
     records = []
     for (method, layer), rows in tqdm(inputs.items(), desc="original vs ours", unit="case"):
@@ -252,9 +253,10 @@ def compare_with_original(inputs: dict, repeats: int, seed: int) -> list[dict]:
             mine = ours(method, rows)
             times.append(time.perf_counter() - start)
         ours_s = statistics.median(times)
+        their_rows = rows.to(original_dtype)
         for b in BITS:
             start = time.perf_counter()
-            theirs = original(method, rows, b, seed)
+            theirs = original(method, their_rows, b, seed)
             original_s = time.perf_counter() - start
             ours_err, orig_err = relative_error(w, mine[b]), relative_error(w, theirs.float())
             records.append(
@@ -324,8 +326,7 @@ def summarise(records: list[dict]) -> dict:
     for method in METHODS:
         rs = [r for r in records if r["method"] == method]
         entries = [
-            {k: r[k] for k in ("layer", "shape", "bits", "ours_error", "original_error", "error_ratio")}
-            for r in rs
+            {k: r[k] for k in ("layer", "shape", "bits", "ours_error", "original_error", "error_ratio")} for r in rs
         ]
         per_method[method] = {**block(rs), "entries": entries}
     return {"overall": block(records), "per_method": per_method}
@@ -337,6 +338,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=128, help="output channels sampled per subset layer")
     parser.add_argument("--repeats", type=int, default=3, help="runs of ours per case (median is kept)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--original-dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="arithmetic of the original's UAQ and dtype of its K-Means write-back (the original: float16)",
+    )
     args = parser.parse_args()
 
     n_blocks = 2 if args.quick else N_BLOCKS
@@ -349,7 +356,8 @@ def main() -> None:
     build, shapes = measure_build(model)
     print(f"MultiQuantizer.build: {build['pixart_alpha_build_s']:.1f} s, peak RSS {build['peak_rss_gb']:.2f} GB")
 
-    records = compare_with_original(subset_inputs(model, args.rows, args.seed), args.repeats, args.seed)
+    inputs = subset_inputs(model, args.rows, args.seed)
+    records = compare_with_original(inputs, args.repeats, args.seed, getattr(torch, args.original_dtype))
     summary = summarise(records)
     overall = summary["overall"]
     estimate_s = estimate_original_build(records, shapes)
@@ -371,11 +379,12 @@ def main() -> None:
         "subset": (
             f"block 0 of the same weights; UAQ and K-Means-C: {args.rows} sampled output channels of each of "
             f"{', '.join(SUBSET_LAYERS)}; K-Means-A: the whole {KMEANS_A_LAYER} tensor; bits {list(BITS)}; "
-            f"original in float16 like the original pipeline; ours = median of {args.repeats} runs"
+            f"original computes in {args.original_dtype}; ours = median of {args.repeats} runs"
         ),
         "subset_original_s": overall["original_s"],
         "subset_ours_s": overall["ours_s"],
         "per_method": summary["per_method"],
+        "original_dtype": args.original_dtype,
         "threads": torch.get_num_threads(),
         "seed": args.seed,
     }

@@ -36,7 +36,7 @@ def test_apply_equals_direct_quantization_of_a_fresh_copy(built):
     quantize_(fresh, config)
     mq.apply(config)
     try:
-        for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
+        for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
             assert torch.equal(a, b), name
         assert QuantConfig.from_model(model) == config == QuantConfig.from_model(fresh)
         assert torch.equal(forward(model, arch), forward(fresh, arch))

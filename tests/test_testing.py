@@ -15,7 +15,7 @@ def test_tiny_models_build_offline_and_run(arch, monkeypatch):
 
 def test_tiny_models_are_seeded():
     a, b = tiny_model("dit", seed=3), tiny_model("dit", seed=3)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_expected_diffusers_classes():

@@ -283,7 +283,11 @@ class MultiQuantizer:
             shape = tuple(unit.weight_slice(modules[unit.module].weight).shape)
             quantized[unit.name] = {
                 s: QuantizedWeight(
-                    s.method, s.w_bits, tensors[f"{unit.name}|{s.key}|codes"], tensors[f"{unit.name}|{s.key}|lut"], shape
+                    s.method,
+                    s.w_bits,
+                    tensors[f"{unit.name}|{s.key}|codes"],
+                    tensors[f"{unit.name}|{s.key}|lut"],
+                    shape,
                 )
                 for s in options
             }

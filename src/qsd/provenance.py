@@ -39,7 +39,8 @@ def provenance(**extra: object) -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or 'unknown'})"
+    cpu = f"cpu ({platform.processor() or 'unknown'})"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu
     return {
         "git_sha": git_sha(),
         "python": platform.python_version(),

@@ -17,6 +17,7 @@ from qsd.errors import QsdError
 from qsd.layers import Unit, quantizable_units
 from qsd.quantizers import QuantizerSettings, quantize_weight
 
+
 class AlreadyQuantizedError(QsdError):
     """`quantize_` was called on weights that are already quantized."""
 
@@ -51,7 +52,8 @@ def quantize_(model: nn.Module, config: QuantConfig, settings: QuantizerSettings
             spec = config[unit.name]
             piece = unit.weight_slice(weight)
             if spec is not None:
-                piece = quantize_weight(piece, spec.method, [spec.w_bits], settings)[spec.w_bits].dequantize(weight.dtype)
+                fitted = quantize_weight(piece, spec.method, [spec.w_bits], settings)[spec.w_bits]
+                piece = fitted.dequantize(weight.dtype)
             pieces.append(piece)
         write_weight(module, pieces, {u.name: config[u.name] for u in module_units})
     return model

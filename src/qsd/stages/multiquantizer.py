@@ -81,6 +81,11 @@ def run(settings: Settings) -> Result:
     return Result(settings, directory, mq, space, summary)
 
 
+def option_order(spec: QuantSpec) -> tuple[int, int]:
+    """Display order: methods as in METHODS, then high bits before low."""
+    return METHODS.index(spec.method), -spec.w_bits
+
+
 def summary_text(result: Result) -> str:
     """`summary_table` as fixed-precision text (what the notebook prints)."""
     return summary_table(result).to_string(float_format=lambda v: f"{v:.4g}")
@@ -92,8 +97,7 @@ def summary_table(result: Result) -> pd.DataFrame:
     table["uniform_avg_bits"] = [
         result.summary["uniform_avg_bits"][QuantSpec(m, b).key] for m, b in table.index
     ]
-    order = sorted(table.index, key=lambda mb: (METHODS.index(mb[0]), -mb[1]))
-    return table.loc[order]
+    return table.loc[sorted(table.index, key=lambda mb: option_order(QuantSpec(*mb)))]
 
 
 def plot_layer_errors(result: Result) -> Figure:
@@ -101,8 +105,7 @@ def plot_layer_errors(result: Result) -> Figure:
     space = result.search_space
     units = list(dict.fromkeys(space["unit"]))
     grid = space.pivot(index="option", columns="unit", values="error")[units]
-    rows = sorted(grid.index, key=lambda key: (METHODS.index(QuantSpec.parse(key).method), -QuantSpec.parse(key).w_bits))
-    grid = grid.loc[rows]
+    grid = grid.loc[[s.key for s in sorted(map(QuantSpec.parse, grid.index), key=option_order)]]
     fig, ax = new_figure(width=min(24, 4 + 0.12 * len(units)), height=3.6)
     exact = grid.to_numpy() == 0  # e.g. K-Means-C on rows with ≤ 2^b weights
     positive = grid.to_numpy()[~exact]
