@@ -69,8 +69,8 @@ class MultiQuantizer:
         self.errors = errors
         self.checksum = checksum
         self._modules = dict(model.named_modules())
-        self._float = {name: self._modules[name].weight.data for name, _ in units_by_module(self.unit_list)}
         self._groups = units_by_module(self.unit_list)
+        self._float = {name: self._modules[name].weight.data for name, _ in self._groups}
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -219,13 +219,12 @@ class MultiQuantizer:
         tensors["errors"] = torch.tensor(
             [[self.errors[u][s] for s in self.options] for u in self.units], dtype=torch.float32
         )
-        modules = self._modules
         meta = {
             "format": FILE_FORMAT,
             "version": FILE_VERSION,
             "model_class": type(self.model).__name__,
             "units": [
-                [u.name, u.module, u.in_start, u.in_stop, list(modules[u.module].weight.shape)]
+                [u.name, u.module, u.in_start, u.in_stop, list(self._float[u.module].shape)]
                 for u in self.unit_list
             ],
             "options": [s.key for s in self.options],
