@@ -32,7 +32,7 @@ STAGE = "01_multiquantizer"
 
 @dataclass(frozen=True)
 class Settings:
-    model_id: str = "random_pixart"
+    model_id: str = "tiny_pixart"
     run_id: str = "default"
     seed: int = 0
     smoke: bool = False

@@ -1,0 +1,1 @@
+"""Image-quality and cost metrics: FID (custom or Inception features), prompt accuracy, CLIP score, proxies."""

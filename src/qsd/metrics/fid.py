@@ -1,0 +1,78 @@
+"""FID through torchmetrics' `FrechetInceptionDistance` with reference statistics computed once and cached.
+
+The reference side (feature sum, feature outer-product sum, count — torchmetrics' own `real_*` states) is
+computed once per (reference set, feature network) and stored as safetensors under `data/cache/fid/`; the
+cache key includes a hash of the feature network's weights, so a retrained feature network never reuses
+stale statistics. Each scoring call only extracts the features of the generated images (code.md §3: the
+original re-extracted the whole reference folder for every configuration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from qsd.paths import project_root
+
+REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """16 hex digits of SHA-256 over a module's state (names, dtypes, bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _new_metric(feature: nn.Module, image_shape: tuple[int, int, int]) -> FrechetInceptionDistance:
+    return FrechetInceptionDistance(feature=feature, reset_real_features=False, normalize=True,
+                                    input_img_size=image_shape)
+
+
+def reference_statistics(feature: nn.Module, image_shape: tuple[int, int, int], reference: str,
+                         images: Callable[[], torch.Tensor], cache_dir: Path | None = None,
+                         batch_size: int = 500) -> tuple[dict[str, torch.Tensor], Path]:
+    """The cached real-side statistics of `reference` under `feature`; `images()` (float [N, C, H, W] in
+    [0, 1]) is called only on a cache miss. Returns the statistics and the cache file."""
+    cache_dir = cache_dir or project_root() / "data" / "cache" / "fid"
+    path = cache_dir / f"{reference}-{module_fingerprint(feature)}.safetensors"
+    if path.is_file():
+        return load_file(path), path
+    metric = _new_metric(feature, image_shape)
+    real = images()
+    with torch.no_grad():
+        for start in range(0, len(real), batch_size):
+            metric.update(real[start:start + batch_size], real=True)
+    stats = {name: getattr(metric, name).clone() for name in REAL_STATES}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(stats, tmp, metadata={"reference": reference, "n_images": str(len(real))})
+    tmp.replace(path)
+    return stats, path
+
+
+class FidScorer:
+    """FID of generated images against fixed reference statistics."""
+
+    def __init__(self, feature: nn.Module, image_shape: tuple[int, int, int], reference: dict[str, torch.Tensor],
+                 batch_size: int = 500) -> None:
+        self.metric = _new_metric(feature, image_shape)
+        self.batch_size = batch_size
+        for name in REAL_STATES:
+            setattr(self.metric, name, reference[name].clone())
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> float:
+        self.metric.reset()  # keeps the real side (reset_real_features=False)
+        for start in range(0, len(images), self.batch_size):
+            self.metric.update(images[start:start + self.batch_size], real=False)
+        return float(self.metric.compute())

@@ -1,0 +1,50 @@
+"""Cheap proxies of a configuration's quality, measured against the float model under common random numbers:
+
+- `sample_mse`: mean squared pixel distance between the configuration's final images and the float
+  model's images from the same noise and prompts;
+- `eps_error`: the denoiser's guided ε error, ‖ε_q − ε_fp‖² / ‖ε_fp‖², at the float model's own
+  trajectory states, averaged over the solver's timesteps (a probe set of a few images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qsd.models.base import Condition, DiffusionModel
+from qsd.sampling import SamplingProtocol, Trajectory, generate, guided_noise
+
+
+@dataclass
+class Probe:
+    """The float model's trajectory on the first `n` protocol images, with their conditions."""
+
+    trajectory: Trajectory
+    condition: Condition
+    null: Condition
+    guidance: float
+
+
+def sample_mse(images: torch.Tensor, float_images: torch.Tensor) -> float:
+    return (images - float_images).pow(2).mean().item()
+
+
+@torch.no_grad()
+def record_probe(model: DiffusionModel, protocol: SamplingProtocol, n: int) -> Probe:
+    """Run the (float) model on the first `n` protocol images and keep every step's inputs and ε."""
+    trajectory = Trajectory([], [], [])
+    generate(model, protocol, batch_size=n, progress=False, trajectory=trajectory, n_images=n)
+    prompts, _ = model.protocol_prompts(n)
+    return Probe(trajectory, model.condition(prompts), model.null_condition(n), protocol.guidance)
+
+
+@torch.no_grad()
+def eps_error(model: DiffusionModel, probe: Probe) -> float:
+    """Mean over timesteps of the relative guided-ε error of `model` at the probe's float states."""
+    errors = []
+    steps = zip(probe.trajectory.latents, probe.trajectory.timesteps, probe.trajectory.eps, strict=True)
+    for latents, t, eps_float in steps:
+        eps = guided_noise(model, latents, t, probe.condition, probe.null, probe.guidance)
+        errors.append(((eps - eps_float).pow(2).sum() / eps_float.pow(2).sum()).item())
+    return sum(errors) / len(errors)

@@ -1,0 +1,75 @@
+"""What every registered model provides to sampling and labelling: `ModelEntry` (static facts: family,
+conditioning, the paper's sampler protocol, FID reference) and `DiffusionModel` (a loaded denoiser with
+its conditioning, noise prediction, scheduler and decoder)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+Condition = dict[str, torch.Tensor]
+"""Denoiser keyword arguments batched along dim 0 (so guidance concatenates them)."""
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The sampling protocol of a model (code.md §3): solver, steps, guidance scale, image resolution."""
+
+    scheduler: str = "dpmsolver++"
+    steps: int = 20
+    guidance: float = 4.5
+    resolution: int = 512
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model id."""
+
+    model_id: str
+    family: str
+    """Denoiser family: `pixart`, `hunyuan_dit`, `dit`, `unet` (SD/SDXL), or a random-init `qsd.testing` arch."""
+    denoiser_class: str
+    conditioning: str
+    """`text`, `class` or `none` (random-init test models)."""
+    sampler: SamplerSettings
+    fid_reference: str
+    """Name of the real-image set FID compares against (e.g. `mnist16-train`, `coco2017-val`)."""
+    description: str
+    loader: Callable[..., DiffusionModel] | None = field(default=None, compare=False, repr=False)
+
+
+class DiffusionModel:
+    """A loaded model: `denoiser` (the module that gets quantized) plus what sampling needs around it."""
+
+    entry: ModelEntry
+    denoiser: nn.Module
+    latent_shape: tuple[int, ...]
+    """Shape of one initial-noise sample, [C, H, W]."""
+
+    def protocol_prompts(self, n: int) -> tuple[list, torch.Tensor | None]:
+        """The first `n` prompts of the evaluation protocol (image i always gets prompt i) and, where
+        defined, the class each prompt asks for (for prompt accuracy)."""
+        raise NotImplementedError
+
+    def condition(self, prompts: Sequence) -> Condition:
+        """Batched conditional inputs for `prompts`."""
+        raise NotImplementedError
+
+    def null_condition(self, n: int) -> Condition:
+        """The unconditional inputs (empty caption / null class) for guidance, batch `n`."""
+        raise NotImplementedError
+
+    def predict_noise(self, latents: torch.Tensor, timestep: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """ε prediction of the denoiser (learned-variance channels dropped)."""
+        raise NotImplementedError
+
+    def make_scheduler(self):
+        """A fresh diffusers scheduler for this model's training noise schedule and sampler."""
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Final latents → images [B, C, H, W] in [0, 1]."""
+        raise NotImplementedError

@@ -1,0 +1,187 @@
+"""The embedded default denoisers: small real diffusers models trained in-project on 16×16 MNIST digits
+(`qsd.digits`), one per family of the paper — `tiny_pixart` (PixArtTransformer2DModel, text-to-image,
+the default), `tiny_sd` (UNet2DConditionModel with cross-attention, the U-Net family) and `tiny_dit`
+(DiTTransformer2DModel, class-conditional like DiT-XL/2). They denoise in pixel space (1×16×16, no
+VAE), use a linear β schedule over 1,000 steps, ε-prediction, and sample with DPM-Solver++.
+
+Checkpoints are shipped as fp16 safetensors in `data/checkpoints/` (made by notebook 00).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from qsd import captions, digits
+from qsd.errors import CorruptFileError, ModelNotAvailableError
+from qsd.models.base import Condition, DiffusionModel, ModelEntry, SamplerSettings
+from qsd.paths import project_root
+
+TRAIN_TIMESTEPS = 1000
+BETA_SCHEDULE = "linear"
+NULL_CLASS = digits.N_CLASSES
+SAMPLER = SamplerSettings(scheduler="dpmsolver++", steps=20, guidance=3.0, resolution=digits.RESOLUTION)
+
+
+def _pixart() -> nn.Module:
+    from diffusers import PixArtTransformer2DModel
+
+    return PixArtTransformer2DModel(
+        num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=4,
+        cross_attention_dim=128, caption_channels=captions.EMBED_DIM, sample_size=digits.RESOLUTION, patch_size=2,
+        use_additional_conditions=False, norm_num_groups=1,
+    )
+
+
+def _unet() -> nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=digits.RESOLUTION, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+        cross_attention_dim=captions.EMBED_DIM, attention_head_dim=8, norm_num_groups=8,
+    )
+
+
+def _dit() -> nn.Module:
+    from diffusers import DiTTransformer2DModel
+
+    return DiTTransformer2DModel(
+        num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=4,
+        sample_size=digits.RESOLUTION, patch_size=2, num_embeds_ada_norm=digits.N_CLASSES, norm_num_groups=1,
+    )
+
+
+ARCHITECTURES = {"tiny_pixart": _pixart, "tiny_sd": _unet, "tiny_dit": _dit}
+
+
+def checkpoint_path(model_id: str, directory: Path | None = None) -> Path:
+    return (directory or project_root() / "data" / "checkpoints") / f"{model_id}.safetensors"
+
+
+def build_denoiser(model_id: str, seed: int = 0) -> nn.Module:
+    """A freshly initialised (untrained) denoiser of an embedded model. DiT's label embeddings drop labels
+    at random in train mode, independently per block; that is switched off because training drops the
+    condition itself, once per sample (`qsd.training.denoiser`)."""
+    from diffusers.models.embeddings import LabelEmbedding
+
+    torch.manual_seed(seed)
+    denoiser = ARCHITECTURES[model_id]()
+    for module in denoiser.modules():
+        if isinstance(module, LabelEmbedding):
+            module.dropout_prob = 0.0
+    return denoiser
+
+
+def save_checkpoint(denoiser: nn.Module, path: Path, metadata: dict) -> None:
+    """fp16 weights plus `metadata` (how it was trained, measured quality) as JSON, written atomically."""
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in denoiser.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, tmp, metadata={"qsd": json.dumps(metadata, sort_keys=True)})
+    tmp.replace(path)
+
+
+def checkpoint_metadata(path: Path) -> dict:
+    with safe_open(path, "pt") as f:
+        return json.loads((f.metadata() or {}).get("qsd", "{}"))
+
+
+def load_trained_denoiser(model_id: str, directory: Path | None = None) -> nn.Module:
+    """The shipped (or retrained) denoiser in float32, eval mode."""
+    path = checkpoint_path(model_id, directory)
+    if not path.is_file():
+        raise ModelNotAvailableError(
+            f"no checkpoint for {model_id!r} at {path}; it ships in data/checkpoints/ with the repository, "
+            f"or run notebooks/00_train_denoisers.ipynb with model_id={model_id!r} to train it"
+        )
+    denoiser = build_denoiser(model_id)
+    try:
+        state = load_file(path)
+        denoiser.load_state_dict({k: v.float() for k, v in state.items()})
+    except Exception as exc:  # safetensors / shape errors: the file is not this model's checkpoint
+        raise CorruptFileError(f"{path} is not a valid {model_id!r} checkpoint: {exc}") from exc
+    return denoiser.eval()
+
+
+class EmbeddedModel(DiffusionModel):
+    """Shared by the three embedded defaults: pixel-space 1×16×16, linear β, DPM-Solver++."""
+
+    def __init__(self, entry: ModelEntry, denoiser: nn.Module) -> None:
+        self.entry, self.denoiser = entry, denoiser
+        self.latent_shape = (1, digits.RESOLUTION, digits.RESOLUTION)
+
+    def protocol_prompts(self, n: int) -> tuple[list, torch.Tensor]:
+        """Image i asks for digit i mod 10 (phrasing cycling every 10 images for text models)."""
+        targets = torch.arange(n) % digits.N_CLASSES
+        if self.entry.conditioning == "class":
+            return targets.tolist(), targets
+        phrasing = (torch.arange(n) // digits.N_CLASSES) % len(captions.PHRASINGS)
+        return [captions.caption(int(d), int(p)) for d, p in zip(targets, phrasing, strict=True)], targets
+
+    def make_scheduler(self, sampler: bool = True):
+        from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+        if not sampler:
+            return DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE)
+        return DPMSolverMultistepScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE,
+                                           algorithm_type="dpmsolver++", solver_order=2)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((latents + 1) / 2).clamp(0, 1)
+
+
+class TextConditioned(EmbeddedModel):
+    """`tiny_pixart` and `tiny_sd`: frozen MiniLM caption states, empty caption as the null condition."""
+
+    def condition(self, prompts: Sequence[str]) -> Condition:
+        states, mask = captions.caption_encoder()(list(prompts))
+        return {"encoder_hidden_states": states, "encoder_attention_mask": mask}
+
+    def null_condition(self, n: int) -> Condition:
+        return self.condition([captions.NULL_CAPTION] * n)
+
+    def predict_noise(self, latents: torch.Tensor, timestep: torch.Tensor, condition: Condition) -> torch.Tensor:
+        if self.entry.family == "pixart":
+            out = self.denoiser(hidden_states=latents, timestep=timestep, return_dict=False,
+                                added_cond_kwargs={"resolution": None, "aspect_ratio": None}, **condition)
+        else:
+            out = self.denoiser(sample=latents, timestep=timestep, return_dict=False, **condition)
+        return out[0]
+
+
+class ClassConditioned(EmbeddedModel):
+    """`tiny_dit`: class labels 0-9, label 10 is DiT's null class (its label embedding has 11 rows)."""
+
+    def condition(self, prompts: Sequence[int]) -> Condition:
+        return {"class_labels": torch.as_tensor(list(prompts), dtype=torch.long)}
+
+    def null_condition(self, n: int) -> Condition:
+        return {"class_labels": torch.full((n,), NULL_CLASS, dtype=torch.long)}
+
+    def predict_noise(self, latents: torch.Tensor, timestep: torch.Tensor, condition: Condition) -> torch.Tensor:
+        return self.denoiser(hidden_states=latents, timestep=timestep, return_dict=False, **condition)[0]
+
+
+def load_embedded(entry: ModelEntry, checkpoint_dir: Path | None = None, trained: bool = True) -> EmbeddedModel:
+    """The embedded model `entry`, from its shipped checkpoint (or untrained, for training/tests)."""
+    denoiser = load_trained_denoiser(entry.model_id, checkpoint_dir) if trained else build_denoiser(entry.model_id)
+    cls = ClassConditioned if entry.conditioning == "class" else TextConditioned
+    return cls(entry, denoiser)
+
+
+ENTRIES = (
+    ModelEntry("tiny_pixart", "pixart", "PixArtTransformer2DModel", "text", SAMPLER, "mnist16-train",
+               "PixArt-α-like text-to-image transformer (4 blocks, d=128) on MNIST-16, MiniLM captions",
+               loader=load_embedded),
+    ModelEntry("tiny_sd", "unet", "UNet2DConditionModel", "text", SAMPLER, "mnist16-train",
+               "SD-like cross-attention U-Net on MNIST-16, MiniLM captions", loader=load_embedded),
+    ModelEntry("tiny_dit", "dit", "DiTTransformer2DModel", "class", SAMPLER, "mnist16-train",
+               "DiT-like class-conditional transformer (4 blocks, d=128) on MNIST-16", loader=load_embedded),
+)

@@ -1,0 +1,60 @@
+"""Model registry: model id → `ModelEntry` (and a loader). Three kinds of entries:
+
+- the embedded defaults `tiny_pixart` (the default), `tiny_sd`, `tiny_dit` (`qsd.models.embedded`),
+  trained in-project, shipped in `data/checkpoints/`;
+- the paper's models `pixart_alpha`, `pixart_sigma`, `hunyuan_dit`, `sdxl`, `sdv15`, `dit_xl2`
+  (`qsd.models.paper`), loaded only from local diffusers directories;
+- `random_<arch>`: the random-init tiny architectures of `qsd.testing` (denoiser only, for tests).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from qsd import testing
+from qsd.errors import ModelNotAvailableError, closest_names
+from qsd.models import embedded, paper
+from qsd.models.base import DiffusionModel, ModelEntry, SamplerSettings
+
+DEFAULT_MODEL_ID = "tiny_pixart"
+
+_RANDOM_CLASSES = {"pixart": "PixArtTransformer2DModel", "hunyuan_dit": "HunyuanDiT2DModel",
+                   "dit": "DiTTransformer2DModel", "sd15_unet": "UNet2DConditionModel",
+                   "sdxl_unet": "UNet2DConditionModel", "sd3": "SD3Transformer2DModel"}
+_RANDOM = tuple(
+    ModelEntry(f"random_{arch}", arch, _RANDOM_CLASSES[arch], "none", SamplerSettings(), "none",
+               f"random-init tiny {arch} (qsd.testing); denoiser only")
+    for arch in testing.ARCHITECTURES
+)
+ENTRIES: dict[str, ModelEntry] = {e.model_id: e for e in (*embedded.ENTRIES, *paper.ENTRIES, *_RANDOM)}
+MODEL_IDS = tuple(ENTRIES)
+
+
+def get_entry(model_id: str) -> ModelEntry:
+    """The registry entry of `model_id`; an unknown id names the registered ones and the closest match."""
+    if model_id not in ENTRIES:
+        hints = closest_names(model_id, MODEL_IDS)
+        raise ModelNotAvailableError(
+            f"unknown model id {model_id!r}; registered: {', '.join(MODEL_IDS)}"
+            + (f" (did you mean {hints[0]!r}?)" if hints else "")
+        )
+    return ENTRIES[model_id]
+
+
+def load_model(model_id: str, **kwargs) -> DiffusionModel:
+    """The loaded model (denoiser, conditioning, scheduler, decoder); `kwargs` go to the entry's loader
+    (e.g. `root=` for the paper's models)."""
+    entry = get_entry(model_id)
+    if entry.loader is None:
+        raise ModelNotAvailableError(f"{model_id!r} is a denoiser-only test model and cannot sample; "
+                                     f"use load_denoiser({model_id!r}) or one of: "
+                                     f"{', '.join(e.model_id for e in ENTRIES.values() if e.loader)}")
+    return entry.loader(entry, **kwargs)
+
+
+def load_denoiser(model_id: str, seed: int = 0, **kwargs) -> nn.Module:
+    """Just the denoiser of `model_id` (random-init test models are seeded by `seed`)."""
+    entry = get_entry(model_id)
+    if entry.loader is None:
+        return testing.tiny_model(entry.family, seed=seed)
+    return load_model(model_id, **kwargs).denoiser

@@ -1,0 +1,101 @@
+"""Batched generation with common random numbers (the labelling protocol's sampler).
+
+Image i always starts from the noise of its own generator, seeded by (seed, i), and always gets prompt i
+of the model's protocol, so every quantization configuration sees exactly the same noise and prompts and
+two runs of the same configuration give bitwise-identical images. Stochastic solvers (e.g. Hunyuan's DDPM)
+draw their step noise from a generator seeded by (seed, first image of the batch), so they are
+reproducible for a fixed batch size. Classifier-free guidance runs the
+unconditional and conditional halves in one batched forward; conditions are computed once per call
+(captions are memoised by the encoder); images stay in memory as tensors.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from qsd.models.base import Condition, DiffusionModel
+
+SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class SamplingProtocol:
+    """What a labelled image depends on: how many, solver steps, guidance scale and the noise seed."""
+
+    n_images: int = 256
+    steps: int = 20
+    guidance: float = 3.0
+    seed: int = 0
+
+
+@dataclass
+class Trajectory:
+    """Per solver step: the latents fed to the denoiser, the timestep and the guided ε it returned."""
+
+    latents: list[torch.Tensor]
+    timesteps: list[torch.Tensor]
+    eps: list[torch.Tensor]
+
+
+def initial_noise(shape: tuple[int, ...], n: int, seed: int, start: int = 0) -> torch.Tensor:
+    """Noise of images start..start+n-1, each from its own generator (independent of batch size and n)."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * SEED_STRIDE + i))
+                        for i in range(start, start + n)])
+
+
+def _cat(a: Condition, b: Condition) -> Condition:
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def _slice(c: Condition, start: int, stop: int) -> Condition:
+    return {k: v[start:stop] for k, v in c.items()}
+
+
+def guided_noise(model: DiffusionModel, latents: torch.Tensor, t: torch.Tensor, cond: Condition,
+                 null: Condition, guidance: float) -> torch.Tensor:
+    """ε with classifier-free guidance, both halves in one forward (guidance 1 = conditional only)."""
+    timestep = t.expand(len(latents))
+    if guidance == 1.0:
+        return model.predict_noise(latents, timestep, cond)
+    eps_null, eps_cond = model.predict_noise(torch.cat([latents, latents]), torch.cat([timestep, timestep]),
+                                             _cat(null, cond)).chunk(2)
+    return eps_null + guidance * (eps_cond - eps_null)
+
+
+@torch.no_grad()
+def generate(model: DiffusionModel, protocol: SamplingProtocol, batch_size: int = 256, progress: bool = True,
+             trajectory: Trajectory | None = None, n_images: int | None = None) -> torch.Tensor:
+    """Images [N, C, H, W] in [0, 1] of the first `n_images` (default `protocol.n_images`) protocol prompts.
+    If `trajectory` is given, every step's denoiser inputs and guided ε are appended to it."""
+    n = protocol.n_images if n_images is None else n_images
+    prompts, _ = model.protocol_prompts(n)
+    images = []
+    batches = range(0, n, batch_size)
+    bar = tqdm(total=len(batches), desc="sampling", unit="batch", disable=not progress, leave=False)
+    for start in batches:
+        stop = min(n, start + batch_size)
+        cond = model.condition(prompts[start:stop])
+        null = model.null_condition(stop - start) if protocol.guidance != 1.0 else None
+        scheduler = model.make_scheduler()
+        scheduler.set_timesteps(protocol.steps)
+        step_kwargs = {}
+        if "generator" in inspect.signature(scheduler.step).parameters:
+            step_kwargs["generator"] = torch.Generator().manual_seed(protocol.seed * SEED_STRIDE + start)
+        latents = initial_noise(model.latent_shape, stop - start, protocol.seed, start)
+        latents = latents * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(latents, t)
+            eps = guided_noise(model, model_input, t, cond, null, protocol.guidance)
+            if trajectory is not None:
+                trajectory.latents.append(model_input)
+                trajectory.timesteps.append(t)
+                trajectory.eps.append(eps)
+            latents = scheduler.step(eps, t, latents, return_dict=False, **step_kwargs)[0]
+        images.append(model.decode(latents).float())
+        bar.update(1)
+    bar.close()
+    return torch.cat(images)

@@ -1,0 +1,94 @@
+"""The embedded defaults: data splits, captions, registry, checkpoints, training resume."""
+
+import pytest
+import torch
+
+from qsd import captions, digits
+from qsd.errors import CorruptFileError, ModelNotAvailableError
+from qsd.models import DEFAULT_MODEL_ID, get_entry, load_model
+from qsd.models.embedded import ARCHITECTURES, checkpoint_path, load_embedded, load_trained_denoiser
+from qsd.training import denoiser as training
+
+
+def test_splits_are_disjoint_balanced_and_fixed():
+    train, train_labels = digits.load_digits("train")
+    heldout, heldout_labels = digits.load_digits("heldout")
+    assert train.shape == (4000, 1, 16, 16) and heldout.shape == (1000, 1, 16, 16)
+    assert torch.equal(train_labels.bincount(), torch.full((10,), 400))
+    assert torch.equal(heldout_labels.bincount(), torch.full((10,), 100))
+    assert 0 <= float(train.min()) and float(train.max()) <= 1
+    flat_train = {row.numpy().tobytes() for row in train.flatten(1)}
+    assert not any(row.numpy().tobytes() in flat_train for row in heldout.flatten(1))
+    assert torch.equal(digits.load_digits("heldout")[0], heldout)
+    with pytest.raises(ValueError, match="available: train, heldout"):
+        digits.load_digits("test")
+
+
+def test_caption_encoder_memoises_and_masks():
+    encoder = captions.caption_encoder()
+    states, mask = encoder([captions.caption(7, 0), captions.caption(7, 1), captions.NULL_CAPTION])
+    assert states.shape == (3, captions.MAX_TOKENS, captions.EMBED_DIM)
+    assert mask[2].sum() == 2 and mask[0].sum() > mask[1].sum() > 2  # [CLS] [SEP] only for the empty caption
+    assert not torch.allclose(states[0], states[1])
+    again, _ = encoder([captions.caption(7, 1)])
+    assert torch.equal(again[0], states[1])
+    assert len(captions.all_captions()) == 10 * len(captions.PHRASINGS)
+
+
+def test_registry_default_and_conditioning():
+    assert DEFAULT_MODEL_ID == "tiny_pixart"
+    assert {get_entry(m).conditioning for m in ARCHITECTURES} == {"text", "class"}
+    with pytest.raises(ModelNotAvailableError, match="did you mean 'tiny_dit'"):
+        get_entry("tiny_dti")
+    with pytest.raises(ModelNotAvailableError, match="denoiser-only"):
+        load_model("random_pixart")
+
+
+@pytest.mark.parametrize("model_id", list(ARCHITECTURES))
+def test_shipped_checkpoints_load_small(model_id):
+    model = load_model(model_id)
+    assert not model.denoiser.training
+    assert checkpoint_path(model_id).stat().st_size < 8 * 2**20
+    prompts, targets = model.protocol_prompts(20)
+    assert torch.equal(targets, torch.arange(20) % 10)
+    eps = model.predict_noise(torch.randn(2, 1, 16, 16), torch.tensor([10, 900]), model.condition(prompts[:2]))
+    assert eps.shape == (2, 1, 16, 16) and torch.isfinite(eps).all()
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(ModelNotAvailableError, match="00_train_denoisers"):
+        load_trained_denoiser("tiny_dit", tmp_path)
+    checkpoint_path("tiny_dit", tmp_path).write_bytes(b"not a safetensors file")
+    with pytest.raises(CorruptFileError, match="not a valid 'tiny_dit' checkpoint"):
+        load_trained_denoiser("tiny_dit", tmp_path)
+
+
+def test_training_resumes_exactly_after_interruption(tmp_path, monkeypatch):
+    settings = training.TrainSettings(steps=4, batch_size=4, warmup_steps=2, checkpoint_every=2)
+    straight = load_embedded(get_entry("tiny_dit"), trained=False)
+    record = training.train_denoiser(straight, settings, tmp_path / "a", progress=False)
+    assert record["complete"] and record["steps_done"] == 4
+
+    calls = {"n": 0}
+    real_loss = torch.nn.functional.mse_loss
+
+    def crash_on_third_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    interrupted = load_embedded(get_entry("tiny_dit"), trained=False)
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", crash_on_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_denoiser(interrupted, settings, tmp_path / "b", progress=False)
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", real_loss)
+    resumed = load_embedded(get_entry("tiny_dit"), trained=False)
+    record = training.train_denoiser(resumed, settings, tmp_path / "b", progress=False)
+    assert record["steps_done"] == 4
+    for (name, a), b in zip(straight.denoiser.state_dict().items(), resumed.denoiser.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    other = training.TrainSettings(steps=4, batch_size=4, warmup_steps=2, lr=5e-4)
+    with pytest.raises(ValueError, match="other settings"):
+        training.train_denoiser(load_embedded(get_entry("tiny_dit"), trained=False), other, tmp_path / "b")

@@ -1,0 +1,91 @@
+"""Sampling under common random numbers, FID with cached references, prompt accuracy, proxies, labelling."""
+
+import pytest
+import torch
+
+from qsd import digits
+from qsd.config import QuantSpec
+from qsd.labelling import Labeller, feature_backend
+from qsd.metrics.fid import FidScorer, reference_statistics
+from qsd.metrics.prompt_accuracy import prompt_accuracy
+from qsd.models import load_model
+from qsd.multiquant import MultiQuantizer
+from qsd.sampling import SamplingProtocol, generate, initial_noise
+
+QUALITY_BARS = {"tiny_pixart": 0.90, "tiny_sd": 0.95, "tiny_dit": 0.90}
+
+
+@pytest.fixture(scope="module")
+def pixart():
+    return load_model("tiny_pixart")
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return feature_backend("mnist16-train")
+
+
+@pytest.fixture(scope="module")
+def fid(backend, tmp_path_factory):
+    stats, _ = reference_statistics(backend.feature, backend.image_shape, "mnist16-train", backend.reference_images,
+                                    tmp_path_factory.mktemp("fid"))
+    return FidScorer(backend.feature, backend.image_shape, stats)
+
+
+def test_noise_depends_only_on_seed_and_index():
+    assert torch.equal(initial_noise((1, 4, 4), 5, seed=3)[2:], initial_noise((1, 4, 4), 3, seed=3, start=2))
+    assert not torch.equal(initial_noise((1, 4, 4), 2, seed=3), initial_noise((1, 4, 4), 2, seed=4))
+
+
+def test_same_seed_gives_bitwise_identical_images(pixart):
+    protocol = SamplingProtocol(n_images=6, steps=5, guidance=3.0, seed=7)
+    first = generate(pixart, protocol, progress=False)
+    assert torch.equal(first, generate(pixart, protocol, progress=False))
+    assert not torch.equal(first, generate(pixart, SamplingProtocol(6, 5, 3.0, seed=8), progress=False))
+    assert torch.allclose(first, generate(pixart, protocol, batch_size=4, progress=False), atol=1e-4)
+    assert first.shape == (6, 1, 16, 16) and 0 <= float(first.min()) and float(first.max()) <= 1
+
+
+def test_reference_statistics_are_cached_not_recomputed(backend, tmp_path):
+    calls = []
+
+    def images():
+        calls.append(1)
+        return digits.load_digits("train")[0][:200]
+
+    first, path = reference_statistics(backend.feature, backend.image_shape, "mnist16-train", images, tmp_path)
+    mtime = path.stat().st_mtime_ns
+    second, again = reference_statistics(backend.feature, backend.image_shape, "mnist16-train", images, tmp_path)
+    assert calls == [1] and again == path and path.stat().st_mtime_ns == mtime
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert int(first["real_features_num_samples"]) == 200
+
+
+def test_fid_orders_real_samples_noise(pixart, fid):
+    samples = generate(pixart, SamplingProtocol(n_images=200, steps=20, guidance=3.0), progress=False)
+    real = digits.load_digits("heldout")[0][:200]
+    noise = torch.rand(200, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    fid_real, fid_samples, fid_noise = fid(real), fid(samples), fid(noise)
+    assert fid_real < fid_samples < fid_noise, (fid_real, fid_samples, fid_noise)
+
+
+@pytest.mark.parametrize("model_id", list(QUALITY_BARS))
+def test_prompt_accuracy_of_shipped_models_meets_the_bar(model_id, backend):
+    model = load_model(model_id)
+    images = generate(model, SamplingProtocol(n_images=120, steps=20, guidance=model.entry.sampler.guidance),
+                      progress=False)
+    _, targets = model.protocol_prompts(120)
+    assert prompt_accuracy(backend.classifier, images, targets) >= QUALITY_BARS[model_id]
+
+
+def test_labeller_float_is_its_own_reference_and_quantized_is_worse(pixart, backend, tmp_path):
+    protocol = SamplingProtocol(n_images=40, steps=8, guidance=3.0)
+    labeller = Labeller(pixart, protocol, n_probe=4, progress=False, backend=backend, cache_dir=tmp_path)
+    float_labels = labeller.label()
+    assert float_labels["sample_mse"] == 0 and float_labels["eps_error"] == 0
+    mq = MultiQuantizer.build(pixart.denoiser, progress=False)
+    w3 = mq.uniform(QuantSpec("uaq", 3))
+    labels = labeller.label_config(mq, w3)
+    assert labels["sample_mse"] > 0 and labels["eps_error"] > 0 and 3 < labels["avg_bits"] < 4
+    assert labeller.label_config(mq, w3)["fid"] == labels["fid"]
+    assert labeller.label()["sample_mse"] == 0  # the float weights are back after labelling
