@@ -16,6 +16,7 @@ from qsd import (
     UnsupportedSpecError,
     quantize_,
 )
+from qsd.quantizers import relative_error
 from qsd.testing import forward, tiny_model
 
 
@@ -83,6 +84,17 @@ def test_search_space_and_costs(built):
     assert mq.cost(mq.uniform(None))["avg_bits"] == 32
     assert mq.summed_error(mq.uniform(None)) == 0
     assert mq.summed_error(mq.uniform(QuantSpec("uaq", 3))) > mq.summed_error(mq.uniform(QuantSpec("uaq", 4)))
+
+
+def test_errors_are_the_relative_errors_of_the_stored_options(built):
+    """build records the quantizers' own errors instead of dequantizing; they must agree."""
+    _, model, mq = built
+    modules = dict(model.named_modules())
+    for unit in mq.unit_list:
+        weight = unit.weight_slice(modules[unit.module].weight.detach()).float()
+        for spec, qw in mq.quantized[unit.name].items():
+            expected = relative_error(weight, qw.dequantize())
+            assert mq.errors[unit.name][spec] == pytest.approx(expected, rel=1e-5, abs=1e-12), (unit.name, spec)
 
 
 def test_sample_follows_the_paper_scheme(built):

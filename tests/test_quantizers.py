@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from qsd.quantizers import QuantizedWeight, quantize_weight, relative_error
-from qsd.quantizers.kmeans import optimal_codebooks
+from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight, relative_error
+from qsd.quantizers.kmeans import _histogram16, _sorted, optimal_codebooks
+from qsd.quantizers.uaq import DEFAULT_CLIP_RATIOS, _abs_pow
 
 METHODS = ("uaq", "kmeans_c", "kmeans_a")
 
@@ -115,3 +116,133 @@ def test_quantized_weight_is_frozen():
     assert isinstance(q, QuantizedWeight)
     with pytest.raises(AttributeError):
         q.bits = 3
+
+
+# ---------------------------------------------------------------------------------- fast kernels
+def fp16_rows(rows, cols, seed):
+    """Heavy-tailed rows rounded to float16 values (as the fp16 checkpoints), as float32."""
+    return heavy_tailed(rows, cols, seed).half().float()
+
+
+def sse_of(rows, books):
+    """Per-row SSE of the nearest-centroid assignment to float64 `books` [R, K]."""
+    return ((rows.double()[:, :, None] - books[:, None, :]) ** 2).min(2).values.sum(1)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_exact_dp_is_optimal_with_repeated_values(k):
+    rows = torch.tensor(np.random.default_rng(k).integers(-3, 4, size=(10, 11)) * 0.25)
+    books = optimal_codebooks(rows, [k])[:, 0, :k]
+    for r in range(rows.shape[0]):
+        sse = float(sse_of(rows[r : r + 1], books[r : r + 1])[0])
+        assert sse == pytest.approx(brute_force_sse(rows[r].numpy(), k), rel=1e-9, abs=1e-12)
+
+
+def test_coarse_to_fine_gap_to_the_optimum_is_small():
+    """The default K-Means-C solver is not guaranteed optimal: bound its measured gap (kmeans1d docstring)."""
+    rows = fp16_rows(64, 1152, seed=3)
+    exact = optimal_codebooks(rows, [8, 16], "exact")
+    fast = optimal_codebooks(rows, [8, 16], "coarse_to_fine")
+    for a, k in enumerate([8, 16]):
+        gap = sse_of(rows, fast[:, a, :k]) / sse_of(rows, exact[:, a, :k]) - 1
+        assert gap.min() > -1e-12  # the exact DP is optimal
+        assert gap.mean() < 2e-4 and gap.max() < 1e-2, (k, gap.mean(), gap.max())
+    small = fp16_rows(8, 24, seed=4)  # ≤ 2·K cells: solved exactly
+    assert torch.equal(optimal_codebooks(small, [8], "coarse_to_fine"), optimal_codebooks(small, [8], "exact"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_kmeans_a_histogram_equals_the_exact_dp_on_the_raw_values(dtype):
+    w = heavy_tailed(40, 96, seed=5).to(dtype).float()
+    books = optimal_codebooks(w.reshape(1, -1), [8, 16])[0]
+    q = quantize_weight(w, "kmeans_a", [3, 4])
+    for a, b in enumerate([3, 4]):
+        torch.testing.assert_close(q[b].lut[0], books[a, : 1 << b].float(), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_recorded_error_is_the_relative_error(method):
+    w = heavy_tailed(30, 70, seed=6)
+    for q in quantize_weight(w, method, [3, 4]).values():
+        assert q.error == pytest.approx(relative_error(w, q.dequantize()), rel=1e-6)
+
+
+def test_kmeans_solver_setting():
+    with pytest.raises(ValueError, match="kmeans solver"):
+        QuantizerSettings(kmeans_solver="lloyd")
+    w = fp16_rows(16, 512, seed=7)
+    exact = quantize_weight(w, "kmeans_c", [4], QuantizerSettings(kmeans_solver="exact"))[4]
+    assert exact.error <= quantize_weight(w, "kmeans_c", [4])[4].error * (1 + 1e-6)
+
+
+def reference_uaq(w, bits, p=2.4):
+    """The row-vectorised float32 torch implementation of the search (code.md §1.1): scores and LUTs."""
+    levels = 1 << bits
+    xmax, xmin = w.amax(1, keepdim=True), w.amin(1, keepdim=True)
+    scores, luts = [], []
+    for r in DEFAULT_CLIP_RATIOS:
+        hi, lo = xmax * (1 - r), xmin * (1 - r)
+        delta = (hi - lo) / (levels - 1)
+        delta = torch.where(delta > 0, delta, torch.where(hi != 0, hi.abs(), torch.ones_like(hi)))
+        zero = torch.round(-lo / delta)
+        q = torch.clamp(torch.round(w / delta) + zero, 0, levels - 1)
+        scores.append(((q - zero) * delta - w).double().abs().pow(p).mean(1))
+        luts.append((torch.arange(levels) - zero) * delta)
+    return torch.stack(scores, 1), torch.stack(luts, 1)
+
+
+def test_uaq_kernel_matches_the_reference_search():
+    w = fp16_rows(96, 300, seed=8)
+    w[0], w[1] = 0.0, 0.25  # degenerate rows
+    for bits in (3, 4):
+        scores, luts = reference_uaq(w, bits)
+        q = quantize_weight(w, "uaq", [bits])[bits]
+        best = scores.min(1).values
+        ours = (q.dequantize() - w).double().abs().pow(2.4).mean(1)
+        assert (ours <= best * (1 + 1e-5) + 1e-30).all()
+        second = scores.sort(1).values[:, 1]
+        clear = second > best * (1 + 1e-4)  # rows whose winner is not a near-tie: the very same grid
+        assert clear.sum() > 80
+        torch.testing.assert_close(q.lut[clear], luts[clear, scores.argmin(1)[clear]], rtol=0, atol=0)
+
+
+def test_abs_pow_is_accurate():
+    e = torch.cat([torch.logspace(-30, 3, 2001), -torch.logspace(-20, 1, 999), torch.zeros(1)]).float().numpy()
+    ours = np.array([_abs_pow(np.float32(v), np.float32(2.4)) for v in e], dtype=np.float64)
+    ref = np.abs(e.astype(np.float64)) ** 2.4
+    ok = ref > 1e-37  # below float32's normal range both are ~0
+    assert np.all(np.abs(ours[ok] / ref[ok] - 1) < 1e-5) and np.all(ours[~ok] < 1e-37)
+
+
+def test_radix_sort_sorts_float32_rows():
+    g = np.random.default_rng(9)
+    cases = [
+        g.standard_normal(1000).astype(np.float32),
+        g.standard_normal(1000).astype(np.float16).astype(np.float32),
+        np.array([0.0, -0.0, 1e-45, -1e-45, 3.0, -3.0, 1e30, -1e30], dtype=np.float32),
+        np.full(17, -2.5, dtype=np.float32),
+    ]
+    for x in cases:
+        assert np.array_equal(_sorted(x), np.sort(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_16bit_value_narrows_to_its_pattern(dtype):
+    patterns = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16)
+    values = patterns.view(dtype).float()
+    finite = torch.isfinite(values)
+    out = np.empty(int(finite.sum()), dtype=np.uint16)
+    counts = _histogram16(values[finite].numpy(), dtype == torch.bfloat16, out)
+    assert counts is not None and counts.sum() == out.size
+    assert np.array_equal(out, patterns[finite].numpy().view(np.uint16))
+    inexact = np.array([1 + 2.0**-12], dtype=np.float32)
+    assert _histogram16(inexact, dtype == torch.bfloat16, np.empty(1, dtype=np.uint16)) is None
+
+
+def test_dequantize_matches_torch_gather():
+    codes = torch.randint(0, 16, (5, 9), dtype=torch.uint8)
+    per_row, shared = torch.randn(5, 16), torch.randn(1, 16)
+    q = QuantizedWeight("kmeans_c", 4, codes, per_row, (5, 9))
+    assert torch.equal(q.dequantize(), torch.gather(per_row, 1, codes.long()))
+    q = QuantizedWeight("kmeans_a", 4, codes, shared, (5, 3, 3))
+    assert torch.equal(q.dequantize(torch.float16), shared[0][codes.long()].reshape(5, 3, 3).half())

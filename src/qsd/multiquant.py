@@ -29,7 +29,7 @@ from qsd.config import METHODS, QuantConfig, QuantSpec
 from qsd.errors import CorruptFileError, ModelMismatchError, QsdError
 from qsd.layers import Unit, quantizable_units
 from qsd.quantize import units_by_module, write_weight
-from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight, relative_error
+from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
 
 DEFAULT_BITS = (4, 3)
 DEFAULT_OPTIONS = tuple(QuantSpec(m, b) for m in METHODS for b in DEFAULT_BITS)
@@ -101,7 +101,7 @@ class MultiQuantizer:
                 for b, qw in quantize_weight(weight, method, bits, settings).items():
                     spec = QuantSpec(method, b)
                     quantized[unit.name][spec] = qw
-                    errors[unit.name][spec] = relative_error(weight, qw.dequantize())
+                    errors[unit.name][spec] = qw.error  # measured inside the quantizer
         return cls(model, units, options, settings, quantized, errors, float_weights_checksum(model, units))
 
     # ------------------------------------------------------------------ queries

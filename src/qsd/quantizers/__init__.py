@@ -8,8 +8,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from qsd.config import METHODS
-from qsd.quantizers.base import QuantizedWeight, relative_error
+from qsd.quantizers.base import QuantizedWeight, relative_error, relative_errors_from_sse
 from qsd.quantizers.kmeans import quantize_kmeans_a, quantize_kmeans_c
+from qsd.quantizers.kmeans1d import check_solver
 from qsd.quantizers.uaq import DEFAULT_CLIP_RATIOS, quantize_uaq
 
 __all__ = ["QuantizedWeight", "QuantizerSettings", "quantize_weight", "relative_error"]
@@ -27,6 +28,13 @@ class QuantizerSettings:
     """Quantize the two input halves of concatenation-fed layers as separate units (see qsd.layers)."""
     param_bits: int | None = None
     """Precision of scales/zeros/codebooks in the size accounting; None = the model's weight dtype."""
+    kmeans_solver: str = "coarse_to_fine"
+    """K-Means-C codebooks: "coarse_to_fine" (near-optimal, 4-8x faster) or "exact" (qsd.quantizers.kmeans1d).
+
+    K-Means-A is always exact."""
+
+    def __post_init__(self) -> None:
+        check_solver(self.kmeans_solver)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -41,14 +49,22 @@ class QuantizerSettings:
 def quantize_weight(
     weight: torch.Tensor, method: str, bits: Sequence[int], settings: QuantizerSettings = QuantizerSettings()
 ) -> dict[int, QuantizedWeight]:
-    """Quantize `weight` [O, ...] per output channel with `method` at each of `bits`."""
+    """Quantize `weight` [O, ...] per output channel with `method` at each of `bits`.
+
+    Computes on the CPU; codes and tables are returned on `weight`'s device, each with its relative error.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; supported: {METHODS}")
-    rows = weight.detach().reshape(weight.shape[0], -1).float()
+    rows = weight.detach().reshape(weight.shape[0], -1).cpu().float()
     if method == "uaq":
         fitted = quantize_uaq(rows, bits, settings.uaq_clip_ratios, settings.uaq_clip_p)
     elif method == "kmeans_c":
-        fitted = quantize_kmeans_c(rows, bits)
+        fitted = quantize_kmeans_c(rows, bits, settings.kmeans_solver)
     else:
         fitted = quantize_kmeans_a(rows, bits)
-    return {b: QuantizedWeight(method, b, codes, lut, tuple(weight.shape)) for b, (codes, lut) in fitted.items()}
+    errors = relative_errors_from_sse(rows, {b: sse for b, (_, _, sse) in fitted.items()})
+    device, shape = weight.device, tuple(weight.shape)
+    return {
+        b: QuantizedWeight(method, b, codes.to(device), lut.to(device), shape, errors[b])
+        for b, (codes, lut, _) in fitted.items()
+    }

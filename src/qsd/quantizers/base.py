@@ -9,8 +9,10 @@ deployment stores (paper §3.1; code.md §1.4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numba
+import numpy as np
 import torch
 
 
@@ -26,10 +28,16 @@ class QuantizedWeight:
     codes: torch.Tensor  # uint8 [O, N], values in 0..2^b-1
     lut: torch.Tensor  # float32 [O, 2^b] (per channel) or [1, 2^b] (per tensor)
     shape: tuple[int, ...]  # shape of the float weight this reproduces
+    error: float | None = field(default=None, compare=False)
+    """relative_error(weight, self.dequantize()) as the quantizer measured it; None when loaded from a file."""
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The fake-quantized float weight, in `shape`."""
-        if self.lut.shape[0] == 1:
+        if self.codes.device.type == "cpu":
+            values = np.empty(self.codes.shape, dtype=np.float32)
+            _lookup(self.codes.numpy(), self.lut.float().numpy(), values)
+            values = torch.from_numpy(values)
+        elif self.lut.shape[0] == 1:
             values = self.lut[0][self.codes.long()]
         else:
             values = torch.gather(self.lut, 1, self.codes.long())
@@ -51,6 +59,32 @@ class QuantizedWeight:
     def size_bits(self, param_bits: int) -> int:
         """Index bits plus overhead."""
         return self.bits * self.numel + self.overhead_bits(param_bits)
+
+
+@numba.njit(cache=True)
+def _lookup(codes, lut, out):
+    """out[r, t] = lut[r, codes[r, t]] (lut [R, K]) or lut[0, codes[r, t]] (lut [1, K])."""
+    shared = lut.shape[0] == 1
+    for r in range(codes.shape[0]):
+        table = lut[0] if shared else lut[r]
+        for t in range(codes.shape[1]):
+            out[r, t] = table[codes[r, t]]
+
+
+@numba.njit(fastmath=True, cache=True)
+def _sum_squares(x):
+    """Σ x² in float64 over a float32 [R, N] array."""
+    acc = 0.0
+    for r in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            acc += np.float64(x[r, t]) * np.float64(x[r, t])
+    return acc
+
+
+def relative_errors_from_sse(weight2d: torch.Tensor, sse: dict[int, float]) -> dict[int, float]:
+    """relative_error of approximations of `weight2d` (float32, CPU) given their squared errors Σ(w - ŵ)²."""
+    power = _sum_squares(np.ascontiguousarray(weight2d.numpy()))
+    return {k: float(np.float32(v / power if power > 0 else v / weight2d.numel())) for k, v in sse.items()}
 
 
 def relative_error(weight: torch.Tensor, approx: torch.Tensor) -> float:
