@@ -36,7 +36,7 @@ from qsd.labelling import Labeller, feature_backend
 from qsd.metrics.prompt_accuracy import prompt_accuracy
 from qsd.models import load_model
 from qsd.multiquant import MultiQuantizer
-from qsd.sampling import SamplingProtocol, generate, guided_noise, initial_noise
+from qsd.sampling import SamplingProtocol, generate, guidance_condition, guided_noise, initial_noise
 
 BENCH_SPEC = QuantSpec("kmeans_c", 4)
 
@@ -60,13 +60,13 @@ def naive_label(model, protocol: SamplingProtocol, n_images: int) -> dict:
     for i in range(n_images):
         if model.entry.conditioning == "text":
             caption_encoder()._memo.clear()  # no caching: re-encode per image, as the original did
-        cond, null = model.condition([prompts[i]]), model.null_condition(1)
+        condition = guidance_condition(model, [prompts[i]], protocol.guidance)
         scheduler = model.make_scheduler()
         scheduler.set_timesteps(protocol.steps)
         latents = initial_noise(model.latent_shape, 1, protocol.seed, i) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(latents, t)
-            eps = guided_noise(model, model_input, t, cond, null, protocol.guidance)
+            eps = guided_noise(model, model_input, t, condition, protocol.guidance)
             latents = scheduler.step(eps, t, latents, return_dict=False)[0]
         images.append(png_round_trip(model.decode(latents)[0]))
     generation = time.perf_counter() - start

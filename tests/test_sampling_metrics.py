@@ -5,8 +5,8 @@ import torch
 
 from qsd import digits
 from qsd.config import QuantSpec
-from qsd.labelling import Labeller, feature_backend
-from qsd.metrics.fid import FidScorer, reference_statistics
+from qsd.labelling import Labeller, feature_backend, fid_scorer
+from qsd.metrics.fid import reference_statistics
 from qsd.metrics.prompt_accuracy import prompt_accuracy
 from qsd.models import load_model
 from qsd.multiquant import MultiQuantizer
@@ -27,9 +27,7 @@ def backend():
 
 @pytest.fixture(scope="module")
 def fid(backend, tmp_path_factory):
-    stats, _ = reference_statistics(backend.feature, backend.image_shape, "mnist16-train", backend.reference_images,
-                                    tmp_path_factory.mktemp("fid"))
-    return FidScorer(backend.feature, backend.image_shape, stats)
+    return fid_scorer(backend, "mnist16-train", tmp_path_factory.mktemp("fid"))
 
 
 def test_noise_depends_only_on_seed_and_index():

@@ -51,6 +51,13 @@ def feature_backend(fid_reference: str, checkpoint_dir: Path | None = None) -> F
     return FeatureBackend(load_fid_inception(), (3, 299, 299), lambda: load_reference_images(fid_reference), None)
 
 
+def fid_scorer(backend: FeatureBackend, reference: str, cache_dir: Path | None = None) -> FidScorer:
+    """FID against `reference` under `backend`'s features, reference statistics from the on-disk cache."""
+    stats, _ = reference_statistics(backend.feature, backend.image_shape, reference, backend.reference_images,
+                                    cache_dir)
+    return FidScorer(backend.feature, backend.image_shape, stats)
+
+
 class Labeller:
     """Labels configurations of `model` under a fixed sampling protocol (see module docstring)."""
 
@@ -58,10 +65,7 @@ class Labeller:
                  progress: bool = True, backend: FeatureBackend | None = None, cache_dir: Path | None = None) -> None:
         self.model, self.protocol, self.batch_size, self.progress = model, protocol, batch_size, progress
         self.backend = backend or feature_backend(model.entry.fid_reference)
-        stats, self.reference_file = reference_statistics(
-            self.backend.feature, self.backend.image_shape, model.entry.fid_reference,
-            self.backend.reference_images, cache_dir)
-        self.fid = FidScorer(self.backend.feature, self.backend.image_shape, stats)
+        self.fid = fid_scorer(self.backend, model.entry.fid_reference, cache_dir)
         _, self.targets = model.protocol_prompts(protocol.n_images)
         self.float_images = self.generate()
         self.probe = record_probe(model, protocol, min(n_probe, protocol.n_images))

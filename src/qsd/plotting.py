@@ -14,9 +14,10 @@ def set_style() -> None:
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
 
 
-def new_figure(width: float = 8.0, height: float = 4.0) -> tuple[plt.Figure, plt.Axes]:
+def new_figure(width: float = 8.0, height: float = 4.0, **subplots) -> tuple[plt.Figure, plt.Axes]:
+    """A house-style figure; `subplots` (nrows, ncols, squeeze, ...) go to `plt.subplots`."""
     set_style()
-    return plt.subplots(figsize=(width, height), layout="constrained")
+    return plt.subplots(figsize=(width, height), layout="constrained", **subplots)
 
 
 def savefig(fig: plt.Figure, name: str, directory: str | Path | None = None) -> Path:

@@ -47,22 +47,24 @@ def initial_noise(shape: tuple[int, ...], n: int, seed: int, start: int = 0) -> 
                         for i in range(start, start + n)])
 
 
-def _cat(a: Condition, b: Condition) -> Condition:
-    return {k: torch.cat([a[k], b[k]]) for k in a}
+def guidance_condition(model: DiffusionModel, prompts: list, guidance: float) -> Condition:
+    """The denoiser inputs for `prompts` under `guidance`, built once per batch: the unconditional and
+    conditional halves stacked along dim 0, or the conditional inputs alone when guidance is 1."""
+    cond = model.condition(prompts)
+    if guidance == 1.0:
+        return cond
+    null = model.null_condition(len(prompts))
+    return {k: torch.cat([null[k], cond[k]]) for k in cond}
 
 
-def _slice(c: Condition, start: int, stop: int) -> Condition:
-    return {k: v[start:stop] for k, v in c.items()}
-
-
-def guided_noise(model: DiffusionModel, latents: torch.Tensor, t: torch.Tensor, cond: Condition,
-                 null: Condition, guidance: float) -> torch.Tensor:
-    """ε with classifier-free guidance, both halves in one forward (guidance 1 = conditional only)."""
+def guided_noise(model: DiffusionModel, latents: torch.Tensor, t: torch.Tensor, condition: Condition,
+                 guidance: float) -> torch.Tensor:
+    """ε with classifier-free guidance, both halves in one forward; `condition` from `guidance_condition`."""
     timestep = t.expand(len(latents))
     if guidance == 1.0:
-        return model.predict_noise(latents, timestep, cond)
+        return model.predict_noise(latents, timestep, condition)
     eps_null, eps_cond = model.predict_noise(torch.cat([latents, latents]), torch.cat([timestep, timestep]),
-                                             _cat(null, cond)).chunk(2)
+                                             condition).chunk(2)
     return eps_null + guidance * (eps_cond - eps_null)
 
 
@@ -78,8 +80,7 @@ def generate(model: DiffusionModel, protocol: SamplingProtocol, batch_size: int 
     bar = tqdm(total=len(batches), desc="sampling", unit="batch", disable=not progress, leave=False)
     for start in batches:
         stop = min(n, start + batch_size)
-        cond = model.condition(prompts[start:stop])
-        null = model.null_condition(stop - start) if protocol.guidance != 1.0 else None
+        condition = guidance_condition(model, prompts[start:stop], protocol.guidance)
         scheduler = model.make_scheduler()
         scheduler.set_timesteps(protocol.steps)
         step_kwargs = {}
@@ -89,7 +90,7 @@ def generate(model: DiffusionModel, protocol: SamplingProtocol, batch_size: int 
         latents = latents * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(latents, t)
-            eps = guided_noise(model, model_input, t, cond, null, protocol.guidance)
+            eps = guided_noise(model, model_input, t, condition, protocol.guidance)
             if trajectory is not None:
                 trajectory.latents.append(model_input)
                 trajectory.timesteps.append(t)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from qsd.models.base import Condition, DiffusionModel
-from qsd.sampling import SamplingProtocol, Trajectory, generate, guided_noise
+from qsd.sampling import SamplingProtocol, Trajectory, generate, guidance_condition, guided_noise
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Probe:
 
     trajectory: Trajectory
     condition: Condition
-    null: Condition
+    """As built by `guidance_condition` (both halves stacked when guided)."""
     guidance: float
 
 
@@ -36,7 +36,7 @@ def record_probe(model: DiffusionModel, protocol: SamplingProtocol, n: int) -> P
     trajectory = Trajectory([], [], [])
     generate(model, protocol, batch_size=n, progress=False, trajectory=trajectory, n_images=n)
     prompts, _ = model.protocol_prompts(n)
-    return Probe(trajectory, model.condition(prompts), model.null_condition(n), protocol.guidance)
+    return Probe(trajectory, guidance_condition(model, prompts, protocol.guidance), protocol.guidance)
 
 
 @torch.no_grad()
@@ -45,6 +45,6 @@ def eps_error(model: DiffusionModel, probe: Probe) -> float:
     errors = []
     steps = zip(probe.trajectory.latents, probe.trajectory.timesteps, probe.trajectory.eps, strict=True)
     for latents, t, eps_float in steps:
-        eps = guided_noise(model, latents, t, probe.condition, probe.null, probe.guidance)
+        eps = guided_noise(model, latents, t, probe.condition, probe.guidance)
         errors.append(((eps - eps_float).pow(2).sum() / eps_float.pow(2).sum()).item())
     return sum(errors) / len(errors)

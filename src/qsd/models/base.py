@@ -66,8 +66,9 @@ class DiffusionModel:
         """ε prediction of the denoiser (learned-variance channels dropped)."""
         raise NotImplementedError
 
-    def make_scheduler(self):
-        """A fresh diffusers scheduler for this model's training noise schedule and sampler."""
+    def make_scheduler(self, sampler: bool = True):
+        """A fresh diffusers scheduler: the protocol's sampler, or (`sampler=False`) the training-time
+        noising schedule (DDPM) with the same betas."""
         raise NotImplementedError
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

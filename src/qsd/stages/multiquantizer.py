@@ -26,16 +26,13 @@ from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.quantizers import QuantizerSettings
+from qsd.stages import StageSettings
 
 STAGE = "01_multiquantizer"
 
 
 @dataclass(frozen=True)
-class Settings:
-    model_id: str = "tiny_pixart"
-    run_id: str = "default"
-    seed: int = 0
-    smoke: bool = False
+class Settings(StageSettings):
     methods: tuple[str, ...] = METHODS
     bits: tuple[int, ...] = DEFAULT_BITS
     quantizer: QuantizerSettings = field(default_factory=QuantizerSettings)

@@ -17,9 +17,8 @@ import torch
 from matplotlib.figure import Figure
 
 from qsd import digits
-from qsd.labelling import feature_backend
+from qsd.labelling import feature_backend, fid_scorer
 from qsd.metrics.classifier import classifier_path, classifier_record, save_classifier, train_classifier
-from qsd.metrics.fid import FidScorer, reference_statistics
 from qsd.metrics.prompt_accuracy import prompt_accuracy
 from qsd.models import get_entry, load_model
 from qsd.models.embedded import ARCHITECTURES, checkpoint_metadata, checkpoint_path, load_embedded, save_checkpoint
@@ -27,6 +26,7 @@ from qsd.paths import project_root, stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.sampling import SamplingProtocol, generate
+from qsd.stages import StageSettings
 from qsd.training.denoiser import TrainSettings, train_denoiser
 
 STAGE = "00_train_denoisers"
@@ -36,11 +36,7 @@ SMOKE_STEPS = 20
 
 
 @dataclass(frozen=True)
-class Settings:
-    model_id: str = "tiny_pixart"
-    run_id: str = "default"
-    seed: int = 0
-    smoke: bool = False
+class Settings(StageSettings):
     retrain: bool = False
     train_steps: int | None = None
     """None = the shipped checkpoint's step count (TRAIN_STEPS)."""
@@ -83,9 +79,7 @@ def run(settings: Settings) -> Result:
     trained = _train(settings, directory) if settings.retrain or settings.smoke else None
     model = load_model(settings.model_id)  # the shipped (or, after a full retrain, the new) checkpoint
     backend = feature_backend(model.entry.fid_reference)
-    stats, _ = reference_statistics(backend.feature, backend.image_shape, model.entry.fid_reference,
-                                    backend.reference_images)
-    fid = FidScorer(backend.feature, backend.image_shape, stats)
+    fid = fid_scorer(backend, model.entry.fid_reference)
     n = 40 if settings.smoke else settings.eval_images
     protocol = SamplingProtocol(n_images=n, steps=model.entry.sampler.steps, guidance=model.entry.sampler.guidance,
                                 seed=settings.seed)
@@ -129,9 +123,7 @@ def plot_sample_grid(result: Result, rows: int = 8) -> Figure | None:
         return None
     n_cols = digits.N_CLASSES
     rows = min(rows, len(images) // n_cols)
-    fig, axes = new_figure(n_cols * 0.7, rows * 0.7 + 0.4)
-    fig.clear()
-    grid = fig.subplots(rows, n_cols, squeeze=False)
+    fig, grid = new_figure(n_cols * 0.7, rows * 0.7 + 0.4, nrows=rows, ncols=n_cols, squeeze=False)
     for r in range(rows):
         for d in range(n_cols):
             ax = grid[r][d]

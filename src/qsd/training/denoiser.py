@@ -51,7 +51,7 @@ class _Conditions:
     def __init__(self, model: EmbeddedModel) -> None:
         self.text = model.entry.conditioning == "text"
         if self.text:
-            table = [captions.caption(d, p) for d in range(digits.N_CLASSES) for p in range(len(captions.PHRASINGS))]
+            table = captions.all_captions()  # digit-major: index = digit * len(PHRASINGS) + phrasing
             self.cond = model.condition(table + [captions.NULL_CAPTION])
             self.null_index = len(table)
 
