@@ -11,16 +11,21 @@ the caption re-encoded for every image, every image written to PNG and read back
 recomputed for the FID of every configuration. It is timed on the first `--naive-images` images and its
 per-image cost extrapolated to `--images` (the reference-feature cost is added once, as measured).
 
+Both are measured in each compute dtype of `--dtypes` (the denoiser under bfloat16 autocast, the stage-02
+default, and plain float32), qsd and naive always in the same dtype; the first dtype is the headline.
+
 Label noise: FID of the float model under 3 noise seeds (`fid_seed_spread` = max − min) and the FID
 difference between two labellings of the same configuration (`fid_repeat_diff`, must be 0).
 
 Run:  .venv/bin/python benchmarks/label_throughput.py [--models tiny_pixart,tiny_sd,tiny_dit]
-Last stdout line: one JSON object (s_per_config and speedup_vs_naive refer to tiny_pixart).
+Last stdout line: one JSON object (s_per_config and speedup_vs_naive refer to tiny_pixart in the first dtype;
+`*_float32` keys to float32).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import time
@@ -36,7 +41,7 @@ from qsd.labelling import Labeller, feature_backend
 from qsd.metrics.prompt_accuracy import prompt_accuracy
 from qsd.models import load_model
 from qsd.multiquant import MultiQuantizer
-from qsd.sampling import SamplingProtocol, generate, guidance_condition, guided_noise, initial_noise
+from qsd.sampling import SamplingProtocol, compute_precision, generate, guidance_condition, guided_noise, initial_noise
 
 BENCH_SPEC = QuantSpec("kmeans_c", 4)
 
@@ -66,7 +71,8 @@ def naive_label(model, protocol: SamplingProtocol, n_images: int) -> dict:
         latents = initial_noise(model.latent_shape, 1, protocol.seed, i) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(latents, t)
-            eps = guided_noise(model, model_input, t, condition, protocol.guidance)
+            with compute_precision(protocol.compute_dtype, latents.device):
+                eps = guided_noise(model, model_input, t, condition, protocol.guidance)
             latents = scheduler.step(eps, t, latents, return_dict=False)[0]
         images.append(png_round_trip(model.decode(latents)[0]))
     generation = time.perf_counter() - start
@@ -84,10 +90,10 @@ def naive_label(model, protocol: SamplingProtocol, n_images: int) -> dict:
             "scoring_s_per_image": scoring / n_images}
 
 
-def bench_model(model_id: str, args) -> dict:
-    model = load_model(model_id)
-    protocol = SamplingProtocol(n_images=args.images, steps=args.steps, guidance=model.entry.sampler.guidance)
-    mq = MultiQuantizer.build(model.denoiser, progress=False)
+def bench_dtype(model, mq, args, compute_dtype: str) -> dict:
+    """qsd's and the naive protocol's seconds per configuration, both computing in `compute_dtype`."""
+    protocol = SamplingProtocol(n_images=args.images, steps=args.steps, guidance=model.entry.sampler.guidance,
+                                compute_dtype=compute_dtype)
     config = mq.uniform(BENCH_SPEC)
     start = time.perf_counter()
     labeller = Labeller(model, protocol, progress=False)
@@ -99,12 +105,18 @@ def bench_model(model_id: str, args) -> dict:
     naive_s = naive["reference_s"] + args.images * (naive["generation_s_per_image"] + naive["scoring_s_per_image"])
     seed_fids = []
     for seed in (0, 1, 2):
-        images = generate(model, SamplingProtocol(args.images, args.steps, protocol.guidance, seed), progress=False)
+        images = generate(model, dataclasses.replace(protocol, seed=seed), progress=False)
         seed_fids.append(labeller.fid(images))
-    return {"model_id": model_id, "setup_s": setup, "s_per_config": s_per_config, "naive_s_per_config": naive_s,
+    return {"setup_s": setup, "s_per_config": s_per_config, "naive_s_per_config": naive_s,
             "speedup_vs_naive": naive_s / s_per_config, "naive": naive,
             "fid_seed_spread": max(seed_fids) - min(seed_fids), "fid_float_by_seed": seed_fids,
             "fid_repeat_diff": abs(runs[0]["fid"] - runs[-1]["fid"]), "labels": runs[-1]}
+
+
+def bench_model(model_id: str, args) -> dict:
+    model = load_model(model_id)
+    mq = MultiQuantizer.build(model.denoiser, progress=False)
+    return {"model_id": model_id} | {dtype: bench_dtype(model, mq, args, dtype) for dtype in args.dtypes.split(",")}
 
 
 def main() -> None:
@@ -114,17 +126,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--naive-images", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dtypes", default="bfloat16,float32",
+                        help="compute dtypes to measure; the first one is the headline")
     args = parser.parse_args()
+    dtypes = args.dtypes.split(",")
     results = {m: bench_model(m, args) for m in args.models.split(",")}
-    for model_id, r in results.items():
-        print(f"{model_id}: {r['s_per_config']:.2f} s/config (naive {r['naive_s_per_config']:.1f} s, "
-              f"{r['speedup_vs_naive']:.1f}x), FID seed spread {r['fid_seed_spread']:.2f}, "
-              f"repeat diff {r['fid_repeat_diff']}")
+    for model_id, by_dtype in results.items():
+        for dtype in dtypes:
+            r = by_dtype[dtype]
+            print(f"{model_id} [{dtype}]: {r['s_per_config']:.2f} s/config (naive {r['naive_s_per_config']:.1f} s, "
+                  f"{r['speedup_vs_naive']:.1f}x), FID seed spread {r['fid_seed_spread']:.2f}, "
+                  f"repeat diff {r['fid_repeat_diff']}")
     head = results.get("tiny_pixart", next(iter(results.values())))
-    print(json.dumps({"s_per_config": head["s_per_config"], "speedup_vs_naive": head["speedup_vs_naive"],
-                      "fid_seed_spread": head["fid_seed_spread"], "fid_repeat_diff": head["fid_repeat_diff"],
-                      "images": args.images, "steps": args.steps, "torch_threads": torch.get_num_threads(),
-                      "models": results}))
+    headline = {key: head[dtypes[0]][key] for key in ("s_per_config", "speedup_vs_naive", "fid_seed_spread",
+                                                       "fid_repeat_diff")}
+    others = {f"{key}_{dtype}": head[dtype][key] for dtype in dtypes[1:] for key in ("s_per_config",
+                                                                                    "speedup_vs_naive")}
+    print(json.dumps(headline | others | {"compute_dtype": dtypes[0], "images": args.images, "steps": args.steps,
+                                          "torch_threads": torch.get_num_threads(), "models": results}))
 
 
 if __name__ == "__main__":

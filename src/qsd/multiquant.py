@@ -193,11 +193,11 @@ class MultiQuantizer:
             pieces = []
             for unit in units:
                 spec = config[unit.name]
-                pieces.append(
-                    unit.weight_slice(float_weight)
-                    if spec is None
-                    else self.quantized[unit.name][self._weight_spec(spec)].dequantize(float_weight.dtype)
-                )
+                if spec is None:
+                    pieces.append(unit.weight_slice(float_weight))
+                else:
+                    option = self.quantized[unit.name][self._weight_spec(spec)]
+                    pieces.append(option.dequantize(float_weight.dtype).to(float_weight.device))
             write_weight(self._modules[module_name], pieces, {u.name: config[u.name] for u in units})
 
     def restore(self) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from qsd.models.base import Condition, DiffusionModel
-from qsd.sampling import SamplingProtocol, Trajectory, generate, guidance_condition, guided_noise
+from qsd.sampling import SamplingProtocol, Trajectory, compute_precision, generate, guidance_condition, guided_noise
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Probe:
     condition: Condition
     """As built by `guidance_condition` (both halves stacked when guided)."""
     guidance: float
+    compute_dtype: str = "float32"
 
 
 def sample_mse(images: torch.Tensor, float_images: torch.Tensor) -> float:
@@ -36,7 +37,8 @@ def record_probe(model: DiffusionModel, protocol: SamplingProtocol, n: int) -> P
     trajectory = Trajectory([], [], [])
     generate(model, protocol, batch_size=n, progress=False, trajectory=trajectory, n_images=n)
     prompts, _ = model.protocol_prompts(n)
-    return Probe(trajectory, guidance_condition(model, prompts, protocol.guidance), protocol.guidance)
+    return Probe(trajectory, guidance_condition(model, prompts, protocol.guidance), protocol.guidance,
+                 protocol.compute_dtype)
 
 
 @torch.no_grad()
@@ -45,6 +47,7 @@ def eps_error(model: DiffusionModel, probe: Probe) -> float:
     errors = []
     steps = zip(probe.trajectory.latents, probe.trajectory.timesteps, probe.trajectory.eps, strict=True)
     for latents, t, eps_float in steps:
-        eps = guided_noise(model, latents, t, probe.condition, probe.guidance)
+        with compute_precision(probe.compute_dtype, latents.device):
+            eps = guided_noise(model, latents, t, probe.condition, probe.guidance)
         errors.append(((eps - eps_float).pow(2).sum() / eps_float.pow(2).sum()).item())
     return sum(errors) / len(errors)

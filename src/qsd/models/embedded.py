@@ -33,7 +33,7 @@ def _pixart() -> nn.Module:
 
     return PixArtTransformer2DModel(
         num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=4,
-        cross_attention_dim=128, caption_channels=captions.EMBED_DIM, sample_size=digits.RESOLUTION, patch_size=2,
+        cross_attention_dim=128, caption_channels=captions.EMBED_DIM, sample_size=digits.RESOLUTION, patch_size=4,
         use_additional_conditions=False, norm_num_groups=1,
     )
 
@@ -169,9 +169,12 @@ class ClassConditioned(EmbeddedModel):
         return self.denoiser(hidden_states=latents, timestep=timestep, return_dict=False, **condition)[0]
 
 
-def load_embedded(entry: ModelEntry, checkpoint_dir: Path | None = None, trained: bool = True) -> EmbeddedModel:
-    """The embedded model `entry`, from its shipped checkpoint (or untrained, for training/tests)."""
+def load_embedded(entry: ModelEntry, checkpoint_dir: Path | None = None, trained: bool = True,
+                  device: str | torch.device = "cpu") -> EmbeddedModel:
+    """The embedded model `entry`, from its shipped checkpoint (or untrained, for training/tests), with the
+    denoiser on `device` (captions are encoded on the CPU)."""
     denoiser = load_trained_denoiser(entry.model_id, checkpoint_dir) if trained else build_denoiser(entry.model_id)
+    denoiser = denoiser.to(device)
     cls = ClassConditioned if entry.conditioning == "class" else TextConditioned
     return cls(entry, denoiser)
 

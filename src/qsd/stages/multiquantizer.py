@@ -1,7 +1,7 @@
 """Stage 01: every weight-quantization option of every layer (paper §3.1; notebook 01_multiquantizer).
 
-Builds (or loads, when a matching file exists) the MultiQuantizer of `model_id`: UAQ, K-Means-C and
-K-Means-A at each bit width for every Linear/Conv layer, and writes to
+Builds (or loads, when a file for the same weights and options exists) the MultiQuantizer of `model_id`:
+UAQ, K-Means-C and K-Means-A at each bit width for every Linear/Conv layer, and writes to
 `data/runs/<model_id>/<run_id>/01_multiquantizer/`:
   multiquantizer.safetensors   codes + lookup tables of every option (reloadable, verified)
   search_space.csv             one row per (layer, option): size in bits and relative error
@@ -20,6 +20,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from qsd.config import METHODS, QuantSpec
+from qsd.errors import ModelMismatchError
 from qsd.models import load_denoiser
 from qsd.multiquant import DEFAULT_BITS, MultiQuantizer
 from qsd.paths import stage_dir
@@ -58,8 +59,11 @@ def run(settings: Settings) -> Result:
     options = [QuantSpec(m, b) for m in settings.methods for b in settings.bits]
     mq = None
     if path.exists() and not settings.rebuild:
-        mq = MultiQuantizer.load(path, model)
-        if set(mq.options) != set(options) or mq.settings != settings.quantizer:
+        try:
+            mq = MultiQuantizer.load(path, model)
+        except ModelMismatchError as exc:  # the model was retrained or replaced since: the file is stale
+            print(f"rebuilding the multiquantizer: {exc}")
+        if mq is not None and (set(mq.options) != set(options) or mq.settings != settings.quantizer):
             mq = None  # saved with other options or heuristics: rebuild rather than mix
     if mq is None:
         mq = MultiQuantizer.build(model, options, settings.quantizer, progress=settings.progress and not settings.smoke)

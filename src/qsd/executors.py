@@ -1,0 +1,153 @@
+"""Where label jobs run: in this process (the default) or on Ray actors (paper §3.2's data collection at scale).
+
+A `LabelWorker` loads the model, the saved multiquantizer and the labeller (cached FID reference statistics,
+float images, probe trajectory) once and then labels many configurations. Both executors yield
+`LabelRecord`s as they finish; the driver writes each to the store at once, so an interrupted run, local
+or distributed, resumes from the store. Every worker labels under the same common random numbers, so a
+configuration gets the same metrics wherever it runs (bitwise, at the same thread count).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from qsd.config import QuantConfig
+from qsd.paths import project_root
+from qsd.provenance import provenance
+from qsd.sampling import SamplingProtocol
+from qsd.store import LabelRecord
+
+EXECUTORS = ("inprocess", "ray")
+
+
+@dataclass(frozen=True)
+class LabelJob:
+    """One configuration to label; `kind`, `name`, `sample_index` as in `LabelRecord`."""
+
+    config: QuantConfig
+    kind: str
+    name: str
+    sample_index: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to build itself (picklable, so Ray can ship it)."""
+
+    model_id: str
+    protocol: SamplingProtocol
+    multiquantizer_path: str
+    n_probe: int = 16
+    threads: int | None = None
+    """torch threads per worker; None = torch's default."""
+    device: str = "cpu"
+    """Where the denoiser runs ('cuda' for GPU workers); metrics are computed on the CPU."""
+
+
+class LabelWorker:
+    """Labels configurations of one model under one protocol; built once per process or Ray actor."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        from qsd.labelling import Labeller
+        from qsd.models import load_model
+        from qsd.multiquant import MultiQuantizer
+
+        if spec.threads is not None:
+            torch.set_num_threads(spec.threads)
+        self.model = load_model(spec.model_id, device=spec.device)
+        self.multiquantizer = MultiQuantizer.load(spec.multiquantizer_path, self.model.denoiser)
+        self.labeller = Labeller(self.model, spec.protocol, n_probe=spec.n_probe, progress=False)
+        self.provenance = provenance(worker=f"{platform.node()}:{os.getpid()}")
+
+    def label(self, job: LabelJob) -> LabelRecord:
+        start = time.perf_counter()
+        metrics = self.labeller.label_config(self.multiquantizer, job.config)
+        record = self.provenance | {"wall_time_s": time.perf_counter() - start}
+        return LabelRecord(job.config, job.kind, job.name, metrics, record, job.sample_index)
+
+
+class InProcessExecutor:
+    """Labels jobs one after another in this process."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+
+    def run(self, jobs: Iterable[LabelJob]) -> Iterator[LabelRecord]:
+        jobs = list(jobs)
+        if not jobs:
+            return
+        worker = LabelWorker(self.spec)
+        for job in jobs:
+            yield worker.label(job)
+
+
+class RayExecutor:
+    """Labels jobs on `workers` Ray actors of an existing cluster (`address`) or a local one started here
+    (and stopped afterwards). Each actor asks for `cpus_per_worker` CPUs and `gpus_per_worker` GPUs
+    (1 for GPU labelling) and keeps two jobs queued so it never waits for the driver."""
+
+    def __init__(self, spec: WorkerSpec, workers: int = 2, address: str | None = None, cpus_per_worker: float = 1,
+                 gpus_per_worker: float = 0) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.spec, self.workers, self.address = spec, workers, address
+        self.cpus_per_worker, self.gpus_per_worker = cpus_per_worker, gpus_per_worker
+
+    def _start(self) -> bool:
+        import ray
+
+        if ray.is_initialized():
+            return False
+        if self.address:
+            ray.init(address=self.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(1, int(self.workers * self.cpus_per_worker)), include_dashboard=False,
+                     log_to_driver=False, object_store_memory=256 * 2**20,
+                     runtime_env={"env_vars": {"QSD_ROOT": str(project_root())}})
+        return True
+
+    def run(self, jobs: Iterable[LabelJob]) -> Iterator[LabelRecord]:
+        import ray
+
+        queue = iter(list(jobs))
+        started = self._start()
+        actor_class = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker)(LabelWorker)
+        actors = [actor_class.remote(self.spec) for _ in range(self.workers)]
+        in_flight: dict = {}
+
+        def submit(actor) -> None:
+            job = next(queue, None)
+            if job is not None:
+                in_flight[actor.label.remote(job)] = actor
+
+        try:
+            for actor in actors * 2:
+                submit(actor)
+            while in_flight:
+                (done,), _ = ray.wait(list(in_flight), num_returns=1)
+                actor = in_flight.pop(done)
+                submit(actor)
+                yield ray.get(done)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+            if started:
+                ray.shutdown()
+
+
+def make_executor(name: str, spec: WorkerSpec, workers: int = 2,
+                  address: str | None = None) -> InProcessExecutor | RayExecutor:
+    """The executor called `name` ('inprocess' or 'ray'); Ray workers ask for one GPU each when
+    `spec.device` is a CUDA device."""
+    if name == "inprocess":
+        return InProcessExecutor(spec)
+    if name == "ray":
+        gpus = 1 if spec.device.startswith("cuda") else 0
+        return RayExecutor(spec, workers=workers, address=address, gpus_per_worker=gpus)
+    raise ValueError(f"unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")
