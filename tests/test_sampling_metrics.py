@@ -44,6 +44,17 @@ def test_same_seed_gives_bitwise_identical_images(pixart):
     assert first.shape == (6, 1, 16, 16) and 0 <= float(first.min()) and float(first.max()) <= 1
 
 
+def test_bfloat16_compute_is_close_to_float32_and_reproducible(pixart):
+    protocol = SamplingProtocol(n_images=10, steps=6, guidance=3.0, seed=1)
+    bf16 = SamplingProtocol(n_images=10, steps=6, guidance=3.0, seed=1, compute_dtype="bfloat16")
+    exact, fast = generate(pixart, protocol, progress=False), generate(pixart, bf16, progress=False)
+    assert fast.dtype == torch.float32 and torch.equal(fast, generate(pixart, bf16, progress=False))
+    assert not torch.equal(exact, fast), "autocast must actually change the arithmetic"
+    assert (exact - fast).pow(2).mean() < 1e-3
+    with pytest.raises(ValueError, match="compute_dtype"):
+        SamplingProtocol(compute_dtype="float16")
+
+
 def test_reference_statistics_are_cached_not_recomputed(backend, tmp_path):
     calls = []
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
@@ -39,6 +40,8 @@ STAGE = "02_label_configs"
 N_PROBE = 16
 SMOKE = {"n_configs": 4, "n_images": 32, "steps": 8}
 PROXIES = ("sample_mse", "eps_error", "summed_error")
+LABEL_OFFSETS = {"uaq": (6, -12), "kmeans_c": (6, 4), "kmeans_a": (6, 8)}
+"""Where the uniform rows' names go (points), so that neighbouring 4-bit rows stay readable."""
 
 
 @dataclass(frozen=True)
@@ -176,18 +179,22 @@ def plot_fid_vs_bits(result: Result) -> Figure:
     labels = result.labels.copy()
     labels["kmeans_share"] = [kmeans_share(c) for c in labels["config"]]
     random_rows, uniform = labels[labels["kind"] == "random"], labels[labels["kind"] == "uniform"]
-    fig, axes = new_figure(17, 4.2, ncols=1 + len(PROXIES), width_ratios=[1.6] + [1] * len(PROXIES))
+    shares = random_rows["kmeans_share"] if len(random_rows) else labels["kmeans_share"]
+    low = float(shares.min())
+    colour = {"cmap": "viridis", "vmin": low, "vmax": max(float(shares.max()), low + 1e-6)}
+    fig, axes = new_figure(17, 4.4, ncols=1 + len(PROXIES), width_ratios=[1.6] + [1] * len(PROXIES))
     ax = axes[0]
-    points = ax.scatter(random_rows["avg_bits"], random_rows["fid"], c=random_rows["kmeans_share"], cmap="viridis",
-                        vmin=0, vmax=1, s=14, alpha=0.8, label="random configurations")
-    fig.colorbar(points, ax=ax, label="share of K-Means layers (vs UAQ)")
+    points = ax.scatter(random_rows["avg_bits"], random_rows["fid"], c=random_rows["kmeans_share"], s=14, alpha=0.85,
+                        label="random configurations", **colour)
+    fig.colorbar(points, ax=axes, label="share of K-Means layers (vs UAQ)", location="bottom", shrink=0.35,
+                 aspect=40, pad=0.02)
     markers = {"uaq": "s", "kmeans_c": "o", "kmeans_a": "^"}
     for row in uniform.itertuples():
         option = row.name.removeprefix("uniform ")
         ax.scatter(row.avg_bits, row.fid, marker=markers[option.rsplit("-", 1)[0]], s=70, facecolor="none",
                    edgecolor="crimson", linewidth=1.5)
-        ax.annotate(option, (row.avg_bits, row.fid), textcoords="offset points", xytext=(5, 3), fontsize=7,
-                    color="crimson")
+        ax.annotate(option, (row.avg_bits, row.fid), textcoords="offset points", fontsize=7, color="crimson",
+                    xytext=LABEL_OFFSETS[option.rsplit("-", 1)[0]])
     float_rows = labels[labels["kind"] == "float"]
     if len(float_rows):
         ax.axhline(float_rows["fid"].iloc[0], color="black", linestyle="--", linewidth=1,
@@ -200,10 +207,10 @@ def plot_fid_vs_bits(result: Result) -> Figure:
     quantized = labels[labels["kind"] != "float"]
     correlations = result.summary["proxy_spearman_vs_fid"]
     for ax, proxy in zip(axes[1:], PROXIES, strict=True):
-        ax.scatter(quantized[proxy], quantized["fid"], c=quantized["kmeans_share"], cmap="viridis", vmin=0, vmax=1,
-                   s=10, alpha=0.8)
+        ax.scatter(quantized[proxy], quantized["fid"], c=quantized["kmeans_share"], s=10, alpha=0.85, **colour)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(proxy.replace("_", " "))
         rho = correlations[proxy]
         ax.set_title(f"Spearman ρ = {'n/a' if rho is None else f'{rho:.3f}'}")
