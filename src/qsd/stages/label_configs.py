@@ -63,6 +63,7 @@ class Settings(StageSettings):
     device: str = "cpu"
     """Where the denoisers run: 'cpu' or 'cuda' (Ray then gives every worker one GPU)."""
     progress: bool = True
+    """Progress bars (always off in smoke runs, whose printed outputs nbval compares)."""
 
     def effective(self) -> Settings:
         """The sizes actually used: smoke caps them to `SMOKE`."""
@@ -111,7 +112,7 @@ def run(settings: Settings) -> Result:
     directory = stage_dir(settings.model_id, settings.run_id, STAGE)
     built = multiquantizer_stage.run(multiquantizer_stage.Settings(
         model_id=settings.model_id, run_id=settings.run_id, seed=settings.seed, smoke=settings.smoke,
-        progress=settings.progress))
+        progress=settings.progress and not settings.smoke))
     multiquantizer = built.multiquantizer
     jobs = reference_jobs(multiquantizer) + random_jobs(multiquantizer, settings.seed, settings.n_configs)
     protocol = SamplingProtocol(n_images=settings.n_images, steps=settings.steps,
@@ -124,7 +125,7 @@ def run(settings: Settings) -> Result:
         pending = [j for j in jobs if j.config.fingerprint not in done]
         executor = make_executor(settings.executor, spec, settings.workers, settings.ray_address)
         with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="labelling", unit="config",
-                  disable=not settings.progress) as bar:
+                  disable=not settings.progress or settings.smoke) as bar:
             for record in executor.run(pending):
                 store.add(record)
                 bar.update()
