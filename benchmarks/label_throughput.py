@@ -41,7 +41,7 @@ from qsd.labelling import Labeller, feature_backend
 from qsd.metrics.prompt_accuracy import prompt_accuracy
 from qsd.models import load_model
 from qsd.multiquant import MultiQuantizer
-from qsd.sampling import SamplingProtocol, compute_precision, generate, guidance_condition, guided_noise, initial_noise
+from qsd.sampling import SamplingProtocol, generate, guidance_condition, guided_noise, initial_noise
 
 BENCH_SPEC = QuantSpec("kmeans_c", 4)
 
@@ -71,8 +71,7 @@ def naive_label(model, protocol: SamplingProtocol, n_images: int) -> dict:
         latents = initial_noise(model.latent_shape, 1, protocol.seed, i) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(latents, t)
-            with compute_precision(protocol.compute_dtype, latents.device):
-                eps = guided_noise(model, model_input, t, condition, protocol.guidance)
+            eps = guided_noise(model, model_input, t, condition, protocol.guidance, protocol.compute_dtype)
             latents = scheduler.step(eps, t, latents, return_dict=False)[0]
         images.append(png_round_trip(model.decode(latents)[0]))
     generation = time.perf_counter() - start

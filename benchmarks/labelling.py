@@ -19,8 +19,6 @@ import time
 import torch
 
 from qsd.executors import InProcessExecutor, RayExecutor, WorkerSpec
-from qsd.models import get_entry
-from qsd.sampling import SamplingProtocol
 from qsd.stages import label_configs, multiquantizer
 
 
@@ -42,9 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     built = multiquantizer.run(multiquantizer.Settings(model_id=args.model, run_id="bench", progress=False))
     jobs = label_configs.random_jobs(built.multiquantizer, seed=0, n=args.configs)
-    entry = get_entry(args.model)
-    protocol = SamplingProtocol(n_images=args.images, steps=entry.sampler.steps, guidance=entry.sampler.guidance,
-                                compute_dtype=label_configs.Settings.compute_dtype)
+    protocol = label_configs.sampling_protocol(label_configs.Settings(model_id=args.model, n_images=args.images)
+                                               .effective())
     path = str(built.directory / "multiquantizer.safetensors")
     inprocess = throughput(InProcessExecutor(WorkerSpec(args.model, protocol, path, label_configs.N_PROBE)), jobs, 1)
     print(f"in-process ({torch.get_num_threads()} threads): {inprocess}", flush=True)

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from qsd.config import QuantConfig
+from qsd.labelling import Labeller
+from qsd.models import load_model
+from qsd.multiquant import MultiQuantizer
 from qsd.paths import project_root
 from qsd.provenance import provenance
 from qsd.sampling import SamplingProtocol
@@ -54,10 +57,6 @@ class LabelWorker:
     """Labels configurations of one model under one protocol; built once per process or Ray actor."""
 
     def __init__(self, spec: WorkerSpec) -> None:
-        from qsd.labelling import Labeller
-        from qsd.models import load_model
-        from qsd.multiquant import MultiQuantizer
-
         if spec.threads is not None:
             torch.set_num_threads(spec.threads)
         self.model = load_model(spec.model_id, device=spec.device)

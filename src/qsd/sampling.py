@@ -72,19 +72,16 @@ def guidance_condition(model: DiffusionModel, prompts: list, guidance: float) ->
     return {k: torch.cat([null[k].to(device), cond[k]]) for k in cond}
 
 
-def compute_precision(compute_dtype: str, device: torch.device) -> torch.autocast:
-    """The autocast context the denoiser runs under (disabled for float32)."""
-    return torch.autocast(device.type, dtype=getattr(torch, compute_dtype), enabled=compute_dtype != "float32")
-
-
 def guided_noise(model: DiffusionModel, latents: torch.Tensor, t: torch.Tensor, condition: Condition,
-                 guidance: float) -> torch.Tensor:
-    """ε with classifier-free guidance, both halves in one forward; `condition` from `guidance_condition`."""
+                 guidance: float, compute_dtype: str = "float32") -> torch.Tensor:
+    """ε with classifier-free guidance, both halves in one forward; `condition` from `guidance_condition`.
+    The denoiser runs under autocast to `compute_dtype` (none for float32); ε comes back in the latents' dtype."""
     timestep = t.expand(len(latents))
-    if guidance == 1.0:
-        return model.predict_noise(latents, timestep, condition).to(latents.dtype)
-    eps_null, eps_cond = model.predict_noise(torch.cat([latents, latents]), torch.cat([timestep, timestep]),
-                                             condition).to(latents.dtype).chunk(2)
+    with torch.autocast(latents.device.type, dtype=getattr(torch, compute_dtype), enabled=compute_dtype != "float32"):
+        if guidance == 1.0:
+            return model.predict_noise(latents, timestep, condition).to(latents.dtype)
+        eps = model.predict_noise(torch.cat([latents, latents]), torch.cat([timestep, timestep]), condition)
+    eps_null, eps_cond = eps.to(latents.dtype).chunk(2)
     return eps_null + guidance * (eps_cond - eps_null)
 
 
@@ -110,8 +107,7 @@ def generate(model: DiffusionModel, protocol: SamplingProtocol, batch_size: int 
         latents = latents * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(latents, t)
-            with compute_precision(protocol.compute_dtype, latents.device):
-                eps = guided_noise(model, model_input, t, condition, protocol.guidance)
+            eps = guided_noise(model, model_input, t, condition, protocol.guidance, protocol.compute_dtype)
             if trajectory is not None:
                 trajectory.latents.append(model_input)
                 trajectory.timesteps.append(t)

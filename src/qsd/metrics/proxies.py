@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from qsd.models.base import Condition, DiffusionModel
-from qsd.sampling import SamplingProtocol, Trajectory, compute_precision, generate, guidance_condition, guided_noise
+from qsd.sampling import SamplingProtocol, Trajectory, generate, guidance_condition, guided_noise
 
 
 @dataclass
@@ -47,7 +47,6 @@ def eps_error(model: DiffusionModel, probe: Probe) -> float:
     errors = []
     steps = zip(probe.trajectory.latents, probe.trajectory.timesteps, probe.trajectory.eps, strict=True)
     for latents, t, eps_float in steps:
-        with compute_precision(probe.compute_dtype, latents.device):
-            eps = guided_noise(model, latents, t, probe.condition, probe.guidance)
+        eps = guided_noise(model, latents, t, probe.condition, probe.guidance, probe.compute_dtype)
         errors.append(((eps - eps_float).pow(2).sum() / eps_float.pow(2).sum()).item())
     return sum(errors) / len(errors)

@@ -24,7 +24,7 @@ from matplotlib.ticker import NullFormatter
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from qsd.config import METHODS, QuantConfig
+from qsd.config import QuantConfig
 from qsd.executors import LabelJob, WorkerSpec, make_executor
 from qsd.models import get_entry
 from qsd.multiquant import MultiQuantizer
@@ -85,7 +85,7 @@ class Result:
 def reference_jobs(multiquantizer: MultiQuantizer) -> list[LabelJob]:
     """The float model and every uniform configuration (one per option: method × bits)."""
     jobs = [LabelJob(multiquantizer.uniform(None), "float", "float")]
-    options = sorted(multiquantizer.options, key=lambda s: (METHODS.index(s.method), -s.w_bits))
+    options = sorted(multiquantizer.options, key=multiquantizer_stage.option_order)
     return jobs + [LabelJob(multiquantizer.uniform(s), "uniform", f"uniform {s.key}") for s in options]
 
 
@@ -95,14 +95,21 @@ def random_jobs(multiquantizer: MultiQuantizer, seed: int, n: int) -> list[Label
             for i in range(n)]
 
 
-def protocol_record(settings: Settings, multiquantizer: MultiQuantizer) -> dict:
+def sampling_protocol(settings: Settings) -> SamplingProtocol:
+    """The labelling protocol of (effective) `settings`: the model's guidance, the run's seed."""
+    return SamplingProtocol(n_images=settings.n_images, steps=settings.steps,
+                            guidance=get_entry(settings.model_id).sampler.guidance, seed=settings.seed,
+                            compute_dtype=settings.compute_dtype)
+
+
+def protocol_record(model_id: str, protocol: SamplingProtocol, multiquantizer: MultiQuantizer) -> dict:
     """What every label in the dataset depends on (the store refuses to mix different ones)."""
-    entry = get_entry(settings.model_id)
-    return {"model_id": settings.model_id, "float_weights_sha256": multiquantizer.checksum,
+    entry = get_entry(model_id)
+    return {"model_id": model_id, "float_weights_sha256": multiquantizer.checksum,
             "fid_reference": entry.fid_reference, "sampler": entry.sampler.scheduler,
-            "n_images": settings.n_images, "steps": settings.steps, "guidance": entry.sampler.guidance,
-            "compute_dtype": settings.compute_dtype,
-            "noise_seed": settings.seed, "n_probe": N_PROBE, "options": [s.key for s in multiquantizer.options],
+            "n_images": protocol.n_images, "steps": protocol.steps, "guidance": protocol.guidance,
+            "compute_dtype": protocol.compute_dtype,
+            "noise_seed": protocol.seed, "n_probe": N_PROBE, "options": [s.key for s in multiquantizer.options],
             "quantizer": multiquantizer.settings.to_json()}
 
 
@@ -115,12 +122,10 @@ def run(settings: Settings) -> Result:
         progress=settings.progress and not settings.smoke))
     multiquantizer = built.multiquantizer
     jobs = reference_jobs(multiquantizer) + random_jobs(multiquantizer, settings.seed, settings.n_configs)
-    protocol = SamplingProtocol(n_images=settings.n_images, steps=settings.steps,
-                                guidance=get_entry(settings.model_id).sampler.guidance, seed=settings.seed,
-                                compute_dtype=settings.compute_dtype)
+    protocol = sampling_protocol(settings)
     spec = WorkerSpec(settings.model_id, protocol, str(built.directory / "multiquantizer.safetensors"), N_PROBE,
                       device=settings.device)
-    with LabelStore(directory / "labels.sqlite", protocol_record(settings, multiquantizer)) as store:
+    with LabelStore(directory / "labels.sqlite", protocol_record(settings.model_id, protocol, multiquantizer)) as store:
         done = store.fingerprints()
         pending = [j for j in jobs if j.config.fingerprint not in done]
         executor = make_executor(settings.executor, spec, settings.workers, settings.ray_address)
