@@ -114,6 +114,14 @@ class MultiQuantizer:
         """Precision of the unit's float weight (and of its scales/codebooks in the size accounting)."""
         return self.settings.param_bits or self._float[unit.module].element_size() * 8
 
+    def float_weight(self, module_name: str) -> torch.Tensor:
+        """The float weight of a quantized module, whatever configuration is applied."""
+        return self._float[module_name]
+
+    def option(self, unit: str, spec: QuantSpec) -> QuantizedWeight:
+        """The precomputed codes and table of `unit` under `spec` (its activation bits are ignored)."""
+        return self.quantized[unit][self._weight_spec(spec)]
+
     def search_space(self) -> pd.DataFrame:
         """One row per (unit, option): size in bits (indices + overhead) and relative error."""
         rows = []
@@ -196,7 +204,7 @@ class MultiQuantizer:
                 if spec is None:
                     pieces.append(unit.weight_slice(float_weight))
                 else:
-                    option = self.quantized[unit.name][self._weight_spec(spec)]
+                    option = self.option(unit.name, spec)
                     pieces.append(option.dequantize(float_weight.dtype).to(float_weight.device))
             write_weight(self._modules[module_name], pieces, {u.name: config[u.name] for u in units})
 
