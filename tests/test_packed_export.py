@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from qsd import AlreadyQuantizedError, CorruptFileError, ModelMismatchError, QuantConfig, QuantSpec, quantize_
-from qsd.export import export, load_quantized, memory_report
+from qsd.packed_export import export, load_quantized, memory_report
 from qsd.kernels import packed_row_bytes
 from qsd.layers import quantizable_units
 from qsd.multiquant import MultiQuantizer
