@@ -170,10 +170,12 @@ class ClassConditioned(EmbeddedModel):
 
 
 def load_embedded(entry: ModelEntry, checkpoint_dir: Path | None = None, trained: bool = True,
-                  device: str | torch.device = "cpu") -> EmbeddedModel:
+                  device: str | torch.device = "cpu", denoiser: nn.Module | None = None) -> EmbeddedModel:
     """The embedded model `entry`, from its shipped checkpoint (or untrained, for training/tests), with the
-    denoiser on `device` (captions are encoded on the CPU)."""
-    denoiser = load_trained_denoiser(entry.model_id, checkpoint_dir) if trained else build_denoiser(entry.model_id)
+    denoiser on `device` (captions are encoded on the CPU). `denoiser` replaces the checkpoint's (e.g. a packed
+    one from `qsd.load_quantized`), so the float weights are never loaded."""
+    if denoiser is None:
+        denoiser = load_trained_denoiser(entry.model_id, checkpoint_dir) if trained else build_denoiser(entry.model_id)
     denoiser = denoiser.to(device)
     cls = ClassConditioned if entry.conditioning == "class" else TextConditioned
     return cls(entry, denoiser)

@@ -1,0 +1,189 @@
+"""Stage 07: real low-bit weights for a mixed-precision configuration (notebook 07_kernels_and_export).
+
+Steps:
+  1. The configuration: `config_path` if given (a `QuantConfig` JSON, e.g. a W3.x built by stage 05), else the
+     best-FID random configuration of stage 02 whose average bits are at most `max_avg_bits` (the lowest-bit
+     one if none is); which one was taken is recorded in the summary.
+  2. `qsd.export` writes it packed (codes at exactly b bits + tables); `qsd.load_quantized` rebuilds the
+     denoiser from that file alone, with `QLinear`/`QConv` layers that never hold the float weights.
+  3. The same images (common random numbers) are sampled from the float model, the fake-quantized model and
+     the packed model; packed must reproduce fake-quantized (max |Δ| reported, 0 when every GEMM is large
+     enough to run on the decoded weight).
+  4. Resident bytes and file bytes against the fp16 and fp32 weights; sampling wall time of each model.
+
+Outputs in `data/runs/<model_id>/<run_id>/07_kernels_and_export/`: the packed model file, config.json,
+summary.json; figure `figures/07_export_<model_id>.png`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from qsd.config import QuantConfig
+from qsd.errors import QsdError
+from qsd.kernels import cpu as cpu_kernels
+from qsd.models import get_entry, load_model
+from qsd.multiquant import MultiQuantizer
+from qsd.packed_export import export, load_quantized, memory_report
+from qsd.paths import stage_dir
+from qsd.plotting import new_figure, savefig
+from qsd.provenance import write_run_record
+from qsd.sampling import SamplingProtocol, generate
+from qsd.stages import StageSettings
+from qsd.stages import multiquantizer as multiquantizer_stage
+from qsd.stages.label_configs import STAGE as LABEL_STAGE
+from qsd.store import LabelStore
+
+STAGE = "07_kernels_and_export"
+SMOKE = {"n_images": 8, "steps": 4}
+GRID_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class Settings(StageSettings):
+    config_path: str | None = None
+    """A QuantConfig JSON to export; None = pick one from stage 02's labels (see `max_avg_bits`)."""
+    max_avg_bits: float = 4.0
+    """Stage-02 pick: the best-FID random configuration with at most this many average bits."""
+    n_images: int = 64
+    steps: int | None = None
+    """Solver steps; None = the model's protocol."""
+
+
+@dataclass
+class Result:
+    settings: Settings
+    directory: Path
+    config: QuantConfig
+    images: dict[str, torch.Tensor]
+    seconds: dict[str, float]
+    memory: dict[str, float]
+    summary: dict
+
+
+def choose_config(settings: Settings) -> tuple[QuantConfig, str]:
+    """(configuration, where it came from) per `Settings.config_path` / `max_avg_bits`."""
+    if settings.config_path is not None:
+        return QuantConfig.load(settings.config_path), f"file {settings.config_path}"
+    path = stage_dir(settings.model_id, settings.run_id, LABEL_STAGE) / "labels.sqlite"
+    if not path.is_file():
+        raise QsdError(f"no labelled configurations at {path}: run notebook 02 for run {settings.run_id!r} first, "
+                       "or pass config_path")
+    with LabelStore(path) as store:
+        labels = store.to_pandas()
+    rows = labels[labels["kind"] == "random"]
+    if rows.empty:
+        raise QsdError(f"{path} holds no random configurations yet: run notebook 02 to label some")
+    within = rows[rows["avg_bits"] <= settings.max_avg_bits]
+    row = within.loc[within["fid"].idxmin()] if len(within) else rows.loc[rows["avg_bits"].idxmin()]
+    rule = f"best FID with avg bits <= {settings.max_avg_bits}" if len(within) else "lowest avg bits (none within)"
+    return QuantConfig.loads(row["config"]), f"stage 02 {row['name']} ({rule})"
+
+
+def timed_generate(model, protocol: SamplingProtocol) -> tuple[torch.Tensor, float]:
+    """The protocol's images and the seconds they took, after a one-image warm-up (first-call costs)."""
+    generate(model, protocol, progress=False, n_images=1)
+    start = time.perf_counter()
+    images = generate(model, protocol, progress=False)
+    return images, time.perf_counter() - start
+
+
+def run(settings: Settings) -> Result:
+    """Export the chosen configuration packed, reload it, and compare it with the fake-quantized model."""
+    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
+    sizes = {"n_images": settings.n_images, "steps": settings.steps or get_entry(settings.model_id).sampler.steps}
+    if settings.smoke:
+        sizes = {k: min(v, SMOKE[k]) for k, v in sizes.items()}
+    config, source = choose_config(settings)
+    config.save(directory / "config.json")
+    built = multiquantizer_stage.run(multiquantizer_stage.Settings(
+        model_id=settings.model_id, run_id=settings.run_id, seed=settings.seed, smoke=settings.smoke, progress=False))
+    model = load_model(settings.model_id)
+    mq = MultiQuantizer.load(built.directory / "multiquantizer.safetensors", model.denoiser)
+    protocol = SamplingProtocol(n_images=sizes["n_images"], steps=sizes["steps"],
+                                guidance=get_entry(settings.model_id).sampler.guidance, seed=settings.seed)
+    path = export(model.denoiser, config, directory / f"{settings.model_id}_packed.safetensors",
+                  model_id=settings.model_id, multiquantizer=mq)
+    packed = copy.copy(model)
+    packed.denoiser = load_quantized(path, settings.model_id)
+    images, seconds = {}, {}
+    images["float"], seconds["float"] = timed_generate(model, protocol)
+    mq.apply(config)
+    images["fake-quantized"], seconds["fake-quantized"] = timed_generate(model, protocol)
+    mq.restore()
+    images["packed"], seconds["packed"] = timed_generate(packed, protocol)
+    memory = memory_report(packed.denoiser) | {"file_bytes": path.stat().st_size}
+    difference = (images["packed"] - images["fake-quantized"]).abs().max().item()
+    cost = mq.cost(config)
+    summary = {
+        "config_source": source, "config_fingerprint": config.fingerprint, "avg_bits": round(cost["avg_bits"], 4),
+        "n_images": protocol.n_images, "steps": protocol.steps,
+        "packed_vs_fake_quantized_max_abs_diff": difference,
+        "packed_equals_fake_quantized": difference == 0.0,
+        "packed_layers_ratio_vs_fp16": round(memory["packed_layers_ratio_vs_fp16"], 4),
+        "denoiser_ratio_vs_fp16": round(memory["denoiser_bytes"] / memory["denoiser_fp16_bytes"], 4),
+        "file_ratio_vs_fp16": round(memory["file_bytes"] / memory["denoiser_fp16_bytes"], 4),
+        "memory_bytes": memory, "sampling_seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "cpu_kernels": cpu_kernels.status(),
+    }
+    write_run_record(directory, settings, summary)
+    return Result(settings, directory, config, images, seconds, memory, summary)
+
+
+def summary_text(result: Result) -> str:
+    s, m = result.summary, result.memory
+    mib = 2**20
+    return "\n".join([
+        f"configuration: {s['config_source']}, {s['avg_bits']:.3f} avg bits",
+        f"packed file: {m['file_bytes'] / mib:.3f} MiB ({s['file_ratio_vs_fp16']:.3f}x the fp16 denoiser)",
+        f"quantized layers resident: {m['packed_layers_bytes'] / mib:.3f} MiB packed vs "
+        f"{m['packed_layers_fp16_bytes'] / mib:.3f} MiB fp16 ({s['packed_layers_ratio_vs_fp16']:.3f}x) and "
+        f"{m['packed_layers_fp32_bytes'] / mib:.3f} MiB fp32",
+        f"whole denoiser resident: {m['denoiser_bytes'] / mib:.3f} MiB vs {m['denoiser_fp16_bytes'] / mib:.3f} MiB "
+        f"fp16 ({s['denoiser_ratio_vs_fp16']:.3f}x)",
+        f"packed vs fake-quantized images ({s['n_images']}, {s['steps']} steps): max |diff| = "
+        f"{s['packed_vs_fake_quantized_max_abs_diff']:.3g}",
+        "sampling seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in s["sampling_seconds"].items()),
+        f"CPU kernels: {s['cpu_kernels']}",
+    ])
+
+
+def plot_export(result: Result) -> Figure:
+    """Memory (quantized layers and whole denoiser), sampling time, and the first images of each model."""
+    m, mib = result.memory, 2**20
+    fig, axes = new_figure(15, 4.2, ncols=3, width_ratios=[1.2, 0.8, 1.6])
+    groups = {"quantized layers": ("packed_layers_fp32_bytes", "packed_layers_fp16_bytes", "packed_layers_bytes"),
+              "whole denoiser": ("denoiser_fp32_bytes", "denoiser_fp16_bytes", "denoiser_bytes")}
+    width, colours = 0.27, ("#999999", "#5b8fd1", "#d1495b")
+    for g, keys in enumerate(groups.values()):
+        for j, (key, label) in enumerate(zip(keys, ("fp32", "fp16", "packed"), strict=True)):
+            value = m[key] / mib
+            axes[0].bar(g + (j - 1) * width, value, width, color=colours[j], label=label if g == 0 else None)
+            axes[0].annotate(f"{value:.2f}", (g + (j - 1) * width, value), ha="center", va="bottom", fontsize=7)
+    axes[0].set_xticks(range(len(groups)), list(groups))
+    axes[0].set_ylabel("resident MiB")
+    axes[0].set_title(f"{result.settings.model_id}: {result.summary['avg_bits']:.2f} avg bits, "
+                      f"{result.summary['packed_layers_ratio_vs_fp16']:.3f}x fp16")
+    axes[0].legend(fontsize=8)
+    names = list(result.seconds)
+    axes[1].bar(names, [result.seconds[n] for n in names], color=colours)
+    axes[1].set_ylabel("seconds")
+    axes[1].set_title(f"sampling {result.summary['n_images']} images, {result.summary['steps']} steps")
+    rows = [result.images[n][:GRID_IMAGES, 0].numpy() for n in names]
+    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    axes[2].imshow(grid, cmap="gray", vmin=0, vmax=1)
+    height = rows[0].shape[1]
+    axes[2].set_yticks([height * (i + 0.5) for i in range(len(names))], names)
+    axes[2].set_xticks([])
+    axes[2].grid(False)
+    axes[2].set_title(f"same noise and prompts; packed vs fake-quantized max |Δ| = "
+                      f"{result.summary['packed_vs_fake_quantized_max_abs_diff']:.2g}")
+    savefig(fig, f"07_export_{result.settings.model_id}", result.directory if result.settings.smoke else None)
+    return fig
