@@ -122,22 +122,16 @@ def mm_int8(xq: torch.Tensor, packed: torch.Tensor, table_q: torch.Tensor, bits:
 
 
 def register() -> None:
-    """Register the Triton kernels for "cuda" on `torch.ops.qsd.*`, if triton is installed and imports."""
+    """Register the Triton kernels for "cuda" on `torch.ops.qsd.*` when triton is installed. The kernel file and
+    triton itself are imported on the first call on a CUDA tensor, so `import qsd` stays free of them."""
     global _status
     if importlib.util.find_spec("triton") is None:
         _status = "not registered: triton is not installed (it is in the dev extra: pip install -e '.[dev]')"
         return
-    try:
-        import triton
-
-        _kernels()
-    except Exception as error:  # an optional GPU dependency must never break `import qsd`
-        _status = f"not registered: loading the Triton kernels failed ({type(error).__name__}: {error})"
-        return
     ops.lut_decode.register_kernel("cuda", decode)
     ops.lut_linear.register_kernel("cuda", linear)
     ops.lut_mm_int8.register_kernel("cuda", mm_int8)
-    _status = f"registered for cuda (triton {triton.__version__})"
+    _status = "registered for cuda (triton installed; the kernels compile on first use)"
 
 
 def status() -> str:
