@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__) && \
@@ -77,19 +78,21 @@ void check_activations(const char* op, const at::Tensor& x, at::ScalarType dtype
   TORCH_CHECK_VALUE(x.device().is_cpu() && x.is_contiguous(), op, ": inputs must be contiguous CPU tensors");
 }
 
-// Calls f(std::integral_constant<int, bits>) so that kernels are compiled per bit width.
-template <class F>
-void with_bits(int bits, F&& f) {
-  switch (bits) {
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 5: f(std::integral_constant<int, 5>{}); break;
-    case 6: f(std::integral_constant<int, 6>{}); break;
-    case 7: f(std::integral_constant<int, 7>{}); break;
-    default: f(std::integral_constant<int, 8>{}); break;
+// Calls f(std::integral_constant<int, v>) for the runtime value v clamped to [Lo, Hi], so that kernels are
+// compiled per bit width and per activation-row tile.
+template <int Lo, int Hi, class F>
+void dispatch(int64_t v, F&& f) {
+  if constexpr (Lo == Hi) {
+    f(std::integral_constant<int, Lo>{});
+  } else if (v <= Lo) {
+    f(std::integral_constant<int, Lo>{});
+  } else {
+    dispatch<Lo + 1, Hi>(v, std::forward<F>(f));
   }
 }
+
+template <class F>
+void with_bits(int bits, F&& f) { dispatch<2, 8>(bits, std::forward<F>(f)); }
 
 // Activations copied into rows of K_pad values, the padding filled with `pad`.
 template <class T>
@@ -341,18 +344,7 @@ void int8_row(const Codes& c, const uint8_t* src, const int8_t* table, const int
 
 // Calls f(std::integral_constant<int, rows>) for rows in 1..kTileRows.
 template <class F>
-void with_rows(int64_t rows, F&& f) {
-  switch (rows) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 5: f(std::integral_constant<int, 5>{}); break;
-    case 6: f(std::integral_constant<int, 6>{}); break;
-    case 7: f(std::integral_constant<int, 7>{}); break;
-    default: f(std::integral_constant<int, kTileRows>{}); break;
-  }
-}
+void with_rows(int64_t rows, F&& f) { dispatch<1, kTileRows>(rows, std::forward<F>(f)); }
 
 #else  // portable scalar path
 
