@@ -16,7 +16,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import diffusers
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -144,6 +143,8 @@ def _set_tensor(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 def load_quantized(path: str | Path, model_id: str | None = None) -> nn.Module:
     """The exported denoiser with packed layers, on the CPU in eval mode. Refuses files of another model id."""
+    import diffusers  # only here: `import qsd` must not pull in diffusers (tests/test_paper_models.py)
+
     meta, tensors = read_export(path)
     if model_id is not None and meta["model_id"] not in (None, model_id):
         raise ModelMismatchError(f"{path} holds a packed {meta['model_id']!r}, not {model_id!r}")
