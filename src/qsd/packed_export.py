@@ -157,12 +157,7 @@ def load_quantized(path: str | Path, model_id: str | None = None) -> nn.Module:
         float_layer = denoiser.get_submodule(module_name)
         segments = [Segment.from_json(s) for s in layer["segments"]]
         dtype = getattr(torch, layer["dtype"].removeprefix("torch."))
-        if isinstance(float_layer, nn.Linear):
-            packed = QLinear(float_layer.in_features, float_layer.out_features, segments, dtype)
-        else:
-            packed = QConv(float_layer, segments, dtype)
-        if float_layer.bias is not None:
-            packed.bias = nn.Parameter(torch.empty(0), requires_grad=False)  # filled from the file below
+        packed = (QLinear if isinstance(float_layer, nn.Linear) else QConv)(float_layer, segments, dtype)
         for i in range(len(segments)):
             for role in packed.segment_tensors(i):
                 packed.register_buffer(f"{role}_{i}", tensors.pop(f"{module_name}|{i}|{role}"))

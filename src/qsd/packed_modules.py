@@ -26,7 +26,6 @@ from qsd.errors import QsdError
 from qsd.kernels import ops
 
 FUSED_MAX_ROWS = 8
-TABLE_KINDS = ("table", "affine")
 
 
 @dataclass(frozen=True)
@@ -71,14 +70,17 @@ def affine_from_table(table: torch.Tensor, bits: int) -> torch.Tensor | None:
 
 
 class PackedLayer(nn.Module):
-    """Shared by QLinear and QConv: the segments, their buffers, decoding and memory accounting."""
+    """Shared by QLinear and QConv: the segments, their buffers (empty until loaded, like the bias), decoding and
+    memory accounting. `kernel_size` is () for a linear layer."""
 
-    def __init__(self, out_channels: int, segments: list[Segment], dtype: torch.dtype, bias: torch.Tensor | None):
+    def __init__(self, out_channels: int, kernel_size: tuple[int, ...], segments: list[Segment], dtype: torch.dtype,
+                 has_bias: bool):
         super().__init__()
         self.out_channels = out_channels
+        self.kernel_size = tuple(kernel_size)
         self.segments = list(segments)
         self.weight_dtype = dtype
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False) if has_bias else None
         for i, segment in enumerate(self.segments):
             if segment.spec is None:
                 self.register_buffer(f"weight_{i}", torch.empty(0, dtype=dtype))
@@ -111,8 +113,13 @@ class PackedLayer(nn.Module):
         """Bytes this layer keeps resident for its weight (codes, tables, float slices), bias excluded."""
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
-    def quantized_numel(self) -> int:
-        return sum(s.k * self.out_channels for s in self.segments if s.spec is not None)
+    def dense_weight(self) -> torch.Tensor:
+        """The whole weight `[O, in, *kernel_size]`, decoded segment by segment."""
+        pieces = [
+            self.decoded_segment(i).reshape(self.out_channels, s.stop - s.start, *self.kernel_size)
+            for i, s in enumerate(self.segments)
+        ]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
     def extra_repr(self) -> str:
         parts = [f"{s.unit}:{s.spec.key if s.spec else 'float'}" for s in self.segments]
@@ -120,14 +127,9 @@ class PackedLayer(nn.Module):
 
 
 class QLinear(PackedLayer):
-    def __init__(self, in_features: int, out_features: int, segments: list[Segment], dtype: torch.dtype,
-                 bias: torch.Tensor | None = None):
-        super().__init__(out_features, segments, dtype, bias)
-        self.in_features = in_features
-
-    def dense_weight(self) -> torch.Tensor:
-        pieces = [self.decoded_segment(i) for i in range(len(self.segments))]
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+    def __init__(self, linear: nn.Linear, segments: list[Segment], dtype: torch.dtype):
+        super().__init__(linear.out_features, (), segments, dtype, linear.bias is not None)
+        self.in_features = linear.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -150,23 +152,14 @@ class QLinear(PackedLayer):
 class QConv(PackedLayer):
     """Packed `nn.Conv1d` / `nn.Conv2d`: decodes its weight and convolves (convolutions are never GEMV-sized)."""
 
-    def __init__(self, conv: nn.Conv1d | nn.Conv2d, segments: list[Segment], dtype: torch.dtype,
-                 bias: torch.Tensor | None = None):
-        super().__init__(conv.out_channels, segments, dtype, bias)
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d, segments: list[Segment], dtype: torch.dtype):
+        super().__init__(conv.out_channels, conv.kernel_size, segments, dtype, conv.bias is not None)
         self.in_channels = conv.in_channels
-        self.kernel_size = conv.kernel_size
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.padding_mode = conv.padding_mode
         self.convolve = F.conv2d if isinstance(conv, nn.Conv2d) else F.conv1d
         if self.padding_mode != "zeros":
             raise QsdError(f"packed convolutions support padding_mode='zeros'; got {self.padding_mode!r}")
-
-    def dense_weight(self) -> torch.Tensor:
-        pieces = [
-            self.decoded_segment(i).reshape(self.out_channels, s.stop - s.start, *self.kernel_size)
-            for i, s in enumerate(self.segments)
-        ]
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.convolve(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
