@@ -22,7 +22,7 @@ from types import ModuleType
 import torch
 
 from qsd.kernels import ops, reference
-from qsd.paths import project_root
+from qsd.paths import kernel_source
 
 _SOURCE_NAME = "lut_cpu.cpp"
 _CFLAGS = ["-O3", "-march=native", "-fopenmp"]
@@ -34,15 +34,7 @@ _state: dict[str, object] = {}  # "module" once built, "error" once failed
 
 
 def source_path() -> Path:
-    """`kernels/lut_cpu.cpp` of the checkout this package is installed from (editable src layout), else of
-    `qsd.paths.project_root()`."""
-    for root in (Path(__file__).resolve().parents[3], project_root()):
-        if (root / "kernels" / _SOURCE_NAME).is_file():
-            return root / "kernels" / _SOURCE_NAME
-    raise FileNotFoundError(
-        f"kernels/{_SOURCE_NAME} is neither next to the qsd sources ({Path(__file__).resolve().parents[3]}) nor in "
-        f"the project root ({project_root()}); install qsd editable from a checkout or set QSD_ROOT to one"
-    )
+    return kernel_source(_SOURCE_NAME)
 
 
 def _cpu_flags() -> str:

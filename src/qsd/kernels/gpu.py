@@ -15,16 +15,15 @@ from __future__ import annotations
 import functools
 import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import torch
 
 from qsd.errors import QsdError
 from qsd.kernels import ops
-from qsd.kernels.packing import packed_row_bytes, planes
+from qsd.kernels.packing import check_packed
+from qsd.paths import kernel_source
 
-KERNEL_FILE = Path(__file__).resolve().parents[3] / "kernels" / "lut_triton.py"
 GEMV_MAX_M = 16
 DECODE_TILE = (16, 256)  # output rows × codes per program
 GEMM_TILE = (16, 64, 128)  # activation rows × output rows × codes per K step
@@ -34,12 +33,7 @@ _status = "not registered: qsd.kernels.gpu.register() has not run"
 
 @functools.cache
 def _kernels() -> ModuleType:
-    if not KERNEL_FILE.is_file():
-        raise QsdError(
-            f"the Triton kernels are not at {KERNEL_FILE}; they ship with the repository, not the package: "
-            "install qsd editable from a checkout (pip install -e .)"
-        )
-    spec = importlib.util.spec_from_file_location("qsd_lut_triton", KERNEL_FILE)
+    spec = importlib.util.spec_from_file_location("qsd_lut_triton", kernel_source("lut_triton.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # triton.jit reads the kernels' source through their module
     spec.loader.exec_module(module)
@@ -51,18 +45,7 @@ def _cdiv(n: int, d: int) -> int:
 
 
 def _check(packed: torch.Tensor, table: torch.Tensor, bits: int, k: int) -> None:
-    planes(bits)  # refuses bit widths outside 2..8
-    rows, row_bytes = packed.shape[0], packed_row_bytes(k, bits)
-    if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != row_bytes:
-        raise QsdError(
-            f"packed codes for K={k} at {bits} bits are uint8 [O, {row_bytes}]; "
-            f"got {packed.dtype} {tuple(packed.shape)}"
-        )
-    if table.dim() != 2 or table.shape[0] not in (1, rows) or table.shape[1] != 1 << bits:
-        raise QsdError(
-            f"a {bits}-bit table is [1 or O={rows}, {1 << bits}]; got {tuple(table.shape)} "
-            "(one table per output row, or one shared table)"
-        )
+    check_packed(packed, bits, k, table)
     if table.device != packed.device:
         raise QsdError(f"packed codes are on {packed.device} but the table is on {table.device}; move both to one")
 

@@ -40,6 +40,18 @@ def packed_row_bytes(k: int, bits: int) -> int:
     return padded(k) * bits // 8
 
 
+def check_packed(packed: torch.Tensor, bits: int, k: int, table: torch.Tensor | None = None) -> None:
+    """Refuse a bit width outside 2..8, and packed codes (and a table) of the wrong dtype or shape."""
+    planes(bits)
+    rows, row_bytes = packed.shape[0], packed_row_bytes(k, bits)
+    if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != row_bytes:
+        raise QsdError(f"packed codes for K={k} at {bits} bits are uint8 [O, {row_bytes}]; "
+                       f"got {packed.dtype} {tuple(packed.shape)}")
+    if table is not None and (table.dim() != 2 or table.shape[0] not in (1, rows) or table.shape[1] != 1 << bits):
+        raise QsdError(f"a {bits}-bit table is [1 or O={rows}, {1 << bits}]; got {tuple(table.shape)} "
+                       "(one table per output row, or one shared table)")
+
+
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes `[O, K]` (values < 2^b) → packed uint8 `[O, K_pad·b/8]`."""
     if codes.dtype != torch.uint8 or codes.dim() != 2:
@@ -64,12 +76,8 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_codes(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     """Inverse of `pack_codes`: packed `[O, K_pad·b/8]` → uint8 codes `[O, K]`."""
+    check_packed(packed, bits, k)
     rows = packed.shape[0]
-    if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != packed_row_bytes(k, bits):
-        raise QsdError(
-            f"packed codes for K={k} at {bits} bits are uint8 [O, {packed_row_bytes(k, bits)}]; "
-            f"got {packed.dtype} {tuple(packed.shape)}"
-        )
     blocks = packed.view(rows, -1, 8 * bits)
     codes = torch.zeros(rows, blocks.shape[1], BLOCK, dtype=torch.uint8, device=packed.device)
     offset, shift = 0, 0
