@@ -11,15 +11,18 @@ the caption re-encoded for every image, every image written to PNG and read back
 recomputed for the FID of every configuration. It is timed on the first `--naive-images` images and its
 per-image cost extrapolated to `--images` (the reference-feature cost is added once, as measured).
 
-Both are measured in each compute dtype of `--dtypes` (the denoiser under bfloat16 autocast, the stage-02
-default, and plain float32), qsd and naive always in the same dtype; the first dtype is the headline.
+qsd is measured in every variant of `--variants` (compute dtype: bfloat16 autocast or float32; the denoiser
+torch.compile'd or eager); the first is the headline and stage 02's default (bfloat16, compiled). The naive
+protocol runs eagerly in each of those dtypes, and the headline speed-up is against the *fastest* naive dtype
+(on CPUs without fast bf16 the naive batch-1 loop is quicker in float32). Steady-state seconds per
+configuration exclude the one-off compilation, which `first_label_s` includes.
 
 Label noise: FID of the float model under 3 noise seeds (`fid_seed_spread` = max − min) and the FID
-difference between two labellings of the same configuration (`fid_repeat_diff`, must be 0).
+difference between labellings of the same configuration (`fid_repeat_diff`, must be 0).
 
 Run:  .venv/bin/python benchmarks/label_throughput.py [--models tiny_pixart,tiny_sd,tiny_dit]
-Last stdout line: one JSON object (s_per_config and speedup_vs_naive refer to tiny_pixart in the first dtype;
-`*_float32` keys to float32).
+Last stdout line: one JSON object; s_per_config and speedup_vs_naive refer to tiny_pixart's headline variant
+against its fastest naive dtype; `models` holds every variant of every model.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def naive_label(model, protocol: SamplingProtocol, n_images: int) -> dict:
         latents = initial_noise(model.latent_shape, 1, protocol.seed, i) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(latents, t)
-            eps = guided_noise(model, model_input, t, condition, protocol.guidance, protocol.compute_dtype)
+            eps = guided_noise(model, model_input, t, condition, protocol)
             latents = scheduler.step(eps, t, latents, return_dict=False)[0]
         images.append(png_round_trip(model.decode(latents)[0]))
     generation = time.perf_counter() - start
@@ -89,33 +92,52 @@ def naive_label(model, protocol: SamplingProtocol, n_images: int) -> dict:
             "scoring_s_per_image": scoring / n_images}
 
 
-def bench_dtype(model, mq, args, compute_dtype: str) -> dict:
-    """qsd's and the naive protocol's seconds per configuration, both computing in `compute_dtype`."""
-    protocol = SamplingProtocol(n_images=args.images, steps=args.steps, guidance=model.entry.sampler.guidance,
-                                compute_dtype=compute_dtype)
+def bench_qsd(model, mq, args, protocol: SamplingProtocol) -> dict:
+    """qsd's seconds per configuration under `protocol` (steady state, the best of `--repeats` labels after
+    one warm-up label; the warm-up's time, which includes any compilation, is reported as `first_label_s`)."""
     config = mq.uniform(BENCH_SPEC)
     start = time.perf_counter()
     labeller = Labeller(model, protocol, progress=False)
     setup = time.perf_counter() - start
-    labeller.label_config(mq, config)  # warm-up
+    first = labeller.label_config(mq, config)
     runs = [labeller.label_config(mq, config) for _ in range(args.repeats)]
-    s_per_config = min(r["seconds"] for r in runs)
-    naive = naive_label(model, protocol, args.naive_images)
-    naive_s = naive["reference_s"] + args.images * (naive["generation_s_per_image"] + naive["scoring_s_per_image"])
-    seed_fids = []
-    for seed in (0, 1, 2):
-        images = generate(model, dataclasses.replace(protocol, seed=seed), progress=False)
-        seed_fids.append(labeller.fid(images))
-    return {"setup_s": setup, "s_per_config": s_per_config, "naive_s_per_config": naive_s,
-            "speedup_vs_naive": naive_s / s_per_config, "naive": naive,
-            "fid_seed_spread": max(seed_fids) - min(seed_fids), "fid_float_by_seed": seed_fids,
-            "fid_repeat_diff": abs(runs[0]["fid"] - runs[-1]["fid"]), "labels": runs[-1]}
+    return {"setup_s": setup, "first_label_s": first["seconds"], "s_per_config": min(r["seconds"] for r in runs),
+            "fid_repeat_diff": max(abs(r["fid"] - first["fid"]) for r in runs), "labels": runs[-1],
+            "labeller": labeller}
+
+
+def label_noise(model, labeller: Labeller) -> dict:
+    """FID of the float model under 3 noise seeds of the labeller's protocol."""
+    fids = [labeller.fid(generate(model, dataclasses.replace(labeller.protocol, seed=seed), progress=False))
+            for seed in (0, 1, 2)]
+    return {"fid_seed_spread": max(fids) - min(fids), "fid_float_by_seed": fids}
 
 
 def bench_model(model_id: str, args) -> dict:
+    """qsd in every (dtype, compile) variant and the naive protocol in every dtype, on one model."""
     model = load_model(model_id)
     mq = MultiQuantizer.build(model.denoiser, progress=False)
-    return {"model_id": model_id} | {dtype: bench_dtype(model, mq, args, dtype) for dtype in args.dtypes.split(",")}
+    guidance = model.entry.sampler.guidance
+    qsd, naive = {}, {}
+    for variant in args.variants.split(","):
+        dtype, mode = variant.split(":")
+        protocol = SamplingProtocol(n_images=args.images, steps=args.steps, guidance=guidance, compute_dtype=dtype,
+                                    compile=mode == "compiled")
+        qsd[variant] = bench_qsd(model, mq, args, protocol)
+        if dtype not in naive:
+            timing = naive_label(model, dataclasses.replace(protocol, compile=False), args.naive_images)
+            naive[dtype] = timing | {"s_per_config": timing["reference_s"] + args.images * (
+                timing["generation_s_per_image"] + timing["scoring_s_per_image"])}
+    headline = next(iter(qsd))
+    noise = label_noise(model, qsd[headline].pop("labeller"))
+    for result in qsd.values():
+        result.pop("labeller", None)
+    fastest_naive = min(naive, key=lambda dtype: naive[dtype]["s_per_config"])
+    for variant, result in qsd.items():
+        result["speedup_vs_fastest_naive"] = naive[fastest_naive]["s_per_config"] / result["s_per_config"]
+        result["speedup_vs_same_dtype_naive"] = naive[variant.split(":")[0]]["s_per_config"] / result["s_per_config"]
+    return {"model_id": model_id, "headline_variant": headline, "fastest_naive": fastest_naive, "qsd": qsd,
+            "naive": naive} | noise
 
 
 def main() -> None:
@@ -125,24 +147,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--naive-images", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--dtypes", default="bfloat16,float32",
-                        help="compute dtypes to measure; the first one is the headline")
+    parser.add_argument("--variants", default="bfloat16:compiled,bfloat16:eager,float32:compiled,float32:eager",
+                        help="qsd variants dtype:compiled|eager; the first is the headline (stage 02's default)")
     args = parser.parse_args()
-    dtypes = args.dtypes.split(",")
     results = {m: bench_model(m, args) for m in args.models.split(",")}
-    for model_id, by_dtype in results.items():
-        for dtype in dtypes:
-            r = by_dtype[dtype]
-            print(f"{model_id} [{dtype}]: {r['s_per_config']:.2f} s/config (naive {r['naive_s_per_config']:.1f} s, "
-                  f"{r['speedup_vs_naive']:.1f}x), FID seed spread {r['fid_seed_spread']:.2f}, "
-                  f"repeat diff {r['fid_repeat_diff']}")
+    for model_id, r in results.items():
+        for variant, q in r["qsd"].items():
+            print(f"{model_id} [{variant}]: {q['s_per_config']:.2f} s/config (first {q['first_label_s']:.1f} s), "
+                  f"{q['speedup_vs_fastest_naive']:.1f}x the fastest naive, "
+                  f"{q['speedup_vs_same_dtype_naive']:.1f}x the same-dtype naive, repeat diff {q['fid_repeat_diff']}")
+        for dtype, n in r["naive"].items():
+            print(f"{model_id} naive [{dtype}]: {n['s_per_config']:.1f} s/config")
+        print(f"{model_id}: FID seed spread {r['fid_seed_spread']:.2f}")
     head = results.get("tiny_pixart", next(iter(results.values())))
-    headline = {key: head[dtypes[0]][key] for key in ("s_per_config", "speedup_vs_naive", "fid_seed_spread",
-                                                       "fid_repeat_diff")}
-    others = {f"{key}_{dtype}": head[dtype][key] for dtype in dtypes[1:] for key in ("s_per_config",
-                                                                                    "speedup_vs_naive")}
-    print(json.dumps(headline | others | {"compute_dtype": dtypes[0], "images": args.images, "steps": args.steps,
-                                          "torch_threads": torch.get_num_threads(), "models": results}))
+    best = head["qsd"][head["headline_variant"]]
+    print(json.dumps({"s_per_config": best["s_per_config"], "speedup_vs_naive": best["speedup_vs_fastest_naive"],
+                      "fid_seed_spread": head["fid_seed_spread"], "fid_repeat_diff": best["fid_repeat_diff"],
+                      "headline_variant": head["headline_variant"], "first_label_s": best["first_label_s"],
+                      "naive_s_per_config": head["naive"][head["fastest_naive"]]["s_per_config"],
+                      "fastest_naive": head["fastest_naive"], "images": args.images, "steps": args.steps,
+                      "torch_threads": torch.get_num_threads(), "models": results}))
 
 
 if __name__ == "__main__":

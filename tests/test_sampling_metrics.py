@@ -1,5 +1,7 @@
 """Sampling under common random numbers, FID with cached references, prompt accuracy, proxies, labelling."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from qsd.config import QuantSpec
 from qsd.labelling import Labeller, feature_backend, fid_scorer
 from qsd.metrics.fid import reference_statistics
 from qsd.metrics.prompt_accuracy import prompt_accuracy
+from qsd.metrics.proxies import eps_error, guided_noise_at, record_probe
 from qsd.models import load_model
 from qsd.multiquant import MultiQuantizer
 from qsd.sampling import SamplingProtocol, generate, initial_noise
@@ -53,6 +56,31 @@ def test_bfloat16_compute_is_close_to_float32_and_reproducible(pixart):
     assert (exact - fast).pow(2).mean() < 1e-3
     with pytest.raises(ValueError, match="compute_dtype"):
         SamplingProtocol(compute_dtype="float16")
+
+
+def test_compiled_protocol_matches_eager_and_follows_swapped_weights():
+    model = load_model("tiny_pixart")  # its own copy: compilation is in place
+    eager = SamplingProtocol(n_images=8, steps=4, guidance=3.0)
+    compiled = dataclasses.replace(eager, compile=True)
+    reference = generate(model, eager, progress=False)
+    assert torch.allclose(generate(model, compiled, progress=False), reference, atol=1e-5) and model.compiled
+    assert torch.equal(generate(model, eager, progress=False), reference), "an eager protocol must stay eager"
+    mq = MultiQuantizer.build(model.denoiser, progress=False)
+    mq.apply(mq.uniform(QuantSpec("uaq", 3)))
+    quantized = generate(model, eager, progress=False)
+    with torch.compiler.set_stance("fail_on_recompile"):  # new weights are graph inputs, not a new graph
+        compiled_quantized = generate(model, compiled, progress=False)
+    mq.restore()
+    assert (quantized - reference).abs().max() > 1e-2
+    assert torch.allclose(compiled_quantized, quantized, atol=1e-4)  # measured 3e-5: rounding, not old weights
+
+
+def test_probe_eps_does_not_depend_on_how_the_steps_are_batched(pixart):
+    protocol = SamplingProtocol(n_images=4, steps=6, guidance=3.0)
+    probe = record_probe(pixart, protocol, 4, batch_size=4)  # one step per forward
+    assert probe.latents.shape == (6, 4, 1, 16, 16) and eps_error(pixart, probe) == 0
+    whole = dataclasses.replace(probe, batch_size=24)  # all six steps in one forward
+    torch.testing.assert_close(guided_noise_at(pixart, whole), probe.eps, atol=1e-5, rtol=1e-4)
 
 
 def test_reference_statistics_are_cached_not_recomputed(backend, tmp_path):

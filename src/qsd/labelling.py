@@ -68,7 +68,7 @@ class Labeller:
         self.fid = fid_scorer(self.backend, model.entry.fid_reference, cache_dir)
         _, self.targets = model.protocol_prompts(protocol.n_images)
         self.float_images = self.generate()
-        self.probe = record_probe(model, protocol, min(n_probe, protocol.n_images))
+        self.probe = record_probe(model, protocol, min(n_probe, protocol.n_images), batch_size)
 
     def generate(self) -> torch.Tensor:
         return generate(self.model, self.protocol, batch_size=self.batch_size, progress=self.progress)

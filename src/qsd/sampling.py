@@ -8,11 +8,17 @@ reproducible for a fixed batch size. Classifier-free guidance runs the
 unconditional and conditional halves in one batched forward; conditions are computed once per call
 (captions are memoised by the encoder); images stay in memory as tensors. Noise is drawn on the CPU (the
 same numbers on every device) and moved to the denoiser's device; images come back on the CPU.
+
+With `SamplingProtocol.compile` the denoiser runs through `torch.compile` (inductor, one graph per batch
+shape, compiled in place on first use; weights swapped in by the multiquantizer are graph inputs, so a new
+configuration does not recompile). Protocols without it run the same model eagerly.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +41,10 @@ class SamplingProtocol:
     compute_dtype: str = "float32"
     """'float32', or 'bfloat16' to run the denoiser under autocast (faster where the CPU has AVX512-BF16/AMX
     or on GPUs; latents, solver and metrics stay float32)."""
+    compile: bool = False
+    """Run the denoiser through `torch.compile` (needs a C++ compiler on CPU; the first forward of each batch
+    shape compiles, about 5-25 s for the embedded models). Changes results at rounding level, hence part of
+    the protocol."""
 
     def __post_init__(self) -> None:
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -43,11 +53,10 @@ class SamplingProtocol:
 
 @dataclass
 class Trajectory:
-    """Per solver step: the latents fed to the denoiser, the timestep and the guided ε it returned."""
+    """Per solver step: the latents fed to the denoiser and the timestep."""
 
     latents: list[torch.Tensor]
     timesteps: list[torch.Tensor]
-    eps: list[torch.Tensor]
 
 
 def initial_noise(shape: tuple[int, ...], n: int, seed: int, start: int = 0) -> torch.Tensor:
@@ -72,24 +81,39 @@ def guidance_condition(model: DiffusionModel, prompts: list, guidance: float) ->
     return {k: torch.cat([null[k].to(device), cond[k]]) for k in cond}
 
 
+@contextmanager
+def denoiser_mode(model: DiffusionModel, protocol: SamplingProtocol) -> Iterator[None]:
+    """Forwards inside run compiled (compiling the denoiser in place the first time) when `protocol.compile`,
+    eagerly otherwise, under autocast to `protocol.compute_dtype` (none for float32)."""
+    if protocol.compile and not model.compiled:
+        model.denoiser.compile(dynamic=False)
+        model.compiled = True
+    dtype = getattr(torch, protocol.compute_dtype)
+    device = model_device(model).type
+    stance = nullcontext() if protocol.compile else torch.compiler.set_stance("force_eager")
+    with stance, torch.autocast(device, dtype=dtype, enabled=protocol.compute_dtype != "float32"):
+        yield
+
+
 def guided_noise(model: DiffusionModel, latents: torch.Tensor, t: torch.Tensor, condition: Condition,
-                 guidance: float, compute_dtype: str = "float32") -> torch.Tensor:
-    """ε with classifier-free guidance, both halves in one forward; `condition` from `guidance_condition`.
-    The denoiser runs under autocast to `compute_dtype` (none for float32); ε comes back in the latents' dtype."""
+                 protocol: SamplingProtocol) -> torch.Tensor:
+    """ε with classifier-free guidance at `protocol.guidance`, both halves in one forward; `condition` from
+    `guidance_condition`; `t` is one timestep or one per row. The denoiser runs in `denoiser_mode`; ε comes
+    back in the latents' dtype."""
     timestep = t.expand(len(latents))
-    with torch.autocast(latents.device.type, dtype=getattr(torch, compute_dtype), enabled=compute_dtype != "float32"):
-        if guidance == 1.0:
+    with denoiser_mode(model, protocol):
+        if protocol.guidance == 1.0:
             return model.predict_noise(latents, timestep, condition).to(latents.dtype)
         eps = model.predict_noise(torch.cat([latents, latents]), torch.cat([timestep, timestep]), condition)
     eps_null, eps_cond = eps.to(latents.dtype).chunk(2)
-    return eps_null + guidance * (eps_cond - eps_null)
+    return eps_null + protocol.guidance * (eps_cond - eps_null)
 
 
 @torch.no_grad()
 def generate(model: DiffusionModel, protocol: SamplingProtocol, batch_size: int = 256, progress: bool = True,
              trajectory: Trajectory | None = None, n_images: int | None = None) -> torch.Tensor:
     """Images [N, C, H, W] in [0, 1] of the first `n_images` (default `protocol.n_images`) protocol prompts.
-    If `trajectory` is given, every step's denoiser inputs and guided ε are appended to it."""
+    If `trajectory` is given, every step's denoiser inputs are appended to it."""
     n = protocol.n_images if n_images is None else n_images
     prompts, _ = model.protocol_prompts(n)
     images = []
@@ -107,11 +131,10 @@ def generate(model: DiffusionModel, protocol: SamplingProtocol, batch_size: int 
         latents = latents * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(latents, t)
-            eps = guided_noise(model, model_input, t, condition, protocol.guidance, protocol.compute_dtype)
+            eps = guided_noise(model, model_input, t, condition, protocol)
             if trajectory is not None:
                 trajectory.latents.append(model_input)
                 trajectory.timesteps.append(t)
-                trajectory.eps.append(eps)
             latents = scheduler.step(eps, t, latents, return_dict=False, **step_kwargs)[0]
         images.append(model.decode(latents).float().cpu())
         bar.update(1)

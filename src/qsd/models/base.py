@@ -48,6 +48,8 @@ class DiffusionModel:
     denoiser: nn.Module
     latent_shape: tuple[int, ...]
     """Shape of one initial-noise sample, [C, H, W]."""
+    compiled: bool = False
+    """Whether `denoiser` has been compiled in place (`qsd.sampling.denoiser_mode`)."""
 
     def protocol_prompts(self, n: int) -> tuple[list, torch.Tensor | None]:
         """The first `n` prompts of the evaluation protocol (image i always gets prompt i) and, where

@@ -19,6 +19,7 @@ from torch import nn
 
 from qsd import captions, digits
 from qsd.errors import CorruptFileError, ModelNotAvailableError
+from qsd.models.attention import use_short_sequence_attention
 from qsd.models.base import Condition, DiffusionModel, ModelEntry, SamplerSettings
 from qsd.paths import project_root
 
@@ -111,9 +112,11 @@ def load_trained_denoiser(model_id: str, directory: Path | None = None) -> nn.Mo
 
 
 class EmbeddedModel(DiffusionModel):
-    """Shared by the three embedded defaults: pixel-space 1×16×16, linear β, DPM-Solver++."""
+    """Shared by the three embedded defaults: pixel-space 1×16×16, linear β, DPM-Solver++, attention with
+    explicit scores for their 16-64-token sequences (`qsd.models.attention`)."""
 
     def __init__(self, entry: ModelEntry, denoiser: nn.Module) -> None:
+        use_short_sequence_attention(denoiser)
         self.entry, self.denoiser = entry, denoiser
         self.latent_shape = (1, digits.RESOLUTION, digits.RESOLUTION)
 

@@ -54,6 +54,9 @@ class Settings(StageSettings):
     compute_dtype: str = "bfloat16"
     """The denoiser's compute precision under autocast ('bfloat16' or 'float32'; see README: bfloat16 changes
     the float model's FID by about 1 % and is 1.1-1.4x faster here; use float32 on CPUs without bf16 units)."""
+    compile: bool = True
+    """Run the denoiser through torch.compile (`SamplingProtocol.compile`; README: measured gain and one-off
+    compile time). Needs a C++ compiler on CPU; set False where there is none."""
     executor: str = "inprocess"
     """'inprocess' or 'ray'."""
     workers: int = 2
@@ -99,7 +102,7 @@ def sampling_protocol(settings: Settings) -> SamplingProtocol:
     """The labelling protocol of (effective) `settings`: the model's guidance, the run's seed."""
     return SamplingProtocol(n_images=settings.n_images, steps=settings.steps,
                             guidance=get_entry(settings.model_id).sampler.guidance, seed=settings.seed,
-                            compute_dtype=settings.compute_dtype)
+                            compute_dtype=settings.compute_dtype, compile=settings.compile)
 
 
 def protocol_record(model_id: str, protocol: SamplingProtocol, multiquantizer: MultiQuantizer) -> dict:
@@ -108,7 +111,7 @@ def protocol_record(model_id: str, protocol: SamplingProtocol, multiquantizer: M
     return {"model_id": model_id, "float_weights_sha256": multiquantizer.checksum,
             "fid_reference": entry.fid_reference, "sampler": entry.sampler.scheduler,
             "n_images": protocol.n_images, "steps": protocol.steps, "guidance": protocol.guidance,
-            "compute_dtype": protocol.compute_dtype,
+            "compute_dtype": protocol.compute_dtype, "compile": protocol.compile,
             "noise_seed": protocol.seed, "n_probe": N_PROBE, "options": [s.key for s in multiquantizer.options],
             "quantizer": multiquantizer.settings.to_json()}
 
