@@ -4,6 +4,7 @@ The smoke run writes executed notebooks to build/smoke/, which `make test` then 
 """
 
 import ast
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -14,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SMOKE_DIR = ROOT / "build" / "smoke"
 REQUIRED_PARAMETERS = {"model_id", "seed", "smoke"}
+SMOKE_RUN_ID = "smoke"
 
 
 def code_cells(nb):
@@ -53,14 +55,22 @@ def test_structure(path):
         assert "import matplotlib" not in cell.source or "qsd" in cell.source
 
 
+@pytest.fixture(scope="module")
+def fresh_smoke_runs():
+    """Smoke runs start from nothing: earlier smoke outputs (possibly of an older protocol) are removed once,
+    then the notebooks build on each other's outputs in order."""
+    for directory in (ROOT / "data" / "runs").glob(f"*/{SMOKE_RUN_ID}"):
+        shutil.rmtree(directory)
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_smoke_run(path):
+def test_smoke_run(path, fresh_smoke_runs):
     """Execute with smoke=True (tiny sizes) into build/smoke/ and the run_id 'smoke'."""
     SMOKE_DIR.mkdir(parents=True, exist_ok=True)
     out = SMOKE_DIR / path.name
     papermill.execute_notebook(
-        str(path), str(out), parameters={"smoke": True, "run_id": "smoke"}, cwd=str(ROOT),
+        str(path), str(out), parameters={"smoke": True, "run_id": SMOKE_RUN_ID}, cwd=str(ROOT),
         kernel_name="python3", progress_bar=False,
     )
     nb = nbformat.read(out, as_version=4)

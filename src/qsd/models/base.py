@@ -4,6 +4,7 @@ its conditioning, noise prediction, scheduler and decoder)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +51,17 @@ class DiffusionModel:
     """Shape of one initial-noise sample, [C, H, W]."""
     compiled: bool = False
     """Whether `denoiser` has been compiled in place (`qsd.sampling.denoiser_mode`)."""
+
+    def with_denoiser(self, denoiser: nn.Module) -> DiffusionModel:
+        """This model (conditioning, scheduler and decoder shared) around another denoiser, e.g. a packed
+        one from `qsd.load_quantized`; not compiled."""
+        model = copy.copy(self)
+        model.denoiser, model.compiled = self.prepare_denoiser(denoiser), False
+        return model
+
+    def prepare_denoiser(self, denoiser: nn.Module) -> nn.Module:
+        """What the model does to a denoiser it is given (none here; the embedded models set their attention)."""
+        return denoiser
 
     def protocol_prompts(self, n: int) -> tuple[list, torch.Tensor | None]:
         """The first `n` prompts of the evaluation protocol (image i always gets prompt i) and, where

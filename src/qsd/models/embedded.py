@@ -116,9 +116,12 @@ class EmbeddedModel(DiffusionModel):
     explicit scores for their 16-64-token sequences (`qsd.models.attention`)."""
 
     def __init__(self, entry: ModelEntry, denoiser: nn.Module) -> None:
-        use_short_sequence_attention(denoiser)
-        self.entry, self.denoiser = entry, denoiser
+        self.entry, self.denoiser = entry, self.prepare_denoiser(denoiser)
         self.latent_shape = (1, digits.RESOLUTION, digits.RESOLUTION)
+
+    def prepare_denoiser(self, denoiser: nn.Module) -> nn.Module:
+        use_short_sequence_attention(denoiser)
+        return denoiser
 
     def protocol_prompts(self, n: int) -> tuple[list, torch.Tensor]:
         """Image i asks for digit i mod 10 (phrasing cycling every 10 images for text models)."""

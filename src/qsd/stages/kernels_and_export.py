@@ -17,7 +17,6 @@ summary.json; figure `figures/07_export_<model_id>.png`.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +110,7 @@ def run(settings: Settings) -> Result:
                                 guidance=get_entry(settings.model_id).sampler.guidance, seed=settings.seed)
     path = export(model.denoiser, config, directory / f"{settings.model_id}_packed.safetensors",
                   model_id=settings.model_id, multiquantizer=mq)
-    packed = copy.copy(model)
-    packed.denoiser = load_quantized(path, settings.model_id)
+    packed = model.with_denoiser(load_quantized(path, settings.model_id))
     images, seconds = {}, {}
     images["float"], seconds["float"] = timed_generate(model, protocol)
     mq.apply(config)
