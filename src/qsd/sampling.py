@@ -43,8 +43,8 @@ class SamplingProtocol:
     or on GPUs; latents, solver and metrics stay float32)."""
     compile: bool = False
     """Run the denoiser through `torch.compile` (needs a C++ compiler on CPU; the first forward of each batch
-    shape compiles, about 5-25 s for the embedded models). Changes results at rounding level, hence part of
-    the protocol."""
+    shape compiles: 5-80 s per shape for the embedded models, the low end with a warm inductor cache).
+    Changes results at rounding level, hence part of the protocol."""
 
     def __post_init__(self) -> None:
         if self.compute_dtype not in COMPUTE_DTYPES:
