@@ -92,9 +92,10 @@ def naive_label(model, protocol: SamplingProtocol, n_images: int) -> dict:
             "scoring_s_per_image": scoring / n_images}
 
 
-def bench_qsd(model, mq, args, protocol: SamplingProtocol) -> dict:
+def bench_qsd(model, mq, args, protocol: SamplingProtocol) -> tuple[dict, Labeller]:
     """qsd's seconds per configuration under `protocol` (steady state, the best of `--repeats` labels after
-    one warm-up label; the warm-up's time, which includes any compilation, is reported as `first_label_s`)."""
+    one warm-up label; the warm-up's time, which includes any compilation, is reported as `first_label_s`),
+    and the labeller that measured them."""
     config = mq.uniform(BENCH_SPEC)
     start = time.perf_counter()
     labeller = Labeller(model, protocol, progress=False)
@@ -102,8 +103,7 @@ def bench_qsd(model, mq, args, protocol: SamplingProtocol) -> dict:
     first = labeller.label_config(mq, config)
     runs = [labeller.label_config(mq, config) for _ in range(args.repeats)]
     return {"setup_s": setup, "first_label_s": first["seconds"], "s_per_config": min(r["seconds"] for r in runs),
-            "fid_repeat_diff": max(abs(r["fid"] - first["fid"]) for r in runs), "labels": runs[-1],
-            "labeller": labeller}
+            "fid_repeat_diff": max(abs(r["fid"] - first["fid"]) for r in runs), "labels": runs[-1]}, labeller
 
 
 def label_noise(model, labeller: Labeller) -> dict:
@@ -118,25 +118,24 @@ def bench_model(model_id: str, args) -> dict:
     model = load_model(model_id)
     mq = MultiQuantizer.build(model.denoiser, progress=False)
     guidance = model.entry.sampler.guidance
+    variants = args.variants.split(",")
     qsd, naive = {}, {}
-    for variant in args.variants.split(","):
+    for variant in variants:
         dtype, mode = variant.split(":")
         protocol = SamplingProtocol(n_images=args.images, steps=args.steps, guidance=guidance, compute_dtype=dtype,
                                     compile=mode == "compiled")
-        qsd[variant] = bench_qsd(model, mq, args, protocol)
+        qsd[variant], labeller = bench_qsd(model, mq, args, protocol)
+        if variant == variants[0]:
+            noise = label_noise(model, labeller)
         if dtype not in naive:
             timing = naive_label(model, dataclasses.replace(protocol, compile=False), args.naive_images)
             naive[dtype] = timing | {"s_per_config": timing["reference_s"] + args.images * (
                 timing["generation_s_per_image"] + timing["scoring_s_per_image"])}
-    headline = next(iter(qsd))
-    noise = label_noise(model, qsd[headline].pop("labeller"))
-    for result in qsd.values():
-        result.pop("labeller", None)
     fastest_naive = min(naive, key=lambda dtype: naive[dtype]["s_per_config"])
     for variant, result in qsd.items():
         result["speedup_vs_fastest_naive"] = naive[fastest_naive]["s_per_config"] / result["s_per_config"]
         result["speedup_vs_same_dtype_naive"] = naive[variant.split(":")[0]]["s_per_config"] / result["s_per_config"]
-    return {"model_id": model_id, "headline_variant": headline, "fastest_naive": fastest_naive, "qsd": qsd,
+    return {"model_id": model_id, "headline_variant": variants[0], "fastest_naive": fastest_naive, "qsd": qsd,
             "naive": naive} | noise
 
 
