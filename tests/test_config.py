@@ -22,8 +22,19 @@ def test_spec_validation_lists_supported_values():
         QuantSpec("uaq", 1)
     with pytest.raises(UnsupportedSpecError, match="supported: 2..8"):
         QuantSpec("uaq", 4.0)
-    with pytest.raises(UnsupportedSpecError, match="activation bit width"):
-        QuantSpec("uaq", 4, a_bits=3)
+
+
+def test_activation_bits_are_refused_until_activation_quantization_exists():
+    message = r"activation quantization is not implemented.*QuantSpec\('uaq', 4\)"
+    for a_bits in (6, 8, 3):
+        with pytest.raises(UnsupportedSpecError, match=message):
+            QuantSpec("uaq", 4, a_bits=a_bits)
+    assert QuantSpec("uaq", 4, a_bits=None) == QuantSpec("uaq", 4)
+    assert QuantSpec("uaq", 4).to_json() == {"method": "uaq", "w_bits": 4}
+    data = QuantConfig.uniform(UNITS, QuantSpec("uaq", 4)).to_json()
+    data["layers"][UNITS[1]] = {"method": "kmeans_c", "w_bits": 3, "a_bits": 6}
+    with pytest.raises(UnsupportedSpecError, match=r"a_bits=6.*QuantSpec\('kmeans_c', 3\)"):
+        QuantConfig.from_json(data)
 
 
 def test_spec_key_roundtrip():
@@ -34,7 +45,7 @@ def test_spec_key_roundtrip():
 
 
 def test_json_roundtrip_and_fingerprint(tmp_path):
-    cfg = QuantConfig({UNITS[0]: QuantSpec("uaq", 4), UNITS[1]: QuantSpec("kmeans_c", 3, a_bits=6),
+    cfg = QuantConfig({UNITS[0]: QuantSpec("uaq", 4), UNITS[1]: QuantSpec("kmeans_c", 3),
                        UNITS[2]: None, UNITS[3]: QuantSpec("kmeans_a", 4)})
     again = QuantConfig.loads(cfg.dumps())
     assert again == cfg and again.fingerprint == cfg.fingerprint

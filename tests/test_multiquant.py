@@ -16,7 +16,7 @@ from qsd import (
     UnsupportedSpecError,
     quantize_,
 )
-from qsd.quantizers import relative_error
+from qsd.quantizers import QuantizerSettings, relative_error
 from qsd.testing import forward, tiny_model
 
 
@@ -81,7 +81,7 @@ def test_search_space_and_costs(built):
         rows = space[space.option == spec.key]
         assert cost["avg_bits"] == pytest.approx(rows.size_bits.sum() / rows.n_weights.sum())
         assert cost["avg_bits"] > spec.w_bits
-    assert mq.cost(mq.uniform(None))["avg_bits"] == 32
+    assert mq.cost(mq.uniform(None))["avg_bits"] == 16  # float layers count at the parameter precision, FP16
     assert mq.summed_error(mq.uniform(None)) == 0
     assert mq.summed_error(mq.uniform(QuantSpec("uaq", 3))) > mq.summed_error(mq.uniform(QuantSpec("uaq", 4)))
 
@@ -165,3 +165,20 @@ def test_half_precision_model_accounting():
     assert mq.cost(mq.uniform(None))["avg_bits"] == 16
     mq.apply(mq.uniform(QuantSpec("kmeans_a", 4)))
     assert all(p.dtype == torch.float16 for p in model.parameters())
+
+
+@pytest.mark.parametrize("param_dtype, p", [("float16", 16), ("bfloat16", 16), ("float32", 32)])
+def test_avg_bits_count_overhead_at_the_parameter_precision(param_dtype, p):
+    """Paper §3: scales, zero points and codebooks (and float layers) count at the model's FP16 by default."""
+    model = tiny_model("pixart")
+    options = [QuantSpec("uaq", 4), QuantSpec("kmeans_c", 4), QuantSpec("kmeans_a", 3)]
+    mq = MultiQuantizer.build(model, options, QuantizerSettings(param_dtype=param_dtype), progress=False)
+    modules = dict(model.named_modules())
+    slices = [u.weight_slice(modules[u.module].weight) for u in mq.unit_list]
+    n = sum(w.numel() for w in slices)
+    rows = sum(w.shape[0] for w in slices)
+    by_hand = {"uaq-4": (4 * n + 2 * p * rows) / n, "kmeans_c-4": (4 * n + 16 * p * rows) / n,
+               "kmeans_a-3": (3 * n + 8 * p * len(slices)) / n}
+    for spec in options:
+        assert mq.cost(mq.uniform(spec))["avg_bits"] == pytest.approx(by_hand[spec.key], rel=1e-12)
+    assert mq.cost(mq.uniform(None))["avg_bits"] == p

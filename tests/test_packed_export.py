@@ -1,13 +1,17 @@
+import json
+
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from qsd import AlreadyQuantizedError, CorruptFileError, ModelMismatchError, QuantConfig, QuantSpec, quantize_
 from qsd.kernels import packed_row_bytes
 from qsd.layers import quantizable_units
 from qsd.multiquant import MultiQuantizer
-from qsd.packed_export import export, load_quantized, memory_report
+from qsd.packed_export import export, load_quantized, memory_report, read_export
 from qsd.packed_modules import FUSED_MAX_ROWS, QConv, QLinear, affine_from_table, affine_table
+from qsd.quantizers import QuantizerSettings
 from qsd.testing import example_inputs, tiny_model
 
 
@@ -43,6 +47,19 @@ def test_exported_unet_reproduces_fake_quantization(unet, tmp_path):
         torch.testing.assert_close(packed(**inputs)[0], fake(**inputs)[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("split", [True, False])
+def test_readback_is_the_exported_config(unet, tmp_path, split):
+    units = [u.name for u in quantizable_units(unet, split)]
+    assert any(u.endswith(":skip") for u in units) == split
+    config = mixed_config(units, seed=2)
+    path = export(unet, config, tmp_path / "u.safetensors", settings=QuantizerSettings(split_concat_inputs=split))
+    packed = load_quantized(path)
+    assert QuantConfig.from_model(packed) == config
+    float_layers = [m for m in packed.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    assert float_layers and all(s is None for m in float_layers for s in m.qsd_specs.values())
+    assert any(s is not None for s in config.values())
+
+
 def test_multiquantizer_export_and_fused_gemv_path(tmp_path):
     model = tiny_model("pixart", seed=1).eval()
     mq = MultiQuantizer.build(model, progress=False)
@@ -57,6 +74,8 @@ def test_multiquantizer_export_and_fused_gemv_path(tmp_path):
             torch.testing.assert_close(module(x), reference(x), rtol=1e-5, atol=1e-5)
             x = torch.randn(FUSED_MAX_ROWS + 5, module.in_features)  # many rows: decode + dense GEMM, exact
             assert torch.equal(module(x), reference(x))
+    tables = [b for name, b in packed.named_buffers() if name.split(".")[-1].startswith(("table_", "affine_"))]
+    assert tables and all(t.dtype == torch.float16 for t in tables), "tables at FP16, what avg_bits counts"
 
 
 def test_packed_memory_is_below_fp16(unet, tmp_path):
@@ -65,8 +84,8 @@ def test_packed_memory_is_below_fp16(unet, tmp_path):
     packed = load_quantized(export(unet, config, tmp_path / "u.safetensors"))
     report = memory_report(packed)
     layers = [m for m in packed.modules() if isinstance(m, QLinear | QConv)]
-    # 3 bits per weight of rows padded to whole 64-code blocks, plus (Δ, z) in float32 per row for UAQ
-    expected = sum(m.out_channels * (packed_row_bytes(s.k, 3) + 8) for m in layers for s in m.segments)
+    # 3 bits per weight of rows padded to whole 64-code blocks, plus (Δ, z) in float16 per row for UAQ
+    expected = sum(m.out_channels * (packed_row_bytes(s.k, 3) + 4) for m in layers for s in m.segments)
     assert report["packed_layers_bytes"] == expected
     assert report["packed_layers_ratio_vs_fp16"] < 0.5
     assert report["denoiser_bytes"] < report["denoiser_fp16_bytes"]
@@ -87,6 +106,13 @@ def test_corrupted_and_mismatched_files_are_refused(unet, tmp_path):
     path = export(unet, config, tmp_path / "u.safetensors", model_id="tiny_unet")
     with pytest.raises(ModelMismatchError, match="not 'tiny_pixart'"):
         load_quantized(path, "tiny_pixart")
+    meta, tensors = read_export(path)
+    unit = next(name for name, spec in config.items() if spec is not None)
+    meta["quant_config"]["layers"][unit] = None  # metadata (not checksummed) that no longer describes the layers
+    tampered = tmp_path / "tampered.safetensors"
+    save_file(tensors, str(tampered), metadata={"qsd": json.dumps(meta)})
+    with pytest.raises(CorruptFileError, match=rf"disagree with its recorded QuantConfig on 1 units.*\['{unit}'\]"):
+        load_quantized(tampered)
     data = bytearray(path.read_bytes())
     data[-100] ^= 0x40  # flip one bit inside the tensor data
     broken = tmp_path / "broken.safetensors"

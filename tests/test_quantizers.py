@@ -4,11 +4,16 @@ import numpy as np
 import pytest
 import torch
 
+from qsd.errors import UnsupportedSpecError
+from qsd.packed_modules import affine_from_table
 from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight, relative_error
+from qsd.quantizers.base import PARAM_DTYPES, round_to_param
 from qsd.quantizers.kmeans import _histogram16, _sorted, optimal_codebooks
 from qsd.quantizers.uaq import DEFAULT_CLIP_RATIOS, _abs_pow
 
 METHODS = ("uaq", "kmeans_c", "kmeans_a")
+FP32 = QuantizerSettings(param_dtype="float32")
+"""Tables kept at float32: the quantizers' own arithmetic, for tests against exact references."""
 
 
 def heavy_tailed(rows=48, cols=96, seed=0):
@@ -20,7 +25,8 @@ def heavy_tailed(rows=48, cols=96, seed=0):
 @pytest.mark.parametrize("method", METHODS)
 def test_error_falls_as_bits_grow(method):
     w = heavy_tailed()
-    errors = [relative_error(w, q.dequantize()) for _, q in sorted(quantize_weight(w, method, range(2, 9)).items())]
+    fitted = quantize_weight(w, method, range(2, 9), FP32)
+    errors = [relative_error(w, q.dequantize()) for _, q in sorted(fitted.items())]
     assert all(a > b or a == b == 0 for a, b in itertools.pairwise(errors)), errors  # 0 = exact
     assert errors[-1] < 1e-3
 
@@ -58,13 +64,15 @@ def test_kmeans_c_reproduces_rows_with_few_distinct_values(bits):
     idx = torch.randint(0, 1 << bits, (8, 40), generator=g)
     w = torch.gather(values, 1, idx)  # each row has <= 2^b distinct values
     w[0] = 0.7  # a constant row
-    q = quantize_weight(w, "kmeans_c", [bits])[bits]
+    q = quantize_weight(w, "kmeans_c", [bits], FP32)[bits]
     assert torch.equal(q.dequantize(), w)
+    q16 = quantize_weight(w.half().float(), "kmeans_c", [bits])[bits]  # float16 values: exact at FP16 tables too
+    assert torch.equal(q16.dequantize(), w.half().float())
 
 
 def test_uaq_reproduces_constant_and_zero_rows():
     w = torch.stack([torch.full((16,), 0.3), torch.zeros(16), torch.full((16,), -2.0)])
-    assert torch.equal(quantize_weight(w, "uaq", [4])[4].dequantize(), w)
+    assert torch.equal(quantize_weight(w, "uaq", [4], FP32)[4].dequantize(), w)
 
 
 def test_uaq_matches_the_paper_procedure_on_one_row():
@@ -79,7 +87,7 @@ def test_uaq_matches_the_paper_procedure_on_one_row():
         score = (w - xq).abs().pow(2.4).mean()
         if best is None or score < best[0]:
             best = (score, xq)
-    ours = quantize_weight(w[None].float(), "uaq", [4])[4].dequantize()[0]
+    ours = quantize_weight(w[None].float(), "uaq", [4], FP32)[4].dequantize()[0]
     torch.testing.assert_close(ours.double(), best[1], rtol=0, atol=1e-6)
 
 
@@ -102,6 +110,37 @@ def test_size_accounting_matches_hand_computation():
     assert q["kmeans_c"][3].size_bits(16) == 200 * 3 + 8 * 16 * 10
     assert q["kmeans_a"][4].size_bits(16) == 200 * 4 + 16 * 16  # one codebook
     assert q["kmeans_a"][3].size_bits(32) == 200 * 3 + 8 * 32
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_round_to_param_is_the_dtype_conversion(dtype):
+    g = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.randn(20000, generator=g) * 10.0 ** torch.randint(-9, 4, (20000,), generator=g),
+                        torch.tensor([0.0, -0.0, 1e-8, -3e-8, 6.1e-5, 65000.0, 1.0 + 2**-11, 1.0 + 3 * 2**-11])])
+    mantissa, min_exp = PARAM_DTYPES[str(dtype).removeprefix("torch.")]
+    ours = torch.tensor([round_to_param(np.float32(v), mantissa, min_exp) for v in values.tolist()])
+    assert torch.equal(ours, values.to(dtype).float())
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("param_dtype", ["float16", "bfloat16"])
+def test_tables_are_stored_at_the_parameter_precision(method, param_dtype):
+    """Scales, zero points and codebooks are rounded to the model's parameter precision before codes are
+    assigned, so the looked-up values are exactly what a deployment stores (paper §3: FP16)."""
+    w = heavy_tailed(24, 80, seed=9)
+    dtype = getattr(torch, param_dtype)
+    for q in quantize_weight(w, method, [3, 4], QuantizerSettings(param_dtype=param_dtype)).values():
+        stored = q.lut if method != "uaq" else affine_from_table(q.lut, q.bits)  # UAQ stores (Δ, z)
+        assert torch.equal(stored.to(dtype).float(), stored)
+        assert q.error == pytest.approx(relative_error(w, q.dequantize()), rel=1e-6)
+        table = q.lut if q.lut.shape[0] == w.shape[0] else q.lut.expand(w.shape[0], -1)
+        nearest = (w[:, :, None] - table[:, None, :]).abs().min(2).values
+        assert torch.allclose((q.dequantize() - w).abs(), nearest) or method == "uaq"  # K-Means: nearest centroid
+
+
+def test_parameter_precision_is_checked():
+    with pytest.raises(UnsupportedSpecError, match="param_dtype"):
+        QuantizerSettings(param_dtype="float8")
 
 
 def test_relative_error_definition():
@@ -155,7 +194,7 @@ def test_coarse_to_fine_gap_to_the_optimum_is_small():
 def test_kmeans_a_histogram_equals_the_exact_dp_on_the_raw_values(dtype):
     w = heavy_tailed(40, 96, seed=5).to(dtype).float()
     books = optimal_codebooks(w.reshape(1, -1), [8, 16])[0]
-    q = quantize_weight(w, "kmeans_a", [3, 4])
+    q = quantize_weight(w, "kmeans_a", [3, 4], FP32)
     for a, b in enumerate([3, 4]):
         torch.testing.assert_close(q[b].lut[0], books[a, : 1 << b].float(), rtol=1e-6, atol=1e-9)
 
@@ -196,7 +235,7 @@ def test_uaq_kernel_matches_the_reference_search():
     w[0], w[1] = 0.0, 0.25  # degenerate rows
     for bits in (3, 4):
         scores, luts = reference_uaq(w, bits)
-        q = quantize_weight(w, "uaq", [bits])[bits]
+        q = quantize_weight(w, "uaq", [bits], FP32)[bits]
         best = scores.min(1).values
         ours = (q.dequantize() - w).double().abs().pow(2.4).mean(1)
         assert (ours <= best * (1 + 1e-5) + 1e-30).all()

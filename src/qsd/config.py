@@ -28,7 +28,6 @@ from qsd.errors import (
 METHODS = ("uaq", "kmeans_c", "kmeans_a")
 """Weight quantizers: uniform asymmetric (UAQ), K-Means per output channel (C) and per tensor (A)."""
 SUPPORTED_W_BITS = tuple(range(2, 9))
-SUPPORTED_A_BITS = tuple(range(4, 17))
 CONFIG_FORMAT_VERSION = 1
 SPEC_ATTRIBUTE = "qsd_specs"
 """Attribute on every quantized module: {unit name: QuantSpec or None} as last applied (the readback)."""
@@ -36,7 +35,8 @@ SPEC_ATTRIBUTE = "qsd_specs"
 
 @dataclass(frozen=True, order=True)
 class QuantSpec:
-    """How one unit is quantized: weight method and bits, optional activation bits."""
+    """How one unit is quantized: weight method and bits. `a_bits` (activation bits) is reserved for activation
+    quantization (stage 06) and must be None until it exists: nothing would apply it."""
 
     method: str
     w_bits: int
@@ -54,10 +54,11 @@ class QuantSpec:
                 f"unsupported weight bit width {self.w_bits!r} for {self.method}; "
                 f"supported: {SUPPORTED_W_BITS[0]}..{SUPPORTED_W_BITS[-1]} (integers)"
             )
-        if self.a_bits is not None and (type(self.a_bits) is not int or self.a_bits not in SUPPORTED_A_BITS):
+        if self.a_bits is not None:
             raise UnsupportedSpecError(
-                f"unsupported activation bit width {self.a_bits!r}; supported: None (float) or "
-                f"{SUPPORTED_A_BITS[0]}..{SUPPORTED_A_BITS[-1]}"
+                f"QuantSpec({self.method!r}, {self.w_bits}, a_bits={self.a_bits!r}): activation quantization is not "
+                "implemented yet (it arrives with stage 06, qsd.actquant), so a_bits would be recorded but never "
+                f"applied; use the weight-only spec QuantSpec({self.method!r}, {self.w_bits})"
             )
 
     @property
@@ -74,10 +75,7 @@ class QuantSpec:
         return cls(method, int(bits))
 
     def to_json(self) -> dict:
-        out = {"method": self.method, "w_bits": self.w_bits}
-        if self.a_bits is not None:
-            out["a_bits"] = self.a_bits
-        return out
+        return {"method": self.method, "w_bits": self.w_bits}
 
     @classmethod
     def from_json(cls, data: Mapping) -> QuantSpec:
@@ -233,7 +231,7 @@ class QuantConfig(Mapping[str, QuantSpec | None]):
         if supported is not None:
             allowed = set(supported)
             for name, spec in self._layers.items():
-                if spec is not None and QuantSpec(spec.method, spec.w_bits) not in allowed:
+                if spec is not None and spec not in allowed:
                     raise UnsupportedSpecError(
                         f"layer {name!r} asks for {spec.key}, which this multiquantizer did not precompute; "
                         f"available: {', '.join(sorted(s.key for s in allowed))}"

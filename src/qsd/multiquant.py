@@ -34,7 +34,7 @@ from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
 DEFAULT_BITS = (4, 3)
 DEFAULT_OPTIONS = tuple(QuantSpec(m, b) for m in METHODS for b in DEFAULT_BITS)
 FILE_FORMAT = "qsd.MultiQuantizer"
-FILE_VERSION = 1
+FILE_VERSION = 2  # v2: tables rounded to QuantizerSettings.param_dtype
 
 
 def float_weights_checksum(model: nn.Module, units: Sequence[Unit]) -> str:
@@ -82,7 +82,7 @@ class MultiQuantizer:
         progress: bool = True,
     ) -> MultiQuantizer:
         """Quantize every unit of `model` with every option (weights only, no data needed)."""
-        options = tuple(dict.fromkeys(QuantSpec(o.method, o.w_bits) for o in options))
+        options = tuple(dict.fromkeys(options))
         if not options:
             raise QsdError("a MultiQuantizer needs at least one option, e.g. QuantSpec('uaq', 4)")
         units = quantizable_units(model, settings.split_concat_inputs)
@@ -110,23 +110,19 @@ class MultiQuantizer:
         """Unit names in module order."""
         return [u.name for u in self.unit_list]
 
-    def param_bits(self, unit: Unit) -> int:
-        """Precision of the unit's float weight (and of its scales/codebooks in the size accounting)."""
-        return self.settings.param_bits or self._float[unit.module].element_size() * 8
-
     def float_weight(self, module_name: str) -> torch.Tensor:
         """The float weight of a quantized module, whatever configuration is applied."""
         return self._float[module_name]
 
     def option(self, unit: str, spec: QuantSpec) -> QuantizedWeight:
-        """The precomputed codes and table of `unit` under `spec` (its activation bits are ignored)."""
-        return self.quantized[unit][self._weight_spec(spec)]
+        """The precomputed codes and table of `unit` under `spec`."""
+        return self.quantized[unit][spec]
 
     def search_space(self) -> pd.DataFrame:
         """One row per (unit, option): size in bits (indices + overhead) and relative error."""
         rows = []
         for unit in self.unit_list:
-            p = self.param_bits(unit)
+            p = self.settings.param_bits
             for spec in self.options:
                 qw = self.quantized[unit.name][spec]
                 rows.append(
@@ -148,24 +144,25 @@ class MultiQuantizer:
     def cost(self, config: QuantConfig) -> dict[str, float]:
         """Size of the quantized weights under `config`: avg_bits = (index + overhead bits) / weights.
 
-        Float units count at their own precision. Only the quantizable layers' weights enter (biases,
-        norms and embeddings are the same in every configuration).
+        Float units and the overhead count at the parameter precision (`QuantizerSettings.param_dtype`, FP16, the
+        paper's convention). Only the quantizable layers' weights enter (biases, norms and embeddings are the same
+        in every configuration).
         """
         config.validate(self.units, self.options)
         size = fp = n = 0
         for unit in self.unit_list:
-            spec, p = config[unit.name], self.param_bits(unit)
+            spec, p = config[unit.name], self.settings.param_bits
             numel = self.quantized[unit.name][self.options[0]].numel
             n += numel
             fp += numel * p
-            size += numel * p if spec is None else self.quantized[unit.name][self._weight_spec(spec)].size_bits(p)
+            size += numel * p if spec is None else self.quantized[unit.name][spec].size_bits(p)
         return {"avg_bits": size / n, "quantized_bytes": size / 8, "fp_bytes": fp / 8, "n_weights": n}
 
     def summed_error(self, config: QuantConfig) -> float:
         """Sum of the units' relative errors under `config` (float units add 0)."""
         config.validate(self.units, self.options)
         return float(
-            sum(self.errors[u][self._weight_spec(s)] for u, s in config.items() if s is not None)
+            sum(self.errors[u][s] for u, s in config.items() if s is not None)
         )
 
     def uniform(self, spec: QuantSpec | None) -> QuantConfig:
@@ -187,10 +184,6 @@ class MultiQuantizer:
         config = QuantConfig(specs)
         config.validate(self.units, self.options)
         return config
-
-    @staticmethod
-    def _weight_spec(spec: QuantSpec) -> QuantSpec:
-        return QuantSpec(spec.method, spec.w_bits) if spec.a_bits is not None else spec
 
     # ------------------------------------------------------------------ applying
     def apply(self, config: QuantConfig) -> None:

@@ -24,14 +24,14 @@ from torch import nn
 from qsd.config import SPEC_ATTRIBUTE, QuantConfig
 from qsd.errors import CorruptFileError, ModelMismatchError, QsdError
 from qsd.kernels import pack_codes
-from qsd.layers import quantizable_units
+from qsd.layers import SKIP_SUFFIX, quantizable_units
 from qsd.multiquant import MultiQuantizer
 from qsd.packed_modules import PackedLayer, QConv, QLinear, Segment, affine_from_table
 from qsd.quantize import AlreadyQuantizedError, units_by_module
 from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
 
 FILE_FORMAT = "qsd-packed"
-FILE_VERSION = 1
+FILE_VERSION = 2  # v2: tables at the parameter precision (QuantizerSettings.param_dtype)
 
 
 def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -43,16 +43,19 @@ def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _packed_tensors(prefix: str, qw: QuantizedWeight, dtype: torch.dtype) -> tuple[str, dict[str, torch.Tensor]]:
-    """(table kind, tensors) of one quantized unit. UAQ tables are kept as (Δ, z) when that is exact, other tables
-    in the layer's dtype `dtype` (what fake quantization casts the looked-up values to, so decoding is exact)."""
+def _packed_tensors(prefix: str, qw: QuantizedWeight, table_dtype: torch.dtype) -> tuple[str, dict[str, torch.Tensor]]:
+    """(table kind, tensors) of one quantized unit: packed codes, and the table (UAQ: (Δ, z), when that rebuilds it
+    exactly) in `table_dtype`, the parameter precision the quantizer rounded it to, so decoding reproduces fake
+    quantization bitwise and the file holds what `avg_bits` counts."""
     tensors = {f"{prefix}|codes": pack_codes(qw.codes.cpu(), qw.bits)}
     affine = affine_from_table(qw.lut.cpu(), qw.bits) if qw.method == "uaq" else None
-    if affine is not None:
-        tensors[f"{prefix}|affine"] = affine
-        return "affine", tensors
-    tensors[f"{prefix}|table"] = qw.lut.cpu().to(dtype).contiguous()
-    return "table", tensors
+    kind, table = ("affine", affine) if affine is not None else ("table", qw.lut.cpu().float())
+    stored = table.to(table_dtype).contiguous()
+    if not torch.equal(stored.float(), table):
+        raise QsdError(f"{prefix}: the {qw.method} table is not exactly representable in {table_dtype}; the "
+                       "multiquantizer was built at another parameter precision than its settings say: rebuild it")
+    tensors[f"{prefix}|{kind}"] = stored
+    return kind, tensors
 
 
 def export(denoiser: nn.Module, config: QuantConfig, path: str | Path, model_id: str | None = None,
@@ -89,7 +92,7 @@ def export(denoiser: nn.Module, config: QuantConfig, path: str | Path, model_id:
                 qw = multiquantizer.option(unit.name, spec)
             else:
                 qw = quantize_weight(piece, spec.method, [spec.w_bits], settings)[spec.w_bits]
-            kind, packed = _packed_tensors(prefix, qw, weight.dtype)
+            kind, packed = _packed_tensors(prefix, qw, getattr(torch, settings.param_dtype))
             tensors.update(packed)
             segments.append(Segment(unit.name, unit.in_start, unit.in_stop, spec, kind, k))
         layers[module_name] = {"segments": [s.to_json() for s in segments], "dtype": str(weight.dtype)}
@@ -142,7 +145,8 @@ def _set_tensor(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 
 def load_quantized(path: str | Path, model_id: str | None = None) -> nn.Module:
-    """The exported denoiser with packed layers, on the CPU in eval mode. Refuses files of another model id."""
+    """The exported denoiser with packed layers, on the CPU in eval mode. Refuses files of another model id.
+    `QuantConfig.from_model` of the result is the exported config (float units included, as None)."""
     import diffusers  # only here: `import qsd` must not pull in diffusers (tests/test_paper_models.py)
 
     meta, tensors = read_export(path)
@@ -168,7 +172,22 @@ def load_quantized(path: str | Path, model_id: str | None = None) -> nn.Module:
     left = [n for n, t in [*denoiser.named_parameters(), *denoiser.named_buffers()] if t.is_meta]
     if left:
         raise CorruptFileError(f"{path} lacks {len(left)} tensors of {meta['denoiser_class']}: {left[:4]}")
+    _record_specs(denoiser, QuantConfig.from_json(meta["quant_config"]), path)
     return denoiser.eval()
+
+
+def _record_specs(denoiser: nn.Module, config: QuantConfig, path: str | Path) -> None:
+    """Record None on the float layers' units (packed layers record their segments' specs) and check that the
+    readback `QuantConfig.from_model(denoiser)` is the exported `config`. The file's units are split at
+    concatenations iff `config` names `:skip` units (without concatenation-fed layers both give the same units)."""
+    split = any(name.endswith(SKIP_SUFFIX) for name in config)
+    for module_name, module_units in units_by_module(quantizable_units(denoiser, split)):
+        setattr(denoiser.get_submodule(module_name), SPEC_ATTRIBUTE, {u.name: None for u in module_units})
+    found, written = dict(QuantConfig.from_model(denoiser)), dict(config)
+    differ = sorted(n for n in found.keys() | written.keys() if found.get(n, "absent") != written.get(n, "absent"))
+    if differ:
+        raise CorruptFileError(f"{path}: its layers disagree with its recorded QuantConfig on {len(differ)} units, "
+                               f"e.g. {differ[:3]}; the metadata was altered after export: export the model again")
 
 
 def memory_report(denoiser: nn.Module) -> dict[str, float]:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qsd.config import QuantSpec
+from qsd.config import SPEC_ATTRIBUTE, QuantSpec
 from qsd.errors import QsdError
 from qsd.kernels import ops
 
@@ -71,7 +71,8 @@ def affine_from_table(table: torch.Tensor, bits: int) -> torch.Tensor | None:
 
 class PackedLayer(nn.Module):
     """Shared by QLinear and QConv: the segments, their buffers (empty until loaded, like the bias), decoding and
-    memory accounting. `kernel_size` is () for a linear layer."""
+    memory accounting. `kernel_size` is () for a linear layer. Records its segments' specs for readback
+    (`QuantConfig.from_model`)."""
 
     def __init__(self, out_channels: int, kernel_size: tuple[int, ...], segments: list[Segment], dtype: torch.dtype,
                  has_bias: bool):
@@ -79,6 +80,7 @@ class PackedLayer(nn.Module):
         self.out_channels = out_channels
         self.kernel_size = tuple(kernel_size)
         self.segments = list(segments)
+        setattr(self, SPEC_ATTRIBUTE, {s.unit: s.spec for s in self.segments})
         self.weight_dtype = dtype
         self.bias = nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False) if has_bias else None
         for i, segment in enumerate(self.segments):

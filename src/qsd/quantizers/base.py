@@ -5,15 +5,41 @@ output channel) and a lookup table: one row of 2^b values per output channel (UA
 row for the whole tensor (K-Means-A). UAQ's table row is `(q - z) * Δ` for q = 0..2^b-1, so one
 dequantization path serves every method; its *size* is still accounted as the scale and zero a
 deployment stores (paper §3.1; code.md §1.4).
+
+Scales, zero points and codebooks are *stored* at the model's parameter precision (`PARAM_DTYPES`, FP16 by
+default as in the paper's size accounting): every quantizer rounds its table entries (UAQ: Δ and z) to that
+precision with `round_to_param` before it assigns codes, so the table that fake quantization looks up, the one
+the packed export stores and the one `size_bits` counts are the same.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numba
 import numpy as np
 import torch
+
+PARAM_DTYPES = {"float16": (10, -14), "bfloat16": (7, -126), "float32": (23, -126)}
+"""Parameter precisions: (explicit mantissa bits, smallest normal exponent)."""
+
+
+def param_dtype_bits(name: str) -> int:
+    """Storage bits of one parameter at precision `name`."""
+    return 32 if name == "float32" else 16
+
+
+@numba.njit(inline="always")
+def round_to_param(v, mantissa, min_exp):
+    """float32 `v` rounded to the nearest value with `mantissa` explicit bits and exponent ≥ `min_exp` (below it:
+    the subnormal grid), ties to even: float16 is (10, -14), bfloat16 (7, -126); mantissa 23 leaves v as is.
+    Exact in float64; overflow (|v| beyond the format's range) is not handled (weights never get there)."""
+    if mantissa >= 23 or v == 0 or not np.isfinite(v):
+        return v
+    exponent = max(math.frexp(np.float64(v))[1] - 1, min_exp)
+    ulp = math.ldexp(1.0, exponent - mantissa)
+    return np.float32(np.rint(np.float64(v) / ulp) * ulp)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ a Python loop; here the codebooks come from the deterministic DP of `qsd.quantiz
 
 K-Means-C, per row (rows in parallel, numba `prange`):
   1. radix-sort the row (only over the key bits that vary), collapse equal values into (u, c)
-  2. codebooks for every requested K from one DP (`solver`: "coarse_to_fine", the default, or "exact")
+  2. codebooks for every requested K from one DP (`solver`: "coarse_to_fine", the default, or "exact"), their
+     centroids rounded to the parameter precision (FP16 by default, `round_to_param`)
   3. codes = nearest centroid = the number of centroid midpoints below the value (ties to the lower code)
 K-Means-A, always exact: if every value is a float16 (or bfloat16) value, as for the fp16 checkpoints,
 the distinct values and counts come from a histogram of the 65,536 bit patterns and codes from a
@@ -22,6 +23,7 @@ import numba
 import numpy as np
 import torch
 
+from qsd.quantizers.base import PARAM_DTYPES, round_to_param
 from qsd.quantizers.kmeans1d import check_solver, codebooks
 
 ROWS_PER_TASK = 4  # rows a thread takes at a time: a busy core then delays only its current chunk
@@ -108,8 +110,15 @@ def _assign(row, lut, codes, count):
     return err
 
 
+@numba.njit(cache=True, nogil=True)
+def _round_codebook(lut, mantissa, min_exp):
+    """Centroids to the parameter precision, in place (rounding is monotone: the codebook stays sorted)."""
+    for g in range(lut.shape[0]):
+        lut[g] = round_to_param(lut[g], mantissa, min_exp)
+
+
 @numba.njit(parallel=True, cache=True)
-def _kmeans_c(x, ks, exact, codes, luts, sse):
+def _kmeans_c(x, ks, exact, mantissa, min_exp, codes, luts, sse):
     """Every row of x [R, N] (float32): codes[a] [R, N], luts[a] [R, ks[a]], sse [len(ks), R]."""
     for r in numba.prange(x.shape[0]):
         row = x[r]
@@ -117,21 +126,24 @@ def _kmeans_c(x, ks, exact, codes, luts, sse):
         codebooks(u, c, mean, ks, exact, [luts[a][r] for a in range(ks.shape[0])])
         count = np.empty(row.shape[0], dtype=np.uint8)
         for a in range(ks.shape[0]):
+            _round_codebook(luts[a][r], mantissa, min_exp)
             sse[a, r] = _assign(row, luts[a][r], codes[a][r], count)
 
 
 def quantize_kmeans_c(
-    weight2d: torch.Tensor, bits: Sequence[int], solver: str = "coarse_to_fine"
+    weight2d: torch.Tensor, bits: Sequence[int], solver: str = "coarse_to_fine", param_dtype: str = "float16"
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor, float]]:
-    """K-Means-C: one codebook per output channel (row); {bits: (codes [O, N], lut [O, 2^b], SSE)}."""
+    """K-Means-C: one codebook per output channel (row), centroids at `param_dtype`; {bits: (codes [O, N],
+    lut [O, 2^b], SSE)}."""
     exact = check_solver(solver)
+    mantissa, min_exp = PARAM_DTYPES[param_dtype]
     bits = sorted(bits)
     x = np.ascontiguousarray(weight2d.float().numpy())
     codes = tuple(np.empty(x.shape, dtype=np.uint8) for _ in bits)
     luts = tuple(np.empty((x.shape[0], 1 << b), dtype=np.float32) for b in bits)
     sse = np.empty((len(bits), x.shape[0]))
     with numba.parallel_chunksize(ROWS_PER_TASK):
-        _kmeans_c(x, np.array([1 << b for b in bits]), exact, codes, luts, sse)
+        _kmeans_c(x, np.array([1 << b for b in bits]), exact, mantissa, min_exp, codes, luts, sse)
     return {b: (torch.from_numpy(codes[a]), torch.from_numpy(luts[a]), float(sse[a].sum())) for a, b in enumerate(bits)}
 
 
@@ -228,15 +240,16 @@ def _patterns16(x: np.ndarray) -> tuple[torch.dtype, np.ndarray, np.ndarray] | N
 
 
 def quantize_kmeans_a(
-    weight2d: torch.Tensor, bits: Sequence[int]
+    weight2d: torch.Tensor, bits: Sequence[int], param_dtype: str = "float16"
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor, float]]:
-    """K-Means-A: one optimal codebook for the whole tensor; {bits: (codes [O, N], lut [1, 2^b], SSE)}."""
+    """K-Means-A: one optimal codebook for the whole tensor, centroids at `param_dtype`; {bits: (codes [O, N],
+    lut [1, 2^b], SSE)}."""
     bits = sorted(bits)
     ks = np.array([1 << b for b in bits])
     x = np.ascontiguousarray(weight2d.float().numpy()).reshape(-1)
     narrow = _patterns16(x)
     if narrow is None:  # genuinely 32-bit values
-        fitted = quantize_kmeans_c(torch.from_numpy(x[None]), bits, "exact")
+        fitted = quantize_kmeans_c(torch.from_numpy(x[None]), bits, "exact", param_dtype)
         return {b: (codes.reshape(weight2d.shape), lut, sse) for b, (codes, lut, sse) in fitted.items()}
     dtype, patterns, counts = narrow
     values, order = _VALUES16[dtype], _ORDER16[dtype]
@@ -245,6 +258,7 @@ def quantize_kmeans_a(
     codebooks(u, c, mean, ks, True, numba.typed.List(luts))
     out = {}
     for b, lut in zip(bits, luts, strict=True):
+        _round_codebook(lut, *PARAM_DTYPES[param_dtype])
         table = np.zeros(1 << 16, dtype=np.uint8)
         sse = _pattern_codes(lut, values, order, counts, table)
         codes = np.empty(x.shape, dtype=np.uint8)

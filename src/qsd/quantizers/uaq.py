@@ -2,7 +2,7 @@
 
 For each row x (one output channel) and each shrink ratio r in `clip_ratios`:
   1. max' = max(x)·(1-r), min' = min(x)·(1-r)   (the range shrinks toward 0)
-  2. Δ = (max' - min') / (2^b - 1),  z = round(-min' / Δ)
+  2. Δ = (max' - min') / (2^b - 1),  z = round(-min' / Δ), both rounded to the parameter precision (FP16)
   3. q = clamp(round(x / Δ) + z, 0, 2^b - 1),  x̂ = (q - z)·Δ
   4. score = mean(|x - x̂|^p)   (p = 2.4, the LAPQ-style norm of the original)
 The ratio with the lowest score is kept, per row. A constant row gets Δ = |x| (or 1 for zeros) so it is
@@ -16,6 +16,7 @@ bit-level range reduction and short polynomials (relative error < 1e-5) so that 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numba
@@ -24,6 +25,8 @@ import torch
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
+
+from qsd.quantizers.base import PARAM_DTYPES, round_to_param
 
 DEFAULT_CLIP_RATIOS = tuple(i / 10 for i in range(10))
 ROWS_PER_TASK = 8  # rows a thread takes at a time: a busy core then delays only its current chunk
@@ -68,16 +71,18 @@ def _abs_pow(e, p):
 
 
 @numba.njit(inline="always", error_model="numpy")
-def _grid(lo, hi, levels):
-    """(Δ, z) of the asymmetric grid on [lo, hi]; a degenerate range gets Δ = |hi| (or 1)."""
+def _grid(lo, hi, levels, mantissa, min_exp):
+    """(Δ, z) of the asymmetric grid on [lo, hi] at the parameter precision (`round_to_param`); a degenerate
+    range gets Δ = |hi| (or 1), a Δ below the precision's smallest value gets that value."""
     delta = (hi - lo) / _F(levels - 1)
     if not delta > 0:
         delta = abs(hi) if hi != 0 else _F(1)
-    return delta, np.rint(-lo / delta)
+    delta = max(round_to_param(delta, mantissa, min_exp), _F(math.ldexp(1.0, min_exp - mantissa)))
+    return delta, round_to_param(np.rint(-lo / delta), mantissa, min_exp)
 
 
 @numba.njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
-def _uaq_rows(x, bits, factors, p, codes, luts, sse):
+def _uaq_rows(x, bits, factors, p, mantissa, min_exp, codes, luts, sse):
     """Per row of x [R, N] (float32) and bit width bits[a]: the best shrink factor (1 - r) by the Lp score.
 
     Writes codes[a] [R, N], luts[a] [R, 2^bits[a]] and sse [len(bits), R].
@@ -91,14 +96,14 @@ def _uaq_rows(x, bits, factors, p, codes, luts, sse):
             top = _F(levels - 1)
             best, best_f = np.inf, factors[0]
             for f in factors:
-                delta, zero = _grid(xmin * f, xmax * f, levels)
+                delta, zero = _grid(xmin * f, xmax * f, levels, mantissa, min_exp)
                 score = _F(0)
                 for t in range(n):
                     q = min(max(np.rint(row[t] / delta) + zero, _F(0)), top)
                     score += _abs_pow((q - zero) * delta - row[t], p)
                 if score < best:
                     best, best_f = score, f
-            delta, zero = _grid(xmin * best_f, xmax * best_f, levels)
+            delta, zero = _grid(xmin * best_f, xmax * best_f, levels, mantissa, min_exp)
             for g in range(levels):
                 luts[a][r, g] = (_F(g) - zero) * delta
             err = 0.0
@@ -115,8 +120,11 @@ def quantize_uaq(
     bits: Sequence[int],
     clip_ratios: Sequence[float] = DEFAULT_CLIP_RATIOS,
     clip_p: float = 2.4,
+    param_dtype: str = "float16",
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor, float]]:
-    """Quantize each row of `weight2d` [O, N]; returns {bits: (codes uint8 [O, N], lut float32 [O, 2^b], SSE)}."""
+    """Quantize each row of `weight2d` [O, N] with (Δ, z) at `param_dtype`; returns {bits: (codes uint8 [O, N],
+    lut float32 [O, 2^b], SSE)}."""
+    mantissa, min_exp = PARAM_DTYPES[param_dtype]
     x = np.ascontiguousarray(weight2d.float().numpy())
     bits = list(bits)
     factors = np.array([1 - r for r in clip_ratios], dtype=np.float32)
@@ -124,5 +132,5 @@ def quantize_uaq(
     luts = tuple(np.empty((x.shape[0], 1 << b), dtype=np.float32) for b in bits)
     sse = np.empty((len(bits), x.shape[0]))
     with numba.parallel_chunksize(ROWS_PER_TASK):
-        _uaq_rows(x, np.array(bits), factors, np.float32(clip_p), codes, luts, sse)
+        _uaq_rows(x, np.array(bits), factors, np.float32(clip_p), mantissa, min_exp, codes, luts, sse)
     return {b: (torch.from_numpy(codes[a]), torch.from_numpy(luts[a]), float(sse[a].sum())) for a, b in enumerate(bits)}
