@@ -1,12 +1,18 @@
 """The embedded defaults: data splits, captions, registry, checkpoints, training resume."""
 
+import dataclasses
+
+import pandas as pd
 import pytest
 import torch
 
 from qsd import captions, digits
 from qsd.errors import CorruptFileError, ModelNotAvailableError
-from qsd.models import DEFAULT_MODEL_ID, get_entry, load_model
+from qsd.models import DEFAULT_MODEL_ID, get_entry, load_model, registry
 from qsd.models.embedded import ARCHITECTURES, checkpoint_path, load_embedded, load_trained_denoiser
+from qsd.paths import project_root
+from qsd.stages import label_configs, train_denoisers
+from qsd.stages import multiquantizer as multiquantizer_stage
 from qsd.training import denoiser as training
 
 
@@ -33,6 +39,13 @@ def test_caption_encoder_memoises_and_masks():
     again, _ = encoder([captions.caption(7, 1)])
     assert torch.equal(again[0], states[1])
     assert len(captions.all_captions()) == 10 * len(captions.PHRASINGS)
+
+
+def test_caption_states_do_not_depend_on_what_was_encoded_with_them():
+    """Labels made in one process must not depend on which captions an earlier caller encoded (each alone)."""
+    together = captions.CaptionEncoder()(captions.all_captions()[:16])[0]
+    alone = captions.CaptionEncoder()([captions.all_captions()[3]])[0]
+    assert torch.equal(together[3], alone[0])
 
 
 def test_registry_default_and_conditioning():
@@ -92,3 +105,32 @@ def test_training_resumes_exactly_after_interruption(tmp_path, monkeypatch):
     other = training.TrainSettings(steps=4, batch_size=4, warmup_steps=2, lr=5e-4)
     with pytest.raises(ValueError, match="other settings"):
         training.train_denoiser(load_embedded(get_entry("tiny_dit"), trained=False), other, tmp_path / "b")
+
+
+@pytest.mark.parametrize("model_id", list(ARCHITECTURES))
+def test_entry_guidance_is_the_fid_optimum_of_the_shipped_sweep(model_id):
+    table = pd.read_csv(project_root() / "data" / "checkpoints" / train_denoisers.GUIDANCE_TABLE)
+    sweep = table[table["model_id"] == model_id]
+    assert len(sweep) >= 5 and sweep["guidance"].min() <= 1.0 and sweep["guidance"].max() >= 3.0
+    sampler = get_entry(model_id).sampler
+    assert sampler.guidance == sweep.loc[sweep["fid"].idxmin(), "guidance"]
+    assert "guidance sweep" in sampler.guidance_basis and f"{sweep['fid'].min():.1f}" in sampler.guidance_basis
+
+
+def test_stages_take_guidance_and_quantizer_settings_from_the_entry(monkeypatch):
+    entry = get_entry("tiny_pixart")
+    changed = dataclasses.replace(entry, sampler=dataclasses.replace(entry.sampler, guidance=2.25))
+    monkeypatch.setitem(registry.ENTRIES, "tiny_pixart", changed)
+    assert label_configs.sampling_protocol(label_configs.Settings().effective()).guidance == 2.25
+    assert multiquantizer_stage.damage_protocol(multiquantizer_stage.Settings()).guidance == 2.25
+    assert multiquantizer_stage.Settings().quantizer_settings() == entry.quantizer
+    assert entry.quantizer.uaq_clip_ratios == (0.0,), "embedded models: min-max UAQ (measured, README)"
+
+
+def test_shipped_guidance_table_keeps_other_models_rows(tmp_path):
+    sweep = pd.DataFrame({"guidance": [1.0, 2.0], "fid": [3.0, 4.0], "prompt_accuracy": [0.5, 0.6]})
+    train_denoisers.ship_guidance_sweep("a", sweep, tmp_path)
+    path = train_denoisers.ship_guidance_sweep("b", sweep.assign(fid=[5.0, 1.0]), tmp_path)
+    train_denoisers.ship_guidance_sweep("a", sweep.assign(fid=[9.0, 8.0]), tmp_path)
+    table = pd.read_csv(path)
+    assert sorted(table["model_id"]) == ["a", "a", "b", "b"] and table[table.model_id == "a"]["fid"].tolist() == [9, 8]
