@@ -38,14 +38,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    built = multiquantizer.run(multiquantizer.Settings(model_id=args.model, run_id="bench", progress=False))
+    built = multiquantizer.run(multiquantizer.Settings(model_id=args.model, run_id="bench", damage_options=(),
+                                                               progress=False))
     jobs = label_configs.random_jobs(built.multiquantizer, seed=0, n=args.configs)
     protocol = label_configs.sampling_protocol(label_configs.Settings(model_id=args.model, n_images=args.images)
                                                .effective())
     path = str(built.directory / "multiquantizer.safetensors")
-    inprocess = throughput(InProcessExecutor(WorkerSpec(args.model, protocol, path, label_configs.N_PROBE)), jobs, 1)
+    n_probe = label_configs.Settings().n_probe
+    inprocess = throughput(InProcessExecutor(WorkerSpec(args.model, protocol, path, n_probe)), jobs, 1)
     print(f"in-process ({torch.get_num_threads()} threads): {inprocess}", flush=True)
-    spec = WorkerSpec(args.model, protocol, path, label_configs.N_PROBE, threads=1)
+    spec = WorkerSpec(args.model, protocol, path, n_probe, threads=1)
     ray = throughput(RayExecutor(spec, workers=args.workers), jobs, args.workers)
     print(f"ray ({args.workers} workers x 1 thread): {ray}", flush=True)
     print(json.dumps({

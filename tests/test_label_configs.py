@@ -1,5 +1,6 @@
 """Stage 02 (labelling random configurations): reference rows, resume after a hard kill, seed-stream
-extension, and identical labels from the in-process and Ray executors."""
+extension, identical labels from the in-process and Ray executors, one pass through the stages (stage 01's file
+read, never rebuilt; the model, multiquantizer and float images made once) and the regime check."""
 
 import os
 import shutil
@@ -11,9 +12,13 @@ import time
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
+from qsd import executors
+from qsd.config import QuantConfig
+from qsd.errors import ModelMismatchError, QsdError
 from qsd.executors import InProcessExecutor, RayExecutor, WorkerSpec
 from qsd.paths import project_root
 from qsd.sampling import SamplingProtocol
@@ -29,10 +34,17 @@ stage.run(stage.Settings(run_id=sys.argv[1], n_configs=int(sys.argv[2]), n_image
 
 
 @pytest.fixture
-def run_id():
+def bare_run_id():
     run_id = f"test-{uuid.uuid4().hex[:8]}"
     yield run_id
     shutil.rmtree(project_root() / "data" / "runs" / "tiny_pixart" / run_id, ignore_errors=True)
+
+
+@pytest.fixture
+def run_id(bare_run_id):
+    """A run whose stage 01 is done (without the single-layer damage measurement)."""
+    multiquantizer_stage.run(multiquantizer_stage.Settings(run_id=bare_run_id, damage_options=(), progress=False))
+    return bare_run_id
 
 
 def rows(path: Path) -> list[tuple]:
@@ -83,7 +95,7 @@ def test_resume_after_hard_kill(run_id):
 
 def test_inprocess_and_ray_give_identical_labels(run_id):
     ray = pytest.importorskip("ray")
-    built = multiquantizer_stage.run(multiquantizer_stage.Settings(run_id=run_id, progress=False))
+    built = multiquantizer_stage.run(multiquantizer_stage.Settings(run_id=run_id, damage_options=(), progress=False))
     mq = built.multiquantizer
     jobs = stage.reference_jobs(mq)[:2] + stage.random_jobs(mq, seed=0, n=2)
     spec = WorkerSpec("tiny_pixart", SamplingProtocol(n_images=16, steps=4),
@@ -103,3 +115,69 @@ def test_inprocess_and_ray_give_identical_labels(run_id):
         for metric, value in record.metrics.items():
             if metric != "seconds":
                 assert theirs[metric] == value, f"{metric} differs for {record.name}"
+
+
+def test_stage_02_needs_stage_01(bare_run_id):
+    with pytest.raises(QsdError, match="01_multiquantizer.ipynb"):
+        stage.run(stage.Settings(run_id=bare_run_id, n_configs=1, **SMALL))
+
+
+def test_stage_02_refuses_a_multiquantizer_of_other_weights(run_id):
+    path = multiquantizer_stage.saved_path("tiny_pixart", run_id)
+    other = multiquantizer_stage.run(multiquantizer_stage.Settings(
+        model_id="tiny_dit", run_id=run_id, damage_options=(), progress=False))
+    shutil.copy(other.directory / multiquantizer_stage.FILE_NAME, path)
+    with pytest.raises(ModelMismatchError, match="01_multiquantizer.ipynb"):
+        stage.run(stage.Settings(run_id=run_id, n_configs=1, **SMALL))
+    shutil.rmtree(project_root() / "data" / "runs" / "tiny_dit" / run_id, ignore_errors=True)
+
+
+def test_one_pass_loads_once_and_samples_the_float_model_once(run_id, monkeypatch):
+    """The model and the multiquantizer are loaded once, the float images sampled once (they also give the
+    probe and the first of the float seed FIDs), and stage 01's file is never rewritten."""
+    calls = {"load_model": 0, "mq_load": 0, "float_generations": 0}
+    real_load_model, real_mq_load = stage.load_model, stage.MultiQuantizer.load
+    mq_path = multiquantizer_stage.saved_path("tiny_pixart", run_id)
+    before = mq_path.stat().st_mtime_ns
+
+    def load_model(*args, **kwargs):
+        calls["load_model"] += 1
+        return real_load_model(*args, **kwargs)
+
+    def mq_load(*args, **kwargs):
+        calls["mq_load"] += 1
+        return real_mq_load(*args, **kwargs)
+
+    real_generate = stage.Labeller.generate
+
+    def generate(self, protocol=None, trajectory=None):
+        if all(s is None for s in QuantConfig.from_model(self.model.denoiser).values()):
+            calls["float_generations"] += (protocol or self.protocol).seed == self.protocol.seed
+        return real_generate(self, protocol, trajectory)
+
+    monkeypatch.setattr(stage, "load_model", load_model)
+    monkeypatch.setattr(executors, "load_model", load_model)
+    monkeypatch.setattr(stage.MultiQuantizer, "load", mq_load)
+    monkeypatch.setattr(stage.Labeller, "generate", generate)
+    result = stage.run(stage.Settings(run_id=run_id, n_configs=2, **SMALL))
+    assert calls == {"load_model": 1, "mq_load": 1, "float_generations": 1}
+    assert mq_path.stat().st_mtime_ns == before
+    assert len(result.summary["float_seed_fids"]) == 3
+    assert result.summary["float_seed_fids"][0] == result.summary["float_fid"]
+
+
+def test_regime_verdicts():
+    labels = pd.DataFrame({
+        "name": ["float", "uniform uaq-4", "uniform uaq-3", "uniform kmeans_c-4", "uniform kmeans_c-3", "random 0"],
+        "kind": ["float", "uniform", "uniform", "uniform", "uniform", "random"],
+        "fid": [20.0, 30.0, 60.0, 25.0, 50.0, 40.0],
+        "prompt_accuracy": [0.9, 0.8, 0.6, 0.85, 0.7, 0.75],
+        "avg_bits": [16.0, 4.25, 3.25, 6.0, 5.0, 4.0]})
+    verdict = stage.regime(labels, [20.0, 21.0, 23.0])
+    assert verdict["float_is_best"] and verdict["w3_worse_than_w4"]
+    assert verdict["best_w4"] == "uniform uaq-4" and verdict["best_w4_fid_ratio"] == 1.5  # K-Means-C-4 is > 4.5 bits
+    assert not stage.regime(labels, [20.0, 26.0])["float_is_best"], "within the float model's seed spread"
+    inverted = labels.assign(fid=[20.0, 30.0, 29.0, 25.0, 50.0, 40.0])
+    assert not stage.regime(inverted, [20.0])["w3_worse_than_w4"]
+    table = stage.regime_table(labels, [20.0, 21.0, 23.0])
+    assert table.loc["uniform uaq-3", "fid_ratio_to_float"] == 3.0 and table.loc["float", "float_seed_fid_spread"] == 3

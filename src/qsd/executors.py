@@ -1,7 +1,8 @@
 """Where label jobs run: in this process (the default) or on Ray actors (paper §3.2's data collection at scale).
 
 A `LabelWorker` loads the model, the saved multiquantizer and the labeller (cached FID reference statistics,
-float images, probe trajectory) once and then labels many configurations. Both executors yield
+float images, probe trajectory) once and then labels many configurations; in this process it takes the model
+and multiquantizer the stage has already loaded. Both executors yield
 `LabelRecord`s as they finish; the driver writes each to the store at once, so an interrupted run, local
 or distributed, resumes from the store. Every worker labels under the same common random numbers, so a
 configuration gets the same metrics wherever it runs (bitwise, at the same thread count).
@@ -20,6 +21,7 @@ import torch
 from qsd.config import QuantConfig
 from qsd.labelling import Labeller
 from qsd.models import load_model
+from qsd.models.base import DiffusionModel
 from qsd.multiquant import MultiQuantizer
 from qsd.paths import project_root
 from qsd.provenance import provenance
@@ -47,6 +49,10 @@ class WorkerSpec:
     protocol: SamplingProtocol
     multiquantizer_path: str
     n_probe: int = 16
+    batch_size: int = 256
+    """Most images per batched generation (compiled results depend on the batch shape: part of the protocol)."""
+    clip_dir: str | None = None
+    """A local CLIP directory: text-to-image models then get a CLIP score (`qsd.metrics.clip_score`)."""
     threads: int | None = None
     """torch threads per worker; None = torch's default."""
     device: str = "cpu"
@@ -54,14 +60,17 @@ class WorkerSpec:
 
 
 class LabelWorker:
-    """Labels configurations of one model under one protocol; built once per process or Ray actor."""
+    """Labels configurations of one model under one protocol; built once per process or Ray actor, from the
+    already loaded `model` and `multiquantizer` when given (in this process), else loading them."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, model: DiffusionModel | None = None,
+                 multiquantizer: MultiQuantizer | None = None) -> None:
         if spec.threads is not None:
             torch.set_num_threads(spec.threads)
-        self.model = load_model(spec.model_id, device=spec.device)
-        self.multiquantizer = MultiQuantizer.load(spec.multiquantizer_path, self.model.denoiser)
-        self.labeller = Labeller(self.model, spec.protocol, n_probe=spec.n_probe, progress=False)
+        self.model = model or load_model(spec.model_id, device=spec.device)
+        self.multiquantizer = multiquantizer or MultiQuantizer.load(spec.multiquantizer_path, self.model.denoiser)
+        self.labeller = Labeller(self.model, spec.protocol, n_probe=spec.n_probe, batch_size=spec.batch_size,
+                                 progress=False, clip_dir=spec.clip_dir)
         self.provenance = provenance(worker=f"{platform.node()}:{os.getpid()}")
 
     def label(self, job: LabelJob) -> LabelRecord:
@@ -72,18 +81,23 @@ class LabelWorker:
 
 
 class InProcessExecutor:
-    """Labels jobs one after another in this process."""
+    """Labels jobs one after another in this process, with one `LabelWorker` made on first need from the given
+    `model` and `multiquantizer` (loaded by the worker when not given)."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
-        self.spec = spec
+    def __init__(self, spec: WorkerSpec, model: DiffusionModel | None = None,
+                 multiquantizer: MultiQuantizer | None = None) -> None:
+        self.spec, self.model, self.multiquantizer = spec, model, multiquantizer
+        self._worker: LabelWorker | None = None
+
+    @property
+    def worker(self) -> LabelWorker:
+        if self._worker is None:
+            self._worker = LabelWorker(self.spec, self.model, self.multiquantizer)
+        return self._worker
 
     def run(self, jobs: Iterable[LabelJob]) -> Iterator[LabelRecord]:
-        jobs = list(jobs)
-        if not jobs:
-            return
-        worker = LabelWorker(self.spec)
         for job in jobs:
-            yield worker.label(job)
+            yield self.worker.label(job)
 
 
 class RayExecutor:
@@ -140,12 +154,13 @@ class RayExecutor:
                 ray.shutdown()
 
 
-def make_executor(name: str, spec: WorkerSpec, workers: int = 2,
-                  address: str | None = None) -> InProcessExecutor | RayExecutor:
-    """The executor called `name` ('inprocess' or 'ray'); Ray workers ask for one GPU each when
-    `spec.device` is a CUDA device."""
+def make_executor(name: str, spec: WorkerSpec, workers: int = 2, address: str | None = None,
+                  model: DiffusionModel | None = None,
+                  multiquantizer: MultiQuantizer | None = None) -> InProcessExecutor | RayExecutor:
+    """The executor called `name` ('inprocess', which labels with `model` and `multiquantizer` when given, or
+    'ray'); Ray workers ask for one GPU each when `spec.device` is a CUDA device."""
     if name == "inprocess":
-        return InProcessExecutor(spec)
+        return InProcessExecutor(spec, model, multiquantizer)
     if name == "ray":
         gpus = 1 if spec.device.startswith("cuda") else 0
         return RayExecutor(spec, workers=workers, address=address, gpus_per_worker=gpus)

@@ -1,6 +1,6 @@
 """Labelling one quantization configuration (paper §3.2's data collection): apply the configuration,
-generate the protocol's images under common random numbers, and return FID, prompt accuracy and the cheap
-proxies against the float model.
+generate the protocol's images under common random numbers, and return FID, prompt accuracy, CLIP score (text
+models, given a local CLIP) and the cheap proxies against the float model.
 
 A `Labeller` prepares everything that does not depend on the configuration once — prompt conditions, the
 cached FID reference statistics, the float model's images and probe trajectory — so one label costs one
@@ -9,6 +9,7 @@ batched generation plus feature extraction of the generated images.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,13 +20,15 @@ from torch import nn
 
 from qsd import digits
 from qsd.config import QuantConfig
+from qsd.errors import UnsupportedSpecError
 from qsd.metrics.classifier import ClassifierFeatures, DigitClassifier, load_classifier
+from qsd.metrics.clip_score import clip_score, clip_score_metric
 from qsd.metrics.fid import FidScorer, reference_statistics
 from qsd.metrics.prompt_accuracy import prompt_accuracy
-from qsd.metrics.proxies import eps_error, record_probe, sample_mse
+from qsd.metrics.proxies import eps_error, probe_from_trajectory, sample_mse
 from qsd.models.base import DiffusionModel
 from qsd.multiquant import MultiQuantizer
-from qsd.sampling import SamplingProtocol, generate
+from qsd.sampling import SamplingProtocol, Trajectory, generate
 
 
 @dataclass
@@ -58,32 +61,63 @@ def fid_scorer(backend: FeatureBackend, reference: str, cache_dir: Path | None =
     return FidScorer(backend.feature, backend.image_shape, stats)
 
 
+def clip_metric(model: DiffusionModel, clip_dir: str | None):
+    """CLIP score metric of the local CLIP in `clip_dir` for a text-conditioned `model`; None without `clip_dir`."""
+    if clip_dir is None:
+        return None
+    if model.entry.conditioning != "text":
+        raise UnsupportedSpecError(
+            f"clip_dir given for {model.entry.model_id!r}, whose conditioning is {model.entry.conditioning!r}; CLIP "
+            "score compares images with captions, so only text-conditioned models take it: pass clip_dir=None"
+        )
+    return clip_score_metric(clip_dir)
+
+
 class Labeller:
-    """Labels configurations of `model` under a fixed sampling protocol (see module docstring)."""
+    """Labels configurations of `model` under a fixed sampling protocol (see module docstring). With `clip_dir` (a
+    local CLIP directory, `qsd.metrics.clip_score`) a text-conditioned model's labels include `clip_score`."""
 
     def __init__(self, model: DiffusionModel, protocol: SamplingProtocol, n_probe: int = 16, batch_size: int = 256,
-                 progress: bool = True, backend: FeatureBackend | None = None, cache_dir: Path | None = None) -> None:
+                 progress: bool = True, backend: FeatureBackend | None = None, cache_dir: Path | None = None,
+                 clip_dir: str | None = None) -> None:
         self.model, self.protocol, self.batch_size, self.progress = model, protocol, batch_size, progress
         self.backend = backend or feature_backend(model.entry.fid_reference)
         self.fid = fid_scorer(self.backend, model.entry.fid_reference, cache_dir)
+        self.clip = clip_metric(model, clip_dir)
         _, self.targets = model.protocol_prompts(protocol.n_images)
-        self.float_images = self.generate()
-        self.probe = record_probe(model, protocol, min(n_probe, protocol.n_images), batch_size)
+        trajectory = Trajectory([], [])  # the float images are sampled once: their first batch gives the probe
+        self.float_images = self.generate(trajectory=trajectory)
+        self.probe = probe_from_trajectory(model, protocol, trajectory, min(n_probe, protocol.n_images, batch_size),
+                                           batch_size)
 
-    def generate(self) -> torch.Tensor:
-        return generate(self.model, self.protocol, batch_size=self.batch_size, progress=self.progress)
+    def generate(self, protocol: SamplingProtocol | None = None, trajectory: Trajectory | None = None) -> torch.Tensor:
+        """The images of the model's current weights under `protocol` (default: the labelling protocol)."""
+        return generate(self.model, protocol or self.protocol, batch_size=self.batch_size, progress=self.progress,
+                        trajectory=trajectory)
+
+    def float_fid_spread(self, n_seeds: int = 3) -> list[float]:
+        """FID of the float model under the protocol's noise seed and the next `n_seeds` - 1 seeds (the float
+        weights must be in place): how much FID moves with the noise alone, the yardstick of label differences."""
+        others = [self.generate(dataclasses.replace(self.protocol, seed=self.protocol.seed + i))
+                  for i in range(1, n_seeds)]
+        return [self.fid(images) for images in (self.float_images, *others)]
 
     def score(self, images: torch.Tensor) -> dict[str, float]:
-        """FID and (where the model has a classifier) prompt accuracy of `images`."""
+        """FID, (where the model has a classifier) prompt accuracy and (given a CLIP) CLIP score of `images`."""
         scores = {"fid": self.fid(images)}
         if self.backend.classifier is not None and self.targets is not None:
             scores["prompt_accuracy"] = prompt_accuracy(self.backend.classifier, images, self.targets)
+        if self.clip is not None:
+            self.clip.reset()  # clip_score accumulates: score these images alone
+            captions, _ = self.model.protocol_prompts(self.protocol.n_images)
+            scores["clip_score"] = clip_score(images, captions, self.clip)
         return scores
 
-    def label(self) -> dict[str, float]:
-        """Labels of the model's current weights (whatever configuration is applied)."""
+    def label(self, images: torch.Tensor | None = None) -> dict[str, float]:
+        """Labels of the model's current weights (whatever configuration is applied), from `images` when they were
+        already sampled from those weights under the protocol."""
         start = time.perf_counter()
-        images = self.generate()
+        images = self.generate() if images is None else images
         labels = self.score(images)
         labels["sample_mse"] = sample_mse(images, self.float_images)
         labels["eps_error"] = eps_error(self.model, self.probe)
@@ -93,8 +127,8 @@ class Labeller:
     def label_config(self, multiquantizer: MultiQuantizer, config: QuantConfig) -> dict[str, float]:
         """Apply `config`, label it, restore the float weights; adds average bits and summed layer error."""
         multiquantizer.apply(config)
-        try:
-            labels = self.label()
+        try:  # the float model's images were sampled when the labeller was made
+            labels = self.label(self.float_images if all(s is None for s in config.values()) else None)
         finally:
             multiquantizer.restore()
         cost = multiquantizer.cost(config)

@@ -113,7 +113,7 @@ def guided_noise(model: DiffusionModel, latents: torch.Tensor, t: torch.Tensor, 
 def generate(model: DiffusionModel, protocol: SamplingProtocol, batch_size: int = 256, progress: bool = True,
              trajectory: Trajectory | None = None, n_images: int | None = None) -> torch.Tensor:
     """Images [N, C, H, W] in [0, 1] of the first `n_images` (default `protocol.n_images`) protocol prompts.
-    If `trajectory` is given, every step's denoiser inputs are appended to it."""
+    If `trajectory` is given, the first batch's denoiser inputs at every step are appended to it."""
     n = protocol.n_images if n_images is None else n_images
     prompts, _ = model.protocol_prompts(n)
     images = []
@@ -132,7 +132,7 @@ def generate(model: DiffusionModel, protocol: SamplingProtocol, batch_size: int 
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(latents, t)
             eps = guided_noise(model, model_input, t, condition, protocol)
-            if trajectory is not None:
+            if trajectory is not None and start == 0:
                 trajectory.latents.append(model_input)
                 trajectory.timesteps.append(t)
             latents = scheduler.step(eps, t, latents, return_dict=False, **step_kwargs)[0]

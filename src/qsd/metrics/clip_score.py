@@ -79,10 +79,16 @@ def clip_score_metric(directory: str | os.PathLike | None = None):
 
 def clip_score(images: torch.Tensor, captions: Sequence[str], metric) -> float:
     """CLIP score of `images` (floating, [B, 3, H, W] in [0, 1], as `DiffusionModel.decode` returns) against
-    `captions`, accumulated into `metric` (a `clip_score_metric`); returns the running score."""
+    `captions`, accumulated into `metric` (a `clip_score_metric`; `metric.reset()` to start afresh); returns the
+    running score. Greyscale images [B, 1, H, W] (the embedded models') are repeated to 3 channels for CLIP."""
     if not images.is_floating_point() or float(images.min()) < 0 or float(images.max()) > 1:
         raise UnsupportedSpecError("clip_score takes floating images in [0, 1] (DiffusionModel.decode output)")
     if len(captions) != images.shape[0]:
         raise UnsupportedSpecError(f"{images.shape[0]} images but {len(captions)} captions; give one caption each")
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise UnsupportedSpecError(f"clip_score takes images [B, 3, H, W] or greyscale [B, 1, H, W]; got shape "
+                                   f"{tuple(images.shape)}")
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
     metric.update((images * 255).round().to(torch.uint8), list(captions))
     return float(metric.compute())

@@ -57,18 +57,24 @@ def guided_noise_at(model: DiffusionModel, probe: Probe) -> torch.Tensor:
     return torch.cat(eps).unflatten(0, (steps, n))
 
 
-@torch.no_grad()
-def record_probe(model: DiffusionModel, protocol: SamplingProtocol, n: int, batch_size: int = 256) -> Probe:
-    """Run the (float) model on the first `n` protocol images, keep every step's states, and evaluate its
-    guided ε at them."""
-    trajectory = Trajectory([], [])
-    generate(model, protocol, batch_size=n, progress=False, trajectory=trajectory, n_images=n)
+def probe_from_trajectory(model: DiffusionModel, protocol: SamplingProtocol, trajectory: Trajectory, n: int,
+                          batch_size: int = 256) -> Probe:
+    """The probe of the first `n` images of a float-model `trajectory` (recorded by `generate`), with the float
+    model's guided ε evaluated at its states."""
     prompts, _ = model.protocol_prompts(n)
-    device = trajectory.latents[0].device
-    probe = Probe(torch.stack(trajectory.latents), torch.stack(trajectory.timesteps).to(device),
+    latents = torch.stack(trajectory.latents)[:, :n]
+    probe = Probe(latents, torch.stack(trajectory.timesteps).to(latents.device),
                   guidance_condition(model, prompts, protocol.guidance), protocol, batch_size)
     probe.eps = guided_noise_at(model, probe)
     return probe
+
+
+@torch.no_grad()
+def record_probe(model: DiffusionModel, protocol: SamplingProtocol, n: int, batch_size: int = 256) -> Probe:
+    """Run the (float) model on the first `n` protocol images alone and make their probe."""
+    trajectory = Trajectory([], [])
+    generate(model, protocol, batch_size=n, progress=False, trajectory=trajectory, n_images=n)
+    return probe_from_trajectory(model, protocol, trajectory, n, batch_size)
 
 
 def eps_error(model: DiffusionModel, probe: Probe) -> float:

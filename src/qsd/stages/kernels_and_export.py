@@ -29,7 +29,6 @@ from qsd.config import QuantConfig
 from qsd.errors import QsdError
 from qsd.kernels import cpu as cpu_kernels
 from qsd.models import get_entry, load_model
-from qsd.multiquant import MultiQuantizer
 from qsd.packed_export import export, load_quantized, memory_report
 from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
@@ -102,10 +101,8 @@ def run(settings: Settings) -> Result:
         sizes = {k: min(v, SMOKE[k]) for k, v in sizes.items()}
     config, source = choose_config(settings)
     config.save(directory / "config.json")
-    built = multiquantizer_stage.run(multiquantizer_stage.Settings(
-        model_id=settings.model_id, run_id=settings.run_id, seed=settings.seed, smoke=settings.smoke, progress=False))
     model = load_model(settings.model_id)
-    mq = MultiQuantizer.load(built.directory / "multiquantizer.safetensors", model.denoiser)
+    mq = multiquantizer_stage.load_saved(settings.model_id, settings.run_id, model.denoiser)
     protocol = SamplingProtocol(n_images=sizes["n_images"], steps=sizes["steps"],
                                 guidance=get_entry(settings.model_id).sampler.guidance, seed=settings.seed)
     path = export(model.denoiser, config, directory / f"{settings.model_id}_packed.safetensors",

@@ -7,13 +7,24 @@ model and the six uniform configurations (every layer one method at 4 bits, and 
 FID, prompt accuracy (embedded models), average bits incl. overhead, quantized size, summed layer error and
 the two cheap proxies, under common random numbers.
 
+It reads the multiquantizer that stage 01 saved for the same run (a missing or mismatched file is an error
+naming notebook 01, never a rebuild) and labels, in this process, with the model and multiquantizer it has
+already loaded; the float images are sampled once and also give the probe of the ε proxy.
+
+The regime check (`regime`): labels are only worth learning from if they rank the way the paper's do, so the
+summary says whether the float model is the best row by more than its own FID spread over 3 noise seeds, and
+whether every uniform 3-bit row is worse than its 4-bit row (paper §6.1: PixArt-α float FID ≈ 31, W4 ≈ 33,
+W3 ≈ 77-81).
+
 Labels go to `data/runs/<model_id>/<run_id>/02_label_configs/labels.sqlite` (`qsd.store`) as they finish;
-a restarted run continues where it stopped. Also written: labels.csv, labels.parquet, summary.json.
+a restarted run continues where it stopped. Also written: labels.csv, labels.parquet, regime.csv,
+float_seed_fids.json, summary.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +36,9 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from qsd.config import QuantConfig
-from qsd.executors import LabelJob, WorkerSpec, make_executor
-from qsd.models import get_entry
+from qsd.executors import InProcessExecutor, LabelJob, WorkerSpec, make_executor
+from qsd.labelling import Labeller
+from qsd.models import get_entry, load_model
 from qsd.multiquant import MultiQuantizer
 from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
@@ -37,11 +49,13 @@ from qsd.stages import multiquantizer as multiquantizer_stage
 from qsd.store import LabelStore
 
 STAGE = "02_label_configs"
-N_PROBE = 16
 SMOKE = {"n_configs": 4, "n_images": 32, "steps": 8}
 PROXIES = ("sample_mse", "eps_error", "summed_error")
 LABEL_OFFSETS = {"uaq": (6, -12), "kmeans_c": (6, 4), "kmeans_a": (6, 8)}
 """Where the uniform rows' names go (points), so that neighbouring 4-bit rows stay readable."""
+W4_MAX_AVG_BITS = 4.5
+"""`best_w4_fid_ratio` takes uniform 4-bit rows up to this many average bits (a per-channel 4-bit codebook alone
+costs 2 bits on 128-wide layers)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,14 @@ class Settings(StageSettings):
     compile: bool = True
     """Run the denoiser through torch.compile (`SamplingProtocol.compile`; README: measured gain and one-off
     compile time). Needs a C++ compiler on CPU; set False where there is none."""
+    n_probe: int = 16
+    """Images whose float trajectory probes the ε-error proxy."""
+    batch_size: int = 256
+    """Most images per batched generation (part of the protocol: compiled results depend on the batch shape)."""
+    float_seeds: int = 3
+    """Noise seeds over which the float model's FID spread is measured (the regime check's yardstick)."""
+    clip_dir: str | None = None
+    """A local CLIP directory (see qsd.metrics.clip_score): text-to-image models then get a CLIP score."""
     executor: str = "inprocess"
     """'inprocess' or 'ray'."""
     workers: int = 2
@@ -105,14 +127,15 @@ def sampling_protocol(settings: Settings) -> SamplingProtocol:
                             compute_dtype=settings.compute_dtype, compile=settings.compile)
 
 
-def protocol_record(model_id: str, protocol: SamplingProtocol, multiquantizer: MultiQuantizer) -> dict:
+def protocol_record(settings: Settings, protocol: SamplingProtocol, multiquantizer: MultiQuantizer) -> dict:
     """What every label in the dataset depends on (the store refuses to mix different ones)."""
-    entry = get_entry(model_id)
-    return {"model_id": model_id, "float_weights_sha256": multiquantizer.checksum,
+    entry = get_entry(settings.model_id)
+    return {"model_id": settings.model_id, "float_weights_sha256": multiquantizer.checksum,
             "fid_reference": entry.fid_reference, "sampler": entry.sampler.scheduler,
             "n_images": protocol.n_images, "steps": protocol.steps, "guidance": protocol.guidance,
             "compute_dtype": protocol.compute_dtype, "compile": protocol.compile,
-            "noise_seed": protocol.seed, "n_probe": N_PROBE, "options": [s.key for s in multiquantizer.options],
+            "noise_seed": protocol.seed, "n_probe": settings.n_probe, "batch_size": settings.batch_size,
+            "clip_dir": settings.clip_dir, "options": [s.key for s in multiquantizer.options],
             "quantizer": multiquantizer.settings.to_json()}
 
 
@@ -120,30 +143,101 @@ def run(settings: Settings) -> Result:
     """Label the reference rows and `n_configs` random configurations, resuming from the store."""
     settings = settings.effective()
     directory = stage_dir(settings.model_id, settings.run_id, STAGE)
-    built = multiquantizer_stage.run(multiquantizer_stage.Settings(
-        model_id=settings.model_id, run_id=settings.run_id, seed=settings.seed, smoke=settings.smoke,
-        progress=settings.progress and not settings.smoke))
-    multiquantizer = built.multiquantizer
+    model = load_model(settings.model_id, device=settings.device)
+    multiquantizer = multiquantizer_stage.load_saved(settings.model_id, settings.run_id, model.denoiser)
     jobs = reference_jobs(multiquantizer) + random_jobs(multiquantizer, settings.seed, settings.n_configs)
     protocol = sampling_protocol(settings)
-    spec = WorkerSpec(settings.model_id, protocol, str(built.directory / "multiquantizer.safetensors"), N_PROBE,
-                      device=settings.device)
-    with LabelStore(directory / "labels.sqlite", protocol_record(settings.model_id, protocol, multiquantizer)) as store:
+    record = protocol_record(settings, protocol, multiquantizer)
+    spec = WorkerSpec(settings.model_id, protocol,
+                      str(multiquantizer_stage.saved_path(settings.model_id, settings.run_id)), settings.n_probe,
+                      settings.batch_size, settings.clip_dir, device=settings.device)
+    executor = make_executor(settings.executor, spec, settings.workers, settings.ray_address, model, multiquantizer)
+    with LabelStore(directory / "labels.sqlite", record) as store:
         done = store.fingerprints()
         pending = [j for j in jobs if j.config.fingerprint not in done]
-        executor = make_executor(settings.executor, spec, settings.workers, settings.ray_address)
         with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="labelling", unit="config",
                   disable=not settings.progress or settings.smoke) as bar:
-            for record in executor.run(pending):
-                store.add(record)
+            for label in executor.run(pending):
+                store.add(label)
                 bar.update()
         labels = store.to_pandas()
         store.to_csv(directory / "labels.csv")
         store.to_parquet(directory / "labels.parquet")
+        float_fids = float_seed_fids(directory, record, settings, executor, model)
+        table = regime_table(labels, float_fids)
+        table.to_csv(directory / "regime.csv")
         summary = store.summary() | {"fid_by_reference_row": reference_fids(labels),
-                                     "proxy_spearman_vs_fid": proxy_correlations(labels)}
+                                     "proxy_spearman_vs_fid": proxy_correlations(labels),
+                                     **regime(labels, float_fids)}
     write_run_record(directory, settings, summary)
     return Result(settings, directory, labels, summary)
+
+
+def float_seed_fids(directory: Path, record: dict, settings: Settings, executor, model) -> list[float]:
+    """The float model's FID under `settings.float_seeds` noise seeds (the protocol's first), measured once per
+    protocol and kept in float_seed_fids.json. In this process the labelling worker's float images are reused;
+    with Ray the driver samples them itself."""
+    path = directory / "float_seed_fids.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["protocol"] == record and len(saved["fids"]) == settings.float_seeds:
+            return saved["fids"]
+    if isinstance(executor, InProcessExecutor):
+        labeller = executor.worker.labeller
+    else:
+        labeller = Labeller(model, sampling_protocol(settings), settings.n_probe, settings.batch_size, progress=False)
+    fids = labeller.float_fid_spread(settings.float_seeds)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"protocol": record, "fids": fids}, indent=1))
+    tmp.replace(path)
+    return fids
+
+
+def regime_table(labels: pd.DataFrame, float_fids: list[float]) -> pd.DataFrame:
+    """Float plus the uniform rows: FID, prompt accuracy, average bits, FID ratio to float; the float row also
+    carries its FID range over noise seeds."""
+    rows = labels[labels["kind"].isin(["float", "uniform"])].set_index("name")
+    table = rows[["fid", "prompt_accuracy", "avg_bits"]].copy()
+    table["fid_ratio_to_float"] = table["fid"] / rows.loc["float", "fid"]
+    table["float_seed_fid_spread"] = np.nan
+    table.loc["float", "float_seed_fid_spread"] = max(float_fids) - min(float_fids)
+    return table
+
+
+def regime(labels: pd.DataFrame, float_fids: list[float]) -> dict:
+    """The headline checks of the label regime (see the module docstring)."""
+    by_name = labels.set_index("name")
+    float_fid = float(by_name.loc["float", "fid"])
+    spread = max(float_fids) - min(float_fids)
+    quantized = labels[labels["kind"] != "float"]
+    uniform = labels[labels["kind"] == "uniform"].set_index("name")
+    methods = sorted({n.removeprefix("uniform ").rsplit("-", 1)[0] for n in uniform.index})
+    pairs = {m: (uniform.loc[f"uniform {m}-3", "fid"], uniform.loc[f"uniform {m}-4", "fid"]) for m in methods
+             if f"uniform {m}-3" in uniform.index and f"uniform {m}-4" in uniform.index}
+    w4 = uniform[uniform.index.str.endswith("-4") & (uniform["avg_bits"] <= W4_MAX_AVG_BITS)]
+    best_w4 = w4["fid"].idxmin() if len(w4) else None
+    prompt_accuracy = by_name.loc["float", "prompt_accuracy"]
+    return {
+        "float_fid": round(float_fid, 4),
+        "float_prompt_accuracy": None if pd.isna(prompt_accuracy) else round(float(prompt_accuracy), 4),
+        "float_seed_fids": [round(f, 4) for f in float_fids],
+        "float_seed_fid_spread": round(spread, 4),
+        "float_is_best": bool(len(quantized)) and bool((quantized["fid"] > float_fid + spread).all()),
+        "w3_worse_than_w4": bool(pairs) and all(w3 > w4_fid for w3, w4_fid in pairs.values()),
+        "best_w4": best_w4,
+        "best_w4_fid_ratio": None if best_w4 is None else round(float(w4.loc[best_w4, "fid"]) / float_fid, 4),
+    }
+
+
+def regime_text(result: Result) -> str:
+    """The regime table and its verdicts, as the notebook prints them."""
+    s = result.summary
+    table = pd.read_csv(result.directory / "regime.csv", index_col=0)
+    verdicts = (f"float model best beyond its {len(s['float_seed_fids'])}-seed FID spread "
+                f"({s['float_seed_fid_spread']:.2f}): {s['float_is_best']}; every uniform W3 worse than its W4: "
+                f"{s['w3_worse_than_w4']}; best uniform W4 (≤ {W4_MAX_AVG_BITS} avg bits): {s['best_w4']}, "
+                f"FID {s['best_w4_fid_ratio']}× the float model's")
+    return table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="") + "\n" + verdicts
 
 
 def kmeans_share(config_json: str) -> float:

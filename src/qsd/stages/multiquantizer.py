@@ -1,45 +1,73 @@
 """Stage 01: every weight-quantization option of every layer (paper §3.1; notebook 01_multiquantizer).
 
-Builds (or loads, when a file for the same weights and options exists) the MultiQuantizer of `model_id`:
-UAQ, K-Means-C and K-Means-A at each bit width for every Linear/Conv layer, and writes to
-`data/runs/<model_id>/<run_id>/01_multiquantizer/`:
-  multiquantizer.safetensors   codes + lookup tables of every option (reloadable, verified)
+Builds (or loads, when a file for the same weights, options and heuristics exists) the MultiQuantizer of
+`model_id`: UAQ, K-Means-C and K-Means-A at each bit width for every Linear/Conv layer, with the quantizer
+settings of the model's registry entry (`ModelEntry.quantizer`) unless others are given. Then, because the
+paper's sensitivity proxies assume that a layer's weight error predicts the damage its quantization does, it
+measures that damage: for each layer and each of `damage_options`, only that layer is quantized and the
+mean squared pixel distance of `damage_images` samples to the float model's (same noise, same prompts) is
+recorded beside the layer's weight error. Writes to `data/runs/<model_id>/<run_id>/01_multiquantizer/`:
+  multiquantizer.safetensors   codes + lookup tables of every option (reloadable, verified); stages 02 and 07
+                               read it and never rebuild it
   search_space.csv             one row per (layer, option): size in bits and relative error
+  layer_damage.csv             one row per (layer, damage option): relative error and sample MSE
   settings.json, provenance.json, summary.json
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
 
 from qsd.config import METHODS, QuantSpec
-from qsd.errors import ModelMismatchError
-from qsd.models import load_denoiser
+from qsd.errors import CorruptFileError, ModelMismatchError, QsdError
+from qsd.metrics.proxies import sample_mse
+from qsd.models import get_entry, load_denoiser, load_model
+from qsd.models.base import DiffusionModel
 from qsd.multiquant import DEFAULT_BITS, MultiQuantizer
 from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.quantizers import QuantizerSettings
+from qsd.sampling import SamplingProtocol, generate
 from qsd.stages import StageSettings
 
 STAGE = "01_multiquantizer"
+FILE_NAME = "multiquantizer.safetensors"
+SMOKE = {"damage_images": 8, "damage_units": 3, "damage_steps": 4}
 
 
 @dataclass(frozen=True)
 class Settings(StageSettings):
     methods: tuple[str, ...] = METHODS
     bits: tuple[int, ...] = DEFAULT_BITS
-    quantizer: QuantizerSettings = field(default_factory=QuantizerSettings)
+    quantizer: QuantizerSettings | None = None
+    """The quantizers' heuristics; None = the model's registry entry's (`ModelEntry.quantizer`)."""
     rebuild: bool = False
     """Rebuild even if a saved multiquantizer for these weights exists."""
+    damage_options: tuple[str, ...] = ("uaq-3", "kmeans_c-3", "kmeans_a-3")
+    """Options applied to one layer at a time to measure the damage to the images; () skips the measurement."""
+    damage_images: int = 64
+    """Samples per single-layer configuration (smoke: 8)."""
+    damage_units: int | None = None
+    """Measure only the first this many units (None = all; smoke: 3)."""
+    compute_dtype: str = "bfloat16"
+    """The denoiser's compute precision while sampling (as in stage 02)."""
+    compile: bool = True
+    """torch.compile the denoiser while sampling (as in stage 02; never in smoke runs)."""
     progress: bool = True
+
+    def quantizer_settings(self) -> QuantizerSettings:
+        return self.quantizer or get_entry(self.model_id).quantizer
 
 
 @dataclass
@@ -48,38 +76,108 @@ class Result:
     directory: Path
     multiquantizer: MultiQuantizer
     search_space: pd.DataFrame
+    damage: pd.DataFrame | None
     summary: dict
 
 
-def run(settings: Settings) -> Result:
-    """Build or load the multiquantizer of `settings.model_id` and record its search space."""
-    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
-    model = load_denoiser(settings.model_id, seed=settings.seed)
-    path = directory / "multiquantizer.safetensors"
+def saved_path(model_id: str, run_id: str) -> Path:
+    return stage_dir(model_id, run_id, STAGE) / FILE_NAME
+
+
+def load_saved(model_id: str, run_id: str, denoiser: torch.nn.Module) -> MultiQuantizer:
+    """The multiquantizer stage 01 saved for run `run_id` of `model_id`, for `denoiser`'s weights. Later stages
+    read it through here and never rebuild it: a missing or mismatched file is an error naming notebook 01."""
+    path = saved_path(model_id, run_id)
+    advice = (f"run notebooks/01_multiquantizer.ipynb with model_id={model_id!r}, run_id={run_id!r} first "
+              f"(make reproduce runs the notebooks in order)")
+    if not path.is_file():
+        raise QsdError(f"no multiquantizer at {path}: {advice}")
+    try:
+        return MultiQuantizer.load(path, denoiser)
+    except (ModelMismatchError, CorruptFileError) as exc:
+        raise type(exc)(f"{exc}\nThe saved multiquantizer does not fit this model any more: {advice}") from None
+
+
+def _build_or_load(settings: Settings, denoiser: torch.nn.Module, path: Path) -> MultiQuantizer:
+    """Reuse the saved file when it was built for these weights, options and heuristics; otherwise (re)build."""
     options = [QuantSpec(m, b) for m in settings.methods for b in settings.bits]
-    mq = None
+    quantizer = settings.quantizer_settings()
     if path.exists() and not settings.rebuild:
         try:
-            mq = MultiQuantizer.load(path, model)
-        except ModelMismatchError as exc:  # the model was retrained or replaced since: the file is stale
+            mq = MultiQuantizer.load(path, denoiser)
+            if set(mq.options) == set(options) and mq.settings == quantizer:
+                return mq
+            print("rebuilding the multiquantizer: it was saved with other options or quantizer settings")
+        except (ModelMismatchError, CorruptFileError) as exc:  # retrained weights, or an older file format
             print(f"rebuilding the multiquantizer: {exc}")
-        if mq is not None and (set(mq.options) != set(options) or mq.settings != settings.quantizer):
-            mq = None  # saved with other options or heuristics: rebuild rather than mix
-    if mq is None:
-        mq = MultiQuantizer.build(model, options, settings.quantizer, progress=settings.progress and not settings.smoke)
-        mq.save(path)
+    mq = MultiQuantizer.build(denoiser, options, quantizer, progress=settings.progress and not settings.smoke)
+    mq.save(path)
+    return mq
+
+
+def damage_protocol(settings: Settings) -> SamplingProtocol:
+    """The model's own protocol (guidance, steps, seed) at `damage_images` images."""
+    sampler = get_entry(settings.model_id).sampler
+    if settings.smoke:
+        return SamplingProtocol(n_images=min(settings.damage_images, SMOKE["damage_images"]),
+                                steps=min(sampler.steps, SMOKE["damage_steps"]), guidance=sampler.guidance,
+                                seed=settings.seed, compute_dtype=settings.compute_dtype, compile=False)
+    return SamplingProtocol(n_images=settings.damage_images, steps=sampler.steps, guidance=sampler.guidance,
+                            seed=settings.seed, compute_dtype=settings.compute_dtype, compile=settings.compile)
+
+
+def layer_damage(model: DiffusionModel, mq: MultiQuantizer, options: list[QuantSpec], protocol: SamplingProtocol,
+                 units: list[str], progress: bool = True) -> pd.DataFrame:
+    """Per unit and option: the unit's relative weight error and the sample MSE to the float model's images when
+    only that unit is quantized with that option (every other layer float)."""
+    float_images = generate(model, protocol, progress=False)
+    rows = []
+    jobs = [(unit, spec) for unit in units for spec in options]
+    for unit, spec in tqdm(jobs, desc="single-layer damage", unit="config", disable=not progress):
+        mq.apply(mq.uniform(None).with_layers({unit: spec}))
+        try:
+            images = generate(model, protocol, progress=False)
+        finally:
+            mq.restore()
+        rows.append({"unit": unit, "option": spec.key, "method": spec.method, "w_bits": spec.w_bits,
+                     "error": mq.errors[unit][spec], "sample_mse": sample_mse(images, float_images)})
+    return pd.DataFrame(rows)
+
+
+def damage_correlations(damage: pd.DataFrame) -> dict[str, float | None]:
+    """Spearman correlation of weight error and sample MSE across layers, per option (None with < 3 layers)."""
+    return {option: (round(float(spearmanr(rows["error"], rows["sample_mse"]).statistic), 4) if len(rows) >= 3
+                     else None)
+            for option, rows in damage.groupby("option", sort=False)}
+
+
+def run(settings: Settings) -> Result:
+    """Build or load the multiquantizer of `settings.model_id`, record its search space and single-layer damage."""
+    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
+    entry = get_entry(settings.model_id)
+    model = load_model(settings.model_id) if entry.loader is not None else None  # random test models cannot sample
+    denoiser = model.denoiser if model is not None else load_denoiser(settings.model_id, seed=settings.seed)
+    mq = _build_or_load(settings, denoiser, directory / FILE_NAME)
     space = mq.search_space()
     space.to_csv(directory / "search_space.csv", index=False)
+    damage = None
+    if model is not None and settings.damage_options:
+        limit = SMOKE["damage_units"] if settings.smoke else settings.damage_units
+        damage = layer_damage(model, mq, [QuantSpec.parse(k) for k in settings.damage_options],
+                              damage_protocol(settings), mq.units[:limit], settings.progress and not settings.smoke)
+        damage.to_csv(directory / "layer_damage.csv", index=False)
     summary = {
         "model_id": settings.model_id,
         "n_units": len(mq.units),
         "n_weights": int(mq.cost(mq.uniform(None))["n_weights"]),
         "options": [s.key for s in mq.options],
+        "quantizer": mq.settings.to_json(),
         "mean_error": space.groupby("option")["error"].mean().round(8).to_dict(),
         "uniform_avg_bits": {s.key: round(mq.cost(mq.uniform(s))["avg_bits"], 6) for s in mq.options},
+        "damage_spearman_error_vs_sample_mse": None if damage is None else damage_correlations(damage),
     }
     write_run_record(directory, settings, summary, float_weights_sha256=mq.checksum)
-    return Result(settings, directory, mq, space, summary)
+    return Result(settings, directory, mq, space, damage, summary)
 
 
 def option_order(spec: QuantSpec) -> tuple[int, int]:
@@ -88,8 +186,13 @@ def option_order(spec: QuantSpec) -> tuple[int, int]:
 
 
 def summary_text(result: Result) -> str:
-    """`summary_table` as fixed-precision text (what the notebook prints)."""
-    return summary_table(result).to_string(float_format=lambda v: f"{v:.4g}")
+    """`summary_table` as fixed-precision text, and the error-vs-damage correlations (what the notebook prints)."""
+    text = summary_table(result).to_string(float_format=lambda v: f"{v:.4g}")
+    correlations = result.summary["damage_spearman_error_vs_sample_mse"]
+    if correlations:
+        text += "\nSpearman(layer weight error, single-layer sample MSE): " + ", ".join(
+            f"{option} {'n/a' if rho is None else f'{rho:.3f}'}" for option, rho in correlations.items())
+    return text
 
 
 def summary_table(result: Result) -> pd.DataFrame:
@@ -121,4 +224,31 @@ def plot_layer_errors(result: Result) -> Figure:
     ax.set_title(f"{result.settings.model_id}: per-layer weight quantization error ‖W−Ŵ‖²/‖W‖²")
     directory = result.directory if result.settings.smoke else None
     savefig(fig, f"01_layer_errors_{result.settings.model_id}", directory)
+    return fig
+
+
+def plot_layer_damage(result: Result) -> Figure | None:
+    """Each layer's weight error against the damage of quantizing only that layer (sample MSE to the float
+    model), one panel per option with its Spearman ρ; saved to figures/ (None: not measured)."""
+    damage = result.damage
+    if damage is None or damage.empty:
+        return None
+    options = list(dict.fromkeys(damage["option"]))
+    correlations = result.summary["damage_spearman_error_vs_sample_mse"]
+    fig, axes = new_figure(4.2 * len(options), 3.8, ncols=len(options), squeeze=False, sharey=True)
+    for ax, option in zip(axes[0], options, strict=True):
+        rows = damage[damage["option"] == option]
+        ax.scatter(rows["error"], rows["sample_mse"].clip(lower=1e-12), s=14, alpha=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        rho = correlations[option]
+        ax.set_title(f"{option}: Spearman ρ = {'n/a' if rho is None else f'{rho:.2f}'}", fontsize=9)
+        ax.set_xlabel("layer weight error ‖W−Ŵ‖²/‖W‖²")
+        for row in rows.nlargest(3, "sample_mse").itertuples():
+            ax.annotate(row.unit, (row.error, row.sample_mse), fontsize=5, textcoords="offset points", xytext=(3, 2))
+    axes[0][0].set_ylabel("sample MSE to float (only this layer quantized)")
+    fig.suptitle(f"{result.settings.model_id}: does a layer's weight error predict the damage it does? "
+                 f"({len(damage) // len(options)} layers)", fontsize=10)
+    directory = result.directory if result.settings.smoke else None
+    savefig(fig, f"01_layer_damage_{result.settings.model_id}", directory)
     return fig
