@@ -292,7 +292,7 @@ def end_to_end_results(config_path: str | None, n_images: int, steps: int) -> di
         print(f"(d) no stage-02 labels ({exc}); using uniform uaq-3", file=sys.stderr)
         config, source = None, "uniform uaq-3 (no stage 02 labels)"
     model = load_model(MODEL_ID)
-    mq = MultiQuantizer.build(model.denoiser, progress=False)
+    mq = MultiQuantizer.build(model.denoiser, settings=model.entry.quantizer, progress=False)
     config = config or mq.uniform(qsd.QuantSpec("uaq", 3))
     with tempfile.TemporaryDirectory() as tmp:
         path = qsd.export(model.denoiser, config, Path(tmp) / "packed.safetensors", MODEL_ID, multiquantizer=mq)

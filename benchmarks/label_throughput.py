@@ -116,7 +116,7 @@ def label_noise(model, labeller: Labeller) -> dict:
 def bench_model(model_id: str, args) -> dict:
     """qsd in every (dtype, compile) variant and the naive protocol in every dtype, on one model."""
     model = load_model(model_id)
-    mq = MultiQuantizer.build(model.denoiser, progress=False)
+    mq = MultiQuantizer.build(model.denoiser, settings=model.entry.quantizer, progress=False)
     guidance = model.entry.sampler.guidance
     variants = args.variants.split(",")
     qsd, naive = {}, {}

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from qsd.quantizers import QuantizerSettings
+
 Condition = dict[str, torch.Tensor]
 """Denoiser keyword arguments batched along dim 0 (so guidance concatenates them)."""
 
@@ -23,6 +25,9 @@ class SamplerSettings:
     steps: int = 20
     guidance: float = 4.5
     resolution: int = 512
+    guidance_basis: str = "the paper's published protocol"
+    """Where `guidance` comes from: the paper, or the measurement that chose it (embedded models: stage 00's
+    guidance sweep, the FID-optimal scale)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,11 @@ class ModelEntry:
     """Name of the real-image set FID compares against (e.g. `mnist16-train`, `coco2017-val`)."""
     description: str
     loader: Callable[..., DiffusionModel] | None = field(default=None, compare=False, repr=False)
+    quantizer: QuantizerSettings = field(default_factory=QuantizerSettings)
+    """The weight quantizers' heuristics for this model (stage 01's default): the paper's for the paper's models;
+    the embedded models' UAQ range rule was chosen by measurement (README, "UAQ's range rule")."""
+    quantizer_basis: str = "the paper's quantizer settings"
+    """Where `quantizer` comes from (the measurement, where it differs from the paper)."""
 
 
 class DiffusionModel:

@@ -22,11 +22,27 @@ from qsd.errors import CorruptFileError, ModelNotAvailableError
 from qsd.models.attention import use_short_sequence_attention
 from qsd.models.base import Condition, DiffusionModel, ModelEntry, SamplerSettings
 from qsd.paths import project_root
+from qsd.quantizers import QuantizerSettings
 
 TRAIN_TIMESTEPS = 1000
 BETA_SCHEDULE = "linear"
 NULL_CLASS = digits.N_CLASSES
-SAMPLER = SamplerSettings(scheduler="dpmsolver++", steps=20, guidance=3.0, resolution=digits.RESOLUTION)
+GUIDANCE_BASIS = ("FID-optimal scale of stage 00's guidance sweep (1,000 images, 20 DPM-Solver++ steps, bfloat16, "
+                  "scales 1-4; data/checkpoints/guidance_sweep.csv): {}")
+
+
+def _sampler(guidance: float, measured: str) -> SamplerSettings:
+    return SamplerSettings(scheduler="dpmsolver++", steps=20, guidance=guidance, resolution=digits.RESOLUTION,
+                           guidance_basis=GUIDANCE_BASIS.format(measured))
+
+
+MIN_MAX_UAQ = QuantizerSettings(uaq_clip_ratios=(0.0,))
+"""UAQ over each channel's full range. The paper's clipping search (shrink 0-90 %, L2.4) clips the few large
+weights that carry these small models' outputs (README, "The label regime")."""
+L4_SEARCH_UAQ = QuantizerSettings(uaq_clip_p=4.0)
+"""The paper's shrink search scored by L4 instead of L2.4: large errors (clipped outliers) weigh more."""
+RANGE_RULE_BASIS = ("uniform UAQ W4/W3 FID at 512 images (benchmarks/uaq_range_rule.py): {}; the paper's models "
+                    "keep the paper's search")
 
 
 def _pixart() -> nn.Module:
@@ -188,11 +204,24 @@ def load_embedded(entry: ModelEntry, checkpoint_dir: Path | None = None, trained
 
 
 ENTRIES = (
-    ModelEntry("tiny_pixart", "pixart", "PixArtTransformer2DModel", "text", SAMPLER, "mnist16-train",
+    ModelEntry("tiny_pixart", "pixart", "PixArtTransformer2DModel", "text",
+               _sampler(1.5, "FID 15.9 at 1.5 (prompt accuracy 91.8 %) vs 23.0 at 1.25, 22.0 at 1.75, 144.3 at 3"),
+               "mnist16-train",
                "PixArt-α-like text-to-image transformer (4 blocks, d=128) on MNIST-16, MiniLM captions",
-               loader=load_embedded),
-    ModelEntry("tiny_sd", "unet", "UNet2DConditionModel", "text", SAMPLER, "mnist16-train",
-               "SD-like cross-attention U-Net on MNIST-16, MiniLM captions", loader=load_embedded),
-    ModelEntry("tiny_dit", "dit", "DiTTransformer2DModel", "class", SAMPLER, "mnist16-train",
-               "DiT-like class-conditional transformer (4 blocks, d=128) on MNIST-16", loader=load_embedded),
+               loader=load_embedded, quantizer=MIN_MAX_UAQ,
+               quantizer_basis=RANGE_RULE_BASIS.format("min-max 30.0/58.8, the paper's search 192.2/246.7, L4 "
+                                                       "search 50.3/144.4, L8 search 30.0/126.4 (float 19.3)")),
+    ModelEntry("tiny_sd", "unet", "UNet2DConditionModel", "text",
+               _sampler(1.25, "FID 8.6 at 1.25 (prompt accuracy 92.1 %) vs 13.9 at 1.0, 18.2 at 1.5, 187.1 at 3"),
+               "mnist16-train", "SD-like cross-attention U-Net on MNIST-16, MiniLM captions", loader=load_embedded,
+               quantizer=L4_SEARCH_UAQ,
+               quantizer_basis=RANGE_RULE_BASIS.format("L4 search 43.8/202.2, min-max 101.3/511.1, the paper's "
+                                                       "search 253.0/943.9, L8 search 101.3/310.0 (float 10.4)")),
+    ModelEntry("tiny_dit", "dit", "DiTTransformer2DModel", "class",
+               _sampler(1.25, "FID 15.0 at 1.25 (prompt accuracy 94.1 %) vs 39.0 at 1.0, 19.1 at 1.5, 264.8 at 3"),
+               "mnist16-train", "DiT-like class-conditional transformer (4 blocks, d=128) on MNIST-16",
+               loader=load_embedded, quantizer=MIN_MAX_UAQ,
+               quantizer_basis=RANGE_RULE_BASIS.format(
+                   "min-max 106.7/105.3, L4 search 104.8/68.1, the paper's search 193.3/127.4 (float 19.3): no rule "
+                   "reaches the paper's regime, the output layers dominate; min-max inverts W3/W4 least")),
 )

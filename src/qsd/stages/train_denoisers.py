@@ -1,10 +1,15 @@
 """Stage 00: the embedded default denoisers and their feature classifier (notebook 00_train_denoisers).
 
-By default it uses the checkpoints shipped in `data/checkpoints/` and only measures them: prompt accuracy
-and FID of `eval_images` samples at the model's protocol (DPM-Solver++, 20 steps, guidance 3), the
-real-vs-real FID floor, and a sample grid in `figures/`. With `retrain=True` it retrains the denoiser
-(resumable) and the classifier and overwrites the shipped checkpoints. `smoke=True` trains a few steps into
-the stage folder (never touching `data/checkpoints/`) and measures the shipped model on a few images.
+By default it uses the checkpoints shipped in `data/checkpoints/` and only measures them. It sweeps the
+classifier-free guidance scale over `guidance_grid` (FID and prompt accuracy of `eval_images` samples at each,
+DPM-Solver++, 20 steps, the labelling protocol's dtype and compilation), because the labels of stage 02 are
+only meaningful where the float model is at its best: an oversaturating guidance lets quantization noise
+"improve" FID. The FID-optimal scale is the one the model's registry entry must use (`SamplerSettings.guidance`,
+with the measurement written beside it); the summary says whether they agree. Also: the real-vs-real FID floor,
+the sweep table (guidance_sweep.csv), a sweep figure and a sample grid at the entry's guidance in `figures/`.
+With `retrain=True` it retrains the denoiser (resumable) and the classifier and overwrites the shipped checkpoints.
+`smoke=True` trains a few steps into the stage folder (never touching `data/checkpoints/`) and measures the
+shipped model on a few images (eagerly, at two scales and the entry's).
 Paper models have nothing to train; the stage records that and returns.
 """
 
@@ -13,8 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 
 from qsd import digits
 from qsd.labelling import feature_backend, fid_scorer
@@ -33,6 +40,10 @@ STAGE = "00_train_denoisers"
 TRAIN_STEPS = {"tiny_pixart": 6000, "tiny_dit": 4000, "tiny_sd": 1200}
 """Training steps (batch 64) of the shipped checkpoints."""
 SMOKE_STEPS = 20
+SMOKE_IMAGES = 40
+GUIDANCE_GRID = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
+GUIDANCE_TABLE = "guidance_sweep.csv"
+"""Shipped beside the checkpoints: the sweep each embedded entry's guidance was chosen from."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,13 @@ class Settings(StageSettings):
     train_steps: int | None = None
     """None = the shipped checkpoint's step count (TRAIN_STEPS)."""
     eval_images: int = 1000
+    """Samples per guidance scale (smoke: 40)."""
+    guidance_grid: tuple[float, ...] = GUIDANCE_GRID
+    """Guidance scales swept (smoke: the two lowest and the entry's). The entry's own scale is always added."""
+    compute_dtype: str = "bfloat16"
+    """The denoiser's compute precision while sampling (as in stage 02's labelling protocol)."""
+    compile: bool = True
+    """torch.compile the denoiser (as in stage 02; never in smoke runs); False where no C++ compiler is available."""
     progress: bool = True
 
 
@@ -80,11 +98,26 @@ def run(settings: Settings) -> Result:
     model = load_model(settings.model_id)  # the shipped (or, after a full retrain, the new) checkpoint
     backend = feature_backend(model.entry.fid_reference)
     fid = fid_scorer(backend, model.entry.fid_reference)
-    n = 40 if settings.smoke else settings.eval_images
-    protocol = SamplingProtocol(n_images=n, steps=model.entry.sampler.steps, guidance=model.entry.sampler.guidance,
-                                seed=settings.seed)
-    images = generate(model, protocol, progress=settings.progress)
+    n = SMOKE_IMAGES if settings.smoke else settings.eval_images
+    entry_guidance = model.entry.sampler.guidance
+    grid = sorted(settings.guidance_grid)[:2] if settings.smoke else sorted(settings.guidance_grid)
+    grid = sorted({*grid, entry_guidance})
     _, targets = model.protocol_prompts(n)
+    rows, images = [], None
+    for guidance in tqdm(grid, desc="guidance sweep", unit="scale", disable=not settings.progress):
+        protocol = SamplingProtocol(n_images=n, steps=model.entry.sampler.steps, guidance=guidance,
+                                    seed=settings.seed, compute_dtype=settings.compute_dtype,
+                                    compile=settings.compile and not settings.smoke)
+        sampled = generate(model, protocol, progress=False)
+        rows.append({"guidance": guidance, "fid": fid(sampled),
+                     "prompt_accuracy": prompt_accuracy(backend.classifier, sampled, targets)})
+        if guidance == entry_guidance:
+            images, at_entry = sampled, rows[-1]
+    sweep = pd.DataFrame(rows)
+    sweep.to_csv(directory / "guidance_sweep.csv", index=False)
+    if trained is not None and trained["denoiser"]["complete"]:  # a new checkpoint ships with its own sweep
+        ship_guidance_sweep(settings.model_id, sweep, _checkpoint_dir(settings, directory))
+    best = sweep.loc[sweep["fid"].idxmin()]
     heldout = digits.load_digits("heldout")[0]
     path = checkpoint_path(settings.model_id)
     summary = {
@@ -93,14 +126,31 @@ def run(settings: Settings) -> Result:
         "checkpoint_bytes": path.stat().st_size,
         "checkpoint": checkpoint_metadata(path),
         "classifier": classifier_record(),
-        "protocol": vars(protocol),
-        "prompt_accuracy": prompt_accuracy(backend.classifier, images, targets),
-        "fid": fid(images),
+        "protocol": {"n_images": n, "steps": model.entry.sampler.steps, "guidance": entry_guidance,
+                     "seed": settings.seed, "compute_dtype": settings.compute_dtype,
+                     "compile": settings.compile and not settings.smoke},
+        "prompt_accuracy": at_entry["prompt_accuracy"],
+        "fid": at_entry["fid"],
         "fid_real_heldout": fid(heldout),
+        "guidance_sweep": sweep.round(4).to_dict(orient="records"),
+        "guidance_fid_optimal": float(best["guidance"]),
+        "entry_guidance_is_fid_optimal": bool(best["guidance"] == entry_guidance),
         "retrained": trained,
     }
     write_run_record(directory, settings, summary)
     return Result(settings, directory, summary, images)
+
+
+def ship_guidance_sweep(model_id: str, sweep: pd.DataFrame, checkpoint_dir: Path) -> Path:
+    """Write `model_id`'s rows of the shipped guidance table (`GUIDANCE_TABLE` beside the checkpoints), keeping
+    the other models' rows: the measurement behind each embedded entry's guidance."""
+    path = checkpoint_dir / GUIDANCE_TABLE
+    table = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["model_id", *sweep.columns])
+    table = pd.concat([table[table["model_id"] != model_id], sweep.assign(model_id=model_id)], ignore_index=True)
+    tmp = path.with_suffix(".tmp")
+    table.round(4).to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
 
 
 def summary_text(result: Result) -> str:
@@ -111,7 +161,10 @@ def summary_text(result: Result) -> str:
     return (f"{s['model_id']}: {s['parameters']:,} parameters, checkpoint {s['checkpoint_bytes'] / 2**20:.2f} MiB "
             f"(fp16), trained {ckpt.get('steps_done')} steps\n"
             f"  {s['protocol']['n_images']} samples, {s['protocol']['steps']} DPM-Solver++ steps, guidance "
-            f"{s['protocol']['guidance']}: prompt accuracy {s['prompt_accuracy']:.1%}, FID {s['fid']:.2f}\n"
+            f"{s['protocol']['guidance']} (the entry's): prompt accuracy {s['prompt_accuracy']:.1%}, "
+            f"FID {s['fid']:.2f}\n"
+            f"  FID-optimal guidance of the sweep: {s['guidance_fid_optimal']:g} "
+            f"({'matches' if s['entry_guidance_is_fid_optimal'] else 'DIFFERS FROM'} the registry entry)\n"
             f"  real held-out digits: FID {s['fid_real_heldout']:.2f}; classifier accuracy on unseen digits "
             f"{s['classifier']['test_accuracy']:.1%}")
 
@@ -137,4 +190,34 @@ def plot_sample_grid(result: Result, rows: int = 8) -> Figure | None:
                  f"(real held-out {s['fid_real_heldout']:.1f})", fontsize=9)
     directory = result.directory if result.settings.smoke else None
     savefig(fig, f"00_samples_{s['model_id']}", directory)
+    return fig
+
+
+def plot_guidance_sweep(result: Result) -> Figure | None:
+    """FID (left axis, log) and prompt accuracy (right axis) of the float model against the guidance scale, the
+    entry's scale marked; saved to figures/ (None: nothing was sampled)."""
+    if result.images is None:
+        return None
+    s = result.summary
+    sweep = pd.DataFrame(s["guidance_sweep"])
+    fig, ax = new_figure(6.4, 3.6)
+    ax.plot(sweep["guidance"], sweep["fid"], "o-", color="C0", label="FID")
+    best = sweep.loc[sweep["fid"].idxmin()]
+    ax.scatter([best["guidance"]], [best["fid"]], marker="*", s=160, color="C3", zorder=3,
+               label=f"FID optimum {best['fid']:.1f} at {best['guidance']:g}")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("classifier-free guidance scale")
+    ax.set_ylabel("FID vs real digits (log)", color="C0")
+    accuracy = ax.twinx()
+    accuracy.plot(sweep["guidance"], 100 * sweep["prompt_accuracy"], "s--", color="C1", label="prompt accuracy")
+    accuracy.set_ylabel("prompt accuracy (%)", color="C1")
+    accuracy.grid(False)
+    ax.axvline(s["protocol"]["guidance"], color="black", linestyle=":", linewidth=1)
+    ax.annotate(f"entry: {s['protocol']['guidance']:g}", (s["protocol"]["guidance"], sweep["fid"].max()),
+                textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.set_title(f"{s['model_id']}: float model vs guidance ({s['protocol']['n_images']} images, "
+                 f"{s['protocol']['steps']} steps)")
+    directory = result.directory if result.settings.smoke else None
+    savefig(fig, f"00_guidance_{s['model_id']}", directory)
     return fig
