@@ -13,7 +13,7 @@ already loaded; the float images are sampled once and also give the probe of the
 
 The regime check (`regime`): labels are only worth learning from if they rank the way the paper's do, so the
 summary says whether the float model is the best row by more than its own FID spread over 3 noise seeds, and
-whether every uniform 3-bit row is worse than its 4-bit row (paper §6.1: PixArt-α float FID ≈ 31, W4 ≈ 33,
+whether every uniform 3-bit row is worse than its 4-bit row (paper §6.1: PixArt-α uniform W4 FID ≈ 33,
 W3 ≈ 77-81).
 
 Labels go to `data/runs/<model_id>/<run_id>/02_label_configs/labels.sqlite` (`qsd.store`) as they finish;
