@@ -205,7 +205,7 @@ def plot_guidance_sweep(result: Result) -> Figure | None:
     best = sweep.loc[sweep["fid"].idxmin()]
     ax.scatter([best["guidance"]], [best["fid"]], marker="*", s=160, color="C3", zorder=3,
                label=f"FID optimum {best['fid']:.1f} at {best['guidance']:g}")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_yscale("log")
     ax.set_xlabel("classifier-free guidance scale")
     ax.set_ylabel("FID vs real digits (log)", color="C0")
