@@ -164,6 +164,10 @@ def test_one_pass_loads_once_and_samples_the_float_model_once(run_id, monkeypatc
     assert mq_path.stat().st_mtime_ns == before
     assert len(result.summary["float_seed_fids"]) == 3
     assert result.summary["float_seed_fids"][0] == result.summary["float_fid"]
+    calls.update(load_model=0, mq_load=0, float_generations=0)
+    again = stage.run(stage.Settings(run_id=run_id, n_configs=2, **SMALL))  # resumed: nothing left to sample
+    assert calls == {"load_model": 1, "mq_load": 1, "float_generations": 0}
+    assert again.summary["float_seed_fids"] == result.summary["float_seed_fids"]
 
 
 def test_regime_verdicts():

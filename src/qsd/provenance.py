@@ -51,7 +51,8 @@ def provenance(**extra: object) -> dict:
     }
 
 
-def _write_json(path: Path, data: object) -> None:
+def write_json(path: Path, data: object) -> None:
+    """`data` as indented JSON at `path`, written to a temporary file first (never a half-written file)."""
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
     tmp.replace(path)
@@ -59,6 +60,6 @@ def _write_json(path: Path, data: object) -> None:
 
 def write_run_record(directory: Path, settings: object, summary: dict, **extra: object) -> None:
     """settings.json (the dataclass), provenance.json and summary.json (headline figures) in `directory`."""
-    _write_json(directory / "settings.json", dataclasses.asdict(settings))
-    _write_json(directory / "provenance.json", provenance(**extra))
-    _write_json(directory / "summary.json", summary)
+    write_json(directory / "settings.json", dataclasses.asdict(settings))
+    write_json(directory / "provenance.json", provenance(**extra))
+    write_json(directory / "summary.json", summary)

@@ -42,11 +42,11 @@ from qsd.models import get_entry, load_model
 from qsd.multiquant import MultiQuantizer
 from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
-from qsd.provenance import write_run_record
+from qsd.provenance import write_json, write_run_record
 from qsd.sampling import SamplingProtocol
 from qsd.stages import StageSettings
 from qsd.stages import multiquantizer as multiquantizer_stage
-from qsd.store import LabelStore
+from qsd.store import LabelStore, protocol_difference
 
 STAGE = "02_label_configs"
 SMOKE = {"n_configs": 4, "n_images": 32, "steps": 8}
@@ -180,16 +180,14 @@ def float_seed_fids(directory: Path, record: dict, settings: Settings, executor,
     path = directory / "float_seed_fids.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved["protocol"] == record and len(saved["fids"]) == settings.float_seeds:
+        if not protocol_difference(saved["protocol"], record) and len(saved["fids"]) == settings.float_seeds:
             return saved["fids"]
     if isinstance(executor, InProcessExecutor):
         labeller = executor.worker.labeller
     else:
         labeller = Labeller(model, sampling_protocol(settings), settings.n_probe, settings.batch_size, progress=False)
     fids = labeller.float_fid_spread(settings.float_seeds)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"protocol": record, "fids": fids}, indent=1))
-    tmp.replace(path)
+    write_json(path, {"protocol": record, "fids": fids})
     return fids
 
 
