@@ -20,7 +20,7 @@ setup: $(VENV)/.setup-stamp
 
 # Idempotent: re-runs only when the dependency files change. torch first, alone, then the rest under
 # constraints.txt (which pins torch==2.13.0), so no CUDA wheel is ever pulled.
-$(VENV)/.setup-stamp: pyproject.toml constraints.txt
+$(VENV)/.setup-stamp: pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0 $(PIP_QUIET)
 	$(BIN)/python -m pip install -q -e '.[dev]' $(PIP_QUIET)

@@ -24,7 +24,7 @@
     exists), each in its own process after a one-image warm-up: wall seconds for the protocol's images
     (256 × 20 steps; --quick 64 × 8), resident denoiser bytes, peak RSS (absolute and over the RSS before the
     model was loaded). `packed_mem_ratio_vs_fp16` = resident bytes of the packed layers / the same weights
-    in fp16 (`qsd.packed_export.memory_report`).
+    in fp16 (`qsd.packed.memory_report`).
 Targets (issue 5): `gemv_bw_fraction` ≥ 0.7, `gemv_speedup_vs_fp32` ≥ 5 at 3-4 bits,
 `gemm_ratio_vs_fp32` ≤ 1.2, `packed_mem_ratio_vs_fp16` ≤ 0.3; `targets_met` says which hold.
 
@@ -55,13 +55,11 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 import qsd  # noqa: E402
-from qsd.kernels import cpu, ops  # noqa: E402
-from qsd.kernels.int8 import dequantize_int32, symmetric_int8  # noqa: E402
 from qsd.models import DEFAULT_MODEL_ID as MODEL_ID  # noqa: E402
 from qsd.models import get_entry, load_model  # noqa: E402
 from qsd.models.embedded import load_embedded  # noqa: E402
 from qsd.multiquant import MultiQuantizer  # noqa: E402
-from qsd.packed_export import memory_report  # noqa: E402
+from qsd.packed import cpu, memory_report, ops, packed_row_bytes  # noqa: E402
 from qsd.sampling import SamplingProtocol, generate  # noqa: E402
 from qsd.stages import kernels_and_export as stage  # noqa: E402
 
@@ -69,6 +67,20 @@ SHAPES = [(1152, 1152), (4608, 1152), (1152, 4608)]
 BITS = (3, 4)
 ROTATION_BYTES = 160 << 20  # ≥ 4× the 32 MiB L3
 INT4_GROUP = 128
+
+
+def symmetric_int8(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise symmetric int8 form of a 2-D float tensor (the A8 path's activations, performance.md §6a.2):
+    s[m] = max_j |x[m, j]| / 127 and xq = round(x / s) in [-127, 127]; returns (xq, float32 s)."""
+    values = values.float()
+    scale = values.abs().amax(dim=1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.round(values / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
+
+
+def dequantize_int32(acc: torch.Tensor, act_scale: torch.Tensor, table_scale: torch.Tensor) -> torch.Tensor:
+    """float32 s_a[m]·s_w[o]·acc[m, o] of the int32 products `lut_mm_int8` returns."""
+    return acc.float() * act_scale[:, None] * table_scale[None, :]
 
 
 def log(message: str) -> None:
@@ -120,7 +132,7 @@ def _int4_weight(rows: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor,
 
 def gemv_case(rows: int, k: int, bits: int, repeats: int, ext, gen: torch.Generator) -> dict:
     """One shape at one bit width: ours (int8 and float paths) and the baselines, streaming from DRAM."""
-    row_bytes = k * bits // 8
+    row_bytes = packed_row_bytes(k, bits)
     packed_bytes = rows * row_bytes
     n = copies(packed_bytes)
     # any byte pattern is a valid set of codes, so random bytes stand in for packed weights
@@ -168,7 +180,7 @@ def gemv_overheads(ext, repeats: int) -> dict:
     """Per-call cost of the torch.ops dispatch and of A8's activation quantization (L3-resident, 1152×1152)."""
     k = rows = 1152
     gen = torch.Generator().manual_seed(1)
-    packed = torch.randint(0, 256, (rows, k // 2), generator=gen, dtype=torch.uint8)
+    packed = torch.randint(0, 256, (rows, packed_row_bytes(k, 4)), generator=gen, dtype=torch.uint8)
     table_q = torch.randint(-127, 128, (rows, 16), generator=gen, dtype=torch.int8)
     x = torch.randn(1, k, generator=gen)
     xq, _ = symmetric_int8(x)
@@ -231,7 +243,7 @@ def gemm_results(token_counts: list[int], repeats: int) -> dict:
     for rows, k in SHAPES:
         weight = torch.randn(rows, k, generator=gen)
         for bits in BITS:
-            packed = torch.randint(0, 256, (rows, k * bits // 8), generator=gen, dtype=torch.uint8)
+            packed = torch.randint(0, 256, (rows, packed_row_bytes(k, bits)), generator=gen, dtype=torch.uint8)
             table = torch.randn(rows, 1 << bits, generator=gen)
             for m in token_counts:
                 x = torch.randn(m, k, generator=gen)

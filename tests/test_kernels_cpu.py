@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from qsd.kernels import cpu, ops, pack_codes, reference
+from qsd.packed import cpu, ops, pack_codes, reference
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The Triton kernels (`kernels/lut_triton.py` via `qsd.kernels.gpu`) against the pure-torch reference.
+"""The Triton kernels (`kernels/lut_triton.py` via `qsd.packed.gpu`) against the pure-torch reference.
 
 Without a GPU they run under Triton's interpreter, which must be chosen (TRITON_INTERPRET=1) before triton is
 first imported; importing qsd already imports triton, so those checks run this file as a script in a subprocess.
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from qsd.errors import QsdError
-from qsd.kernels import gpu, pack_codes, reference
+from qsd.packed import gpu, pack_codes, reference
 
 TRITON_MISSING = importlib.util.find_spec("triton") is None
 needs_triton = pytest.mark.skipif(TRITON_MISSING, reason=f"triton is absent: {gpu.status()}")

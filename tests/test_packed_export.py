@@ -6,11 +6,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from qsd import AlreadyQuantizedError, CorruptFileError, ModelMismatchError, QuantConfig, QuantSpec, quantize_
-from qsd.kernels import packed_row_bytes
 from qsd.layers import quantizable_units
 from qsd.multiquant import MultiQuantizer
-from qsd.packed_export import export, load_quantized, memory_report, read_export
-from qsd.packed_modules import FUSED_MAX_ROWS, QConv, QLinear, affine_from_table, affine_table
+from qsd.packed import packed_row_bytes
+from qsd.packed.export import export, load_quantized, memory_report, read_export
+from qsd.packed.modules import FUSED_MAX_ROWS, QConv, QLinear, affine_from_table, affine_table
 from qsd.quantizers import QuantizerSettings
 from qsd.testing import example_inputs, tiny_model
 

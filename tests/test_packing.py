@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from qsd.errors import QsdError
-from qsd.kernels import BLOCK, pack_codes, packed_row_bytes, planes, reference, unpack_codes
+from qsd.packed import BLOCK, pack_codes, packed_row_bytes, planes, reference, unpack_codes
 
 
 @pytest.mark.parametrize("bits", range(2, 9))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qsd.errors import UnsupportedSpecError
-from qsd.packed_modules import affine_from_table
+from qsd.packed.modules import affine_from_table
 from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight, relative_error
 from qsd.quantizers.base import PARAM_DTYPES, round_to_param
 from qsd.quantizers.kmeans import _histogram16, _sorted, optimal_codebooks

@@ -17,7 +17,7 @@ from qsd.errors import (
 )
 from qsd.layers import Unit, quantizable_units
 from qsd.multiquant import DEFAULT_OPTIONS, MultiQuantizer
-from qsd.packed_export import export, load_quantized
+from qsd.packed import export, load_quantized
 from qsd.quantize import AlreadyQuantizedError, quantize_
 from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
 

@@ -27,9 +27,9 @@ from matplotlib.figure import Figure
 
 from qsd.config import QuantConfig
 from qsd.errors import QsdError
-from qsd.kernels import cpu as cpu_kernels
 from qsd.models import get_entry, load_model
-from qsd.packed_export import export, load_quantized, memory_report
+from qsd.packed import cpu as cpu_kernels
+from qsd.packed import export, load_quantized, memory_report
 from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record

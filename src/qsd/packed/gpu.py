@@ -1,6 +1,6 @@
 """The Triton kernels of the packed low-bit ops for "cuda": host wrappers and their registration (performance.md §6).
 
-The kernels live in the repository's `kernels/lut_triton.py` (loaded by file path; qsd is installed editable).
+The kernels live in the repository's `kernels/lut_triton.py`, installed as `qsd.packed.kernel_sources.lut_triton`.
 Products with at most GEMV_MAX_M activation rows run the fused LUT GEMM, which reads only the packed bytes;
 larger ones decode W once and call torch.matmul, since diffusion-sized GEMMs are compute-bound
 (performance.md §6(b)). The int8 product always runs fused, to stay exact in int32.
@@ -13,31 +13,27 @@ before triton is first imported), which is how the tests check them on machines 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
-import sys
 from types import ModuleType
 
 import torch
 
 from qsd.errors import QsdError
-from qsd.kernels import ops
-from qsd.kernels.packing import check_packed
-from qsd.paths import kernel_source
+from qsd.packed import ops
+from qsd.packed.format import check_packed
+from qsd.packed.kernel_files import SOURCES_PACKAGE
 
 GEMV_MAX_M = 16
 DECODE_TILE = (16, 256)  # output rows × codes per program
 GEMM_TILE = (16, 64, 128)  # activation rows × output rows × codes per K step
 
-_status = "not registered: qsd.kernels.gpu.register() has not run"
+_status = "not registered: qsd.packed.gpu.register() has not run"
 
 
 @functools.cache
 def _kernels() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("qsd_lut_triton", kernel_source("lut_triton.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # triton.jit reads the kernels' source through their module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"{SOURCES_PACKAGE}.lut_triton")
 
 
 def _cdiv(n: int, d: int) -> int:

@@ -2,7 +2,7 @@
 model_id)` rebuilds the denoiser with `QLinear`/`QConv` layers that never hold the float weights.
 
 File: one safetensors file holding
-  * per packed unit: `<module>|<i>|codes` (uint8, `qsd.kernels.packing`) and `<module>|<i>|table` or `|affine`;
+  * per packed unit: `<module>|<i>|codes` (uint8, `qsd.packed.format`) and `<module>|<i>|table` or `|affine`;
   * per float unit of a packed layer: `<module>|<i>|weight`;
   * every other parameter and buffer of the denoiser under its own name (biases, norms, embeddings, float layers);
 and JSON metadata: format and version, model id, the diffusers class and its config (so the skeleton is rebuilt
@@ -23,10 +23,10 @@ from torch import nn
 
 from qsd.config import SPEC_ATTRIBUTE, QuantConfig
 from qsd.errors import CorruptFileError, ModelMismatchError, QsdError
-from qsd.kernels import pack_codes
 from qsd.layers import SKIP_SUFFIX, quantizable_units
 from qsd.multiquant import MultiQuantizer
-from qsd.packed_modules import PackedLayer, QConv, QLinear, Segment, affine_from_table
+from qsd.packed.format import pack_codes
+from qsd.packed.modules import PackedLayer, QConv, QLinear, Segment, affine_from_table
 from qsd.quantize import AlreadyQuantizedError, units_by_module
 from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
 

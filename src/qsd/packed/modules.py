@@ -1,7 +1,7 @@
 """`QLinear` / `QConv`: denoiser layers that hold packed low-bit codes and lookup tables, never the float weight.
 
 A layer is a list of *segments*, one per quantization unit (input-column range, see `qsd.layers`): a packed
-segment holds b-bit codes (`qsd.kernels.packing`) and its table in the form it is cheapest to keep:
+segment holds b-bit codes (`qsd.packed.format`) and its table in the form it is cheapest to keep:
   * "table":  `[R, 2^b]` values in the layer's dtype (K-Means-C: one codebook per output row; K-Means-A: R = 1);
   * "affine": `[O, 2]` = (Δ, z) per output row, from which the UAQ table T[o, j] = (j - z[o])·Δ[o] is rebuilt
     in float32 exactly as the quantizer computed it (paper §3.1), so decoding is bitwise identical;
@@ -23,7 +23,7 @@ from torch import nn
 
 from qsd.config import SPEC_ATTRIBUTE, QuantSpec
 from qsd.errors import QsdError
-from qsd.kernels import ops
+from qsd.packed import ops
 
 FUSED_MAX_ROWS = 8
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from qsd.kernels.packing import unpack_codes
+from qsd.packed.format import unpack_codes
 
 
 def lut_decode(packed: torch.Tensor, table: torch.Tensor, bits: int, k: int) -> torch.Tensor:

@@ -1,15 +1,15 @@
 """The packed low-bit ops as `torch.library` custom ops (`torch.ops.qsd.*`).
 
-Each op's default implementation is the pure-torch reference (`qsd.kernels.reference`); fast kernels
-register themselves per device: the C++/OpenMP kernels for "cpu" (`qsd.kernels.cpu`), the Triton kernels for
-"cuda" (`qsd.kernels.gpu`). Import `qsd.kernels` (not this module) to get the ops with their kernels.
+Each op's default implementation is the pure-torch reference (`qsd.packed.reference`); fast kernels
+register themselves per device: the C++/OpenMP kernels for "cpu" (`qsd.packed.cpu`), the Triton kernels for
+"cuda" (`qsd.packed.gpu`). Import `qsd.packed` (not this module) to get the ops with their kernels.
 """
 
 from __future__ import annotations
 
 import torch
 
-from qsd.kernels import reference
+from qsd.packed import reference
 
 
 @torch.library.custom_op("qsd::lut_decode", mutates_args=())

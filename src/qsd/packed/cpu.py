@@ -1,7 +1,7 @@
 """The C++/OpenMP CPU kernels of the packed low-bit ops (`kernels/lut_cpu.cpp`, performance.md §6a).
 
 The extension is compiled on first use with `torch.utils.cpp_extension.load` (-O3 -march=native -fopenmp,
-about a minute) into `$QSD_KERNEL_CACHE/<hash>`, default `<repo>/build/kernels/<hash>`. The hash covers the
+about a minute) into `$QSD_KERNEL_CACHE/<hash>`, default `<project root>/build/kernels/<hash>`. The hash covers the
 source, the flags, torch's and Python's versions and this CPU's feature flags, so a binary built for another
 CPU or torch is never loaded; torch's lock file in that folder keeps concurrent processes from building it
 twice. `register()` makes these kernels the "cpu" implementations of `torch.ops.qsd.*`; when the build fails
@@ -21,8 +21,9 @@ from types import ModuleType
 
 import torch
 
-from qsd.kernels import ops, reference
-from qsd.paths import kernel_source
+from qsd.packed import ops, reference
+from qsd.packed.kernel_files import kernel_source
+from qsd.paths import project_root
 
 _SOURCE_NAME = "lut_cpu.cpp"
 _CFLAGS = ["-O3", "-march=native", "-fopenmp"]
@@ -50,7 +51,7 @@ def build_dir(source: Path) -> Path:
     key = "\n".join([source.read_text(), *_CFLAGS, *_LDFLAGS, torch.__version__, sys.version, _cpu_flags()])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache = os.environ.get("QSD_KERNEL_CACHE")
-    return (Path(cache) if cache else source.parents[1] / "build" / "kernels") / digest
+    return (Path(cache) if cache else project_root() / "build" / "kernels") / digest
 
 
 def extension() -> ModuleType | None:
