@@ -3,24 +3,26 @@
 Measures two things, on synthetic weights with the exact PixArt-α (PixArt-XL-2-512) layer set:
 
 (a) Full build. `MultiQuantizer.build` over every Linear/Conv of a module with PixArt-α's 287 weight
-    layers (diffusers names and shapes, d = 1152, 28 blocks, about 0.61 B weights, fp16 like the
-    shipped checkpoint): wall seconds and peak RSS. Weights are heavy-tailed (Student-t, 4 degrees of
-    freedom) times a log-normal per-output-channel scale, scaled like real layers (≈ 1/sqrt(fan_in)),
-    generated from a fixed seed per layer name and rounded to float16. `stored_gb` is what the built
-    multiquantizer keeps (uint8 codes + lookup tables), for comparison with the peak RSS (GB = 2^30 B).
+    layers (`qsd.reference.pixart_alpha`: diffusers names and shapes, d = 1152, 28 blocks, about 0.61 B
+    weights, fp16 like the shipped checkpoint): wall seconds and peak RSS. Weights are heavy-tailed
+    (Student-t, 4 degrees of freedom) times a log-normal per-output-channel scale, scaled like real layers
+    (≈ 1/sqrt(fan_in)), generated from a fixed seed per layer name and rounded to float16. `stored_gb` is
+    what the built multiquantizer keeps (uint8 codes + lookup tables), for comparison with the peak RSS
+    (GB = 2^30 B).
 
-(b) Against the original procedure. A re-implementation of Qua2SeDiMo's `MultiQuantizer` init, run in
-    this process on the same weights: UAQ as a Python loop over output channels with the 10-ratio
-    clipping search scored by mean(|x - x̂|^2.4); K-Means-C as one sklearn `KMeans(max_iter=100)` per
-    output channel; K-Means-A as one sklearn `KMeans` over the whole tensor; both K-Means followed by
-    the per-element Python write-back loop. As in the original (which ran PixArt in fp16), UAQ
-    computes in the weight's dtype (float16) and the K-Means results are written back into a float16
-    array. Ours is `qsd.quantizers.quantize_weight` on exactly the same inputs (one call covers both
-    bit widths). Subset: a fixed sample of output channels (`--rows`) of `attn1.to_q` [1152, 1152],
-    `ff.net.0.proj` [4608, 1152] and `ff.net.2` [1152, 4608] of block 0 for UAQ and K-Means-C (rows are
-    independent there); for K-Means-A the whole `attn1.to_q` tensor. Both at 3 and 4 bits. Errors are
-    `qsd.quantizers.relative_error` for both. The measured per-row / per-element costs of the original
-    are also extrapolated to the layers built in (a) (`original_build_estimate_s`, a rough estimate).
+(b) Against the original procedure: the re-implementation of Qua2SeDiMo's `MultiQuantizer` init in
+    `qsd.reference.original_quantizers`, run in this process on the same weights: UAQ as a Python loop
+    over output channels with the 10-ratio clipping search scored by mean(|x - x̂|^2.4); K-Means-C as one
+    sklearn `KMeans(max_iter=100)` per output channel; K-Means-A as one sklearn `KMeans` over the whole
+    tensor; both K-Means followed by the per-element Python write-back loop. As in the original (which
+    ran PixArt in fp16), UAQ computes in the weight's dtype (float16) and the K-Means results are written
+    back into a float16 array. Ours is `qsd.quantizers.quantize_weight` on exactly the same inputs (one
+    call covers both bit widths). Subset: a fixed sample of output channels (`--rows`) of `attn1.to_q`
+    [1152, 1152], `ff.net.0.proj` [4608, 1152] and `ff.net.2` [1152, 4608] of block 0 for UAQ and
+    K-Means-C (rows are independent there); for K-Means-A the whole `attn1.to_q` tensor. Both at 3 and 4
+    bits. Errors are `qsd.quantizers.relative_error` for both. The measured per-row / per-element costs
+    of the original are also extrapolated to the layers built in (a) (`original_build_estimate_s`, a
+    rough estimate).
     Ours uses the default settings: K-Means-A's codebook is the exact DP optimum over the fp16 histogram,
     K-Means-C's come from the "coarse_to_fine" DP, which is not guaranteed optimal; `kmeans_c_gap_vs_exact`
     measures it on the same K-Means-C rows: per bit width, the mean and max over rows of
@@ -46,9 +48,7 @@ import statistics
 import time
 import zlib
 
-import numpy as np
 import torch
-from sklearn.cluster import KMeans
 from torch import nn
 from tqdm import tqdm
 
@@ -57,13 +57,11 @@ from qsd.config import METHODS
 from qsd.layers import QUANTIZABLE_TYPES
 from qsd.quantizers import QuantizerSettings, quantize_weight, relative_error
 from qsd.quantizers.kmeans import optimal_codebooks
+from qsd.reference import original_quantize, pixart_alpha_layers
+from qsd.reference.pixart_alpha import N_BLOCKS
 
-HIDDEN = 1152
-N_BLOCKS = 28
 BITS = (3, 4)
 GEN_CHUNK_ELEMENTS = 1 << 22
-UAQ_SHRINK_PERCENT = range(0, 100, 10)
-UAQ_P = 2.4
 SUBSET_LAYERS = (
     "transformer_blocks.0.attn1.to_q",
     "transformer_blocks.0.ff.net.0.proj",
@@ -73,49 +71,6 @@ KMEANS_A_LAYER = SUBSET_LAYERS[0]
 
 
 # ---------------------------------------------------------------------------------------------- model
-class Node(nn.Module):
-    """A plain container whose children are passed by keyword, so module names match diffusers."""
-
-    def __init__(self, **children: nn.Module):
-        super().__init__()
-        for name, child in children.items():
-            self.add_module(name, child)
-
-
-def _linear(in_features: int, out_features: int) -> nn.Linear:
-    """An uninitialised fp16 nn.Linear (weights are filled later)."""
-    return nn.utils.skip_init(nn.Linear, in_features, out_features, dtype=torch.float16)
-
-
-def _attention() -> Node:
-    d = HIDDEN
-    to_out = nn.ModuleList([_linear(d, d), nn.Dropout(0.0)])
-    return Node(to_q=_linear(d, d), to_k=_linear(d, d), to_v=_linear(d, d), to_out=to_out)
-
-
-def _block() -> Node:
-    """One PixArt-α transformer block: self-attention, cross-attention (after caption projection), FF."""
-    d = HIDDEN
-    net = nn.ModuleList([Node(proj=_linear(d, 4 * d)), nn.Dropout(0.0), _linear(4 * d, d)])
-    return Node(attn1=_attention(), attn2=_attention(), ff=Node(net=net))
-
-
-def pixart_alpha_layers(n_blocks: int) -> Node:
-    """The weight layers of PixArt-XL-2-512 (diffusers `PixArtTransformer2DModel` names, module order)."""
-    d = HIDDEN
-    patch = nn.utils.skip_init(nn.Conv2d, 4, d, kernel_size=2, stride=2, dtype=torch.float16)
-    return Node(
-        pos_embed=Node(proj=patch),
-        transformer_blocks=nn.ModuleList([_block() for _ in range(n_blocks)]),
-        proj_out=_linear(d, 2 * 2 * 8),
-        adaln_single=Node(
-            emb=Node(timestep_embedder=Node(linear_1=_linear(256, d), linear_2=_linear(d, d))),
-            linear=_linear(d, 6 * d),
-        ),
-        caption_projection=Node(linear_1=_linear(4096, d), linear_2=_linear(d, d)),
-    )
-
-
 @torch.no_grad()
 def fill_heavy_tailed(weight: torch.Tensor, generator: torch.Generator) -> None:
     """In place: Student-t(4) / sqrt(2·fan_in) times a log-normal per-output-channel scale, as float16.
@@ -146,62 +101,7 @@ def build_model(n_blocks: int, seed: int) -> nn.Module:
     return model
 
 
-# ------------------------------------------------------------------------------ original procedure
-def original_uaq_channel(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Original UAQ for one channel (in x's dtype): 10 shrink ratios, best by mean(|x - x̂|^2.4)."""
-    xmax, xmin = x.max(), x.min()
-    best_score, best = math.inf, x
-    for pct in UAQ_SHRINK_PERCENT:
-        hi, lo = xmax * (1 - pct / 100), xmin * (1 - pct / 100)
-        delta = (hi - lo) / (2**bits - 1)
-        zero = torch.round(-lo / delta)
-        q = torch.clamp(torch.round(x / delta) + zero, 0, 2**bits - 1)
-        x_hat = (q - zero) * delta
-        score = (x - x_hat).abs().pow(UAQ_P).mean()
-        if score < best_score:
-            best_score, best = score, x_hat
-    return best
-
-
-def original_uaq(rows: torch.Tensor, bits: int) -> torch.Tensor:
-    """Original UAQ: a Python loop over output channels."""
-    out = torch.empty_like(rows)
-    for c in range(rows.shape[0]):
-        out[c] = original_uaq_channel(rows[c], bits)
-    return out
-
-
-def original_kmeans_1d(values: np.ndarray, bits: int, seed: int) -> np.ndarray:
-    """Original K-Means on a flat array: sklearn KMeans (k-means++, max_iter 100), per-element write-back."""
-    km = KMeans(n_clusters=min(2**bits, values.size), max_iter=100, random_state=seed)
-    km.fit(values.reshape(-1, 1))
-    centers, labels = km.cluster_centers_, km.labels_
-    out = values.copy()
-    for i in range(out.shape[0]):
-        out[i] = centers[labels[i], 0]
-    return out
-
-
-def original_kmeans_c(rows: torch.Tensor, bits: int, seed: int) -> torch.Tensor:
-    """Original K-Means-C: a Python loop over output channels."""
-    values = rows.numpy()
-    return torch.from_numpy(np.stack([original_kmeans_1d(v, bits, seed) for v in values]))
-
-
-def original_kmeans_a(rows: torch.Tensor, bits: int, seed: int) -> torch.Tensor:
-    """Original K-Means-A: one KMeans over the whole flattened tensor."""
-    return torch.from_numpy(original_kmeans_1d(rows.numpy().reshape(-1), bits, seed)).reshape(rows.shape)
-
-
-def original(method: str, rows: torch.Tensor, bits: int, seed: int) -> torch.Tensor:
-    """The original's fake-quantized weight for `method` at `bits`."""
-    if method == "uaq":
-        return original_uaq(rows, bits)
-    if method == "kmeans_c":
-        return original_kmeans_c(rows, bits, seed)
-    return original_kmeans_a(rows, bits, seed)
-
-
+# ---------------------------------------------------------------------------- the two implementations
 def ours(method: str, rows: torch.Tensor) -> dict[int, torch.Tensor]:
     """Our fake-quantized weights for `method` at every bit width in BITS (one call)."""
     return {b: qw.dequantize() for b, qw in quantize_weight(rows, method, BITS).items()}
@@ -215,13 +115,13 @@ def measure_build(model: nn.Module) -> tuple[dict, list[tuple[int, int]]]:
     build_s = time.perf_counter() - start
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     table = mq.search_space()
-    shapes = [tuple(mq.quantized[name][mq.options[0]].codes.shape) for name in mq.units]
+    shapes = [tuple(mq.quantized[name][mq.options[0]].codes.shape) for name in mq.unit_names]
     stored = [t for options in mq.quantized.values() for qw in options.values() for t in (qw.codes, qw.lut)]
     result = {
         "pixart_alpha_build_s": build_s,
         "peak_rss_gb": peak_rss_gb,
         "stored_gb": sum(t.numel() * t.element_size() for t in stored) / 1024**3,  # codes + lookup tables
-        "n_units": len(mq.units),
+        "n_units": len(mq.unit_names),
         "mean_error_by_option": table.groupby("option")["error"].mean().to_dict(),
     }
     del mq, table, stored
@@ -248,7 +148,7 @@ def warm_up(seed: int) -> None:
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(seed)).half()
     for method in METHODS:
         ours(method, x)
-        original(method, x, BITS[0], seed)
+        original_quantize(method, x, BITS[0], seed)
 
 
 def best_of(repeats: int, fn, *args):
@@ -270,7 +170,7 @@ def compare_with_original(inputs: dict, repeats: int, seed: int, original_dtype:
         ours_s, mine = best_of(repeats, ours, method, rows)
         their_rows = rows.to(original_dtype)
         for b in BITS:
-            original_s, theirs = best_of(repeats, original, method, their_rows, b, seed)
+            original_s, theirs = best_of(repeats, original_quantize, method, their_rows, b, seed)
             ours_err, orig_err = relative_error(w, mine[b]), relative_error(w, theirs.float())
             records.append(
                 {

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from qsd.config import QuantConfig, QuantSpec
-from qsd.errors import CorruptFileError, QsdError
+from qsd.errors import CorruptFileError, UnsafePickleError
 from qsd.store import LabelRecord, LabelStore
 
 ORIGINAL_METHODS = {"mse": "uaq", "kmeans": "kmeans_c", "kmeans_all": "kmeans_a"}
@@ -29,10 +29,6 @@ ORIGINAL_METRICS = {"FID-GT-1k": "fid", "avg_bits": "avg_bits", "quantized_size"
 _BUILTINS = ("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str", "bytes")
 _NUMPY_SCALAR = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
                  for name in ("scalar",)} | {("numpy", "dtype")}
-
-
-class UnsafePickleError(QsdError):
-    """A pickle asked for something other than builtin containers and numbers."""
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
