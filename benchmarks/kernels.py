@@ -55,9 +55,9 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 import qsd  # noqa: E402
+from qsd.embedded.models import load_embedded  # noqa: E402
 from qsd.models import DEFAULT_MODEL_ID as MODEL_ID  # noqa: E402
 from qsd.models import get_entry, load_model  # noqa: E402
-from qsd.models.embedded import load_embedded  # noqa: E402
 from qsd.multiquant import MultiQuantizer  # noqa: E402
 from qsd.packed import cpu, memory_report, ops, packed_row_bytes  # noqa: E402
 from qsd.sampling import SamplingProtocol, generate  # noqa: E402

@@ -38,11 +38,11 @@ import torch
 from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from qsd.captions import caption_encoder
 from qsd.config import QuantSpec
-from qsd.labelling import Labeller, feature_backend
+from qsd.embedded.captions import caption_encoder
+from qsd.labelling import Labeller
 from qsd.metrics.prompt_accuracy import prompt_accuracy
-from qsd.models import load_model
+from qsd.models import feature_backend, load_model
 from qsd.multiquant import MultiQuantizer
 from qsd.sampling import SamplingProtocol, generate, guidance_condition, guided_noise, initial_noise
 

@@ -35,7 +35,7 @@ def where_the_error_sits(model, mq: MultiQuantizer, spec: QuantSpec) -> dict:
     modules = dict(model.denoiser.named_modules())
     top_err = top_pow = rest_err = rest_pow = 0.0
     peaks = []
-    for unit in mq.unit_list:
+    for unit in mq.units:
         w = unit.weight_slice(modules[unit.module].weight.detach()).float().reshape(-1)
         q = mq.option(unit.name, spec).dequantize().reshape(-1)
         top = torch.zeros_like(w, dtype=torch.bool)
@@ -67,7 +67,7 @@ def main() -> None:
     for rule, (settings, options) in builds.items():
         mq = MultiQuantizer.build(model.denoiser, options, settings, progress=False)
         for spec in options:
-            config = mq.uniform(spec).with_layers({u: None for u in mq.units if any(k in u for k in keep)})
+            config = mq.uniform(spec).with_layers({u: None for u in mq.unit_names if any(k in u for k in keep)})
             labels = labeller.label_config(mq, config)
             rows.append({"rule": rule, "option": spec.key, "fid": round(labels["fid"], 3),
                          "prompt_accuracy": round(labels["prompt_accuracy"], 4),

@@ -3,13 +3,13 @@
 import math
 
 import pytest
+import tiny_fixtures
 import torch
 
-from qsd import testing
 from qsd.errors import UnsupportedSpecError
-from qsd.labelling import Labeller, clip_metric, feature_backend
+from qsd.labelling import Labeller, clip_metric
 from qsd.metrics.clip_score import clip_score, clip_score_metric
-from qsd.models import load_model
+from qsd.models import feature_backend, load_model
 from qsd.sampling import SamplingProtocol
 
 PROTOCOL = SamplingProtocol(n_images=8, steps=2, guidance=1.5)
@@ -18,7 +18,7 @@ PROTOCOL = SamplingProtocol(n_images=8, steps=2, guidance=1.5)
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     # seed 3: a random CLIP whose cosines here are positive (CLIP score clamps negative ones to 0, hiding differences)
-    return testing.tiny_clip_dir(tmp_path_factory.mktemp("clip"), seed=3)
+    return tiny_fixtures.tiny_clip_dir(tmp_path_factory.mktemp("clip"), seed=3)
 
 
 def test_labeller_scores_clip_of_each_call_against_the_protocol_captions(clip_dir, tmp_path):

@@ -6,14 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
-from qsd import captions, digits
-from qsd.errors import CorruptFileError, ModelNotAvailableError
+from qsd.embedded import captions, digits, training
+from qsd.embedded.models import EMBEDDED_BUILDERS, checkpoint_path, load_embedded, load_trained_denoiser
+from qsd.errors import CorruptFileError, InvalidSettingError, ModelNotAvailableError, SettingsMismatchError
 from qsd.models import DEFAULT_MODEL_ID, get_entry, load_model, registry
-from qsd.models.embedded import ARCHITECTURES, checkpoint_path, load_embedded, load_trained_denoiser
 from qsd.paths import project_root
 from qsd.stages import label_configs, train_denoisers
 from qsd.stages import multiquantizer as multiquantizer_stage
-from qsd.training import denoiser as training
 
 
 def test_splits_are_disjoint_balanced_and_fixed():
@@ -26,7 +25,7 @@ def test_splits_are_disjoint_balanced_and_fixed():
     flat_train = {row.numpy().tobytes() for row in train.flatten(1)}
     assert not any(row.numpy().tobytes() in flat_train for row in heldout.flatten(1))
     assert torch.equal(digits.load_digits("heldout")[0], heldout)
-    with pytest.raises(ValueError, match="available: train, heldout"):
+    with pytest.raises(InvalidSettingError, match="available: train, heldout"):
         digits.load_digits("test")
 
 
@@ -57,14 +56,14 @@ def test_caption_states_do_not_depend_on_what_was_encoded_with_them():
 
 def test_registry_default_and_conditioning():
     assert DEFAULT_MODEL_ID == "tiny_pixart"
-    assert {get_entry(m).conditioning for m in ARCHITECTURES} == {"text", "class"}
+    assert {get_entry(m).conditioning for m in EMBEDDED_BUILDERS} == {"text", "class"}
     with pytest.raises(ModelNotAvailableError, match="did you mean 'tiny_dit'"):
         get_entry("tiny_dti")
     with pytest.raises(ModelNotAvailableError, match="denoiser-only"):
         load_model("random_pixart")
 
 
-@pytest.mark.parametrize("model_id", list(ARCHITECTURES))
+@pytest.mark.parametrize("model_id", list(EMBEDDED_BUILDERS))
 def test_shipped_checkpoints_load_small(model_id):
     model = load_model(model_id)
     assert not model.denoiser.training
@@ -110,11 +109,11 @@ def test_training_resumes_exactly_after_interruption(tmp_path, monkeypatch):
                             strict=True):
         assert torch.equal(a, b), name
     other = training.TrainSettings(steps=4, batch_size=4, warmup_steps=2, lr=5e-4)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(SettingsMismatchError, match="other settings"):
         training.train_denoiser(load_embedded(get_entry("tiny_dit"), trained=False), other, tmp_path / "b")
 
 
-@pytest.mark.parametrize("model_id", list(ARCHITECTURES))
+@pytest.mark.parametrize("model_id", list(EMBEDDED_BUILDERS))
 def test_entry_guidance_is_the_fid_optimum_of_the_shipped_sweep(model_id):
     table = pd.read_csv(project_root() / "data" / "checkpoints" / train_denoisers.GUIDANCE_TABLE)
     sweep = table[table["model_id"] == model_id]
@@ -130,7 +129,7 @@ def test_stages_take_guidance_and_quantizer_settings_from_the_entry(monkeypatch)
     monkeypatch.setitem(registry.ENTRIES, "tiny_pixart", changed)
     assert label_configs.sampling_protocol(label_configs.Settings().effective()).guidance == 2.25
     assert multiquantizer_stage.damage_protocol(multiquantizer_stage.Settings()).guidance == 2.25
-    assert multiquantizer_stage.Settings().quantizer_settings() == entry.quantizer
+    assert multiquantizer_stage.Settings().effective().quantizer == entry.quantizer
     assert entry.quantizer.uaq_clip_ratios == (0.0,), "embedded models: min-max UAQ (measured, README)"
 
 

@@ -4,12 +4,12 @@ from torch import nn
 
 from qsd import quantizable_units
 from qsd.layers import SKIP_SUFFIX, concat_boundaries
-from qsd.testing import ARCHITECTURES, example_inputs, tiny_model
+from qsd.models.random_init import RANDOM_ARCHITECTURES, example_inputs, random_denoiser
 
 
 def observed_concat_widths(arch):
     """Record, for every module, the widths of the pieces of a torch.cat that produced its input."""
-    model = tiny_model(arch)
+    model = random_denoiser(arch)
     made = {}
     real_cat = torch.cat
 
@@ -51,8 +51,8 @@ def test_split_boundaries_match_the_real_concatenations(arch):
 
 
 def test_every_linear_and_conv_is_covered_exactly_once():
-    for arch in ARCHITECTURES:
-        model = tiny_model(arch)
+    for arch in RANDOM_ARCHITECTURES:
+        model = random_denoiser(arch)
         units = quantizable_units(model)
         layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
         covered = {}
@@ -66,6 +66,6 @@ def test_every_linear_and_conv_is_covered_exactly_once():
 
 
 def test_split_can_be_disabled():
-    model = tiny_model("sd15_unet")
+    model = random_denoiser("sd15_unet")
     assert any(u.name.endswith(SKIP_SUFFIX) for u in quantizable_units(model))
     assert not any(u.name.endswith(SKIP_SUFFIX) for u in quantizable_units(model, split_concat_inputs=False))

@@ -3,6 +3,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from tiny_fixtures import forward
 
 from qsd import (
     AlreadyQuantizedError,
@@ -16,13 +17,13 @@ from qsd import (
     UnsupportedSpecError,
     quantize_,
 )
+from qsd.models.random_init import random_denoiser
 from qsd.quantizers import QuantizerSettings, relative_error
-from qsd.testing import forward, tiny_model
 
 
 @pytest.fixture(scope="module", params=["pixart", "sd15_unet"])
 def built(request):
-    model = tiny_model(request.param)
+    model = random_denoiser(request.param)
     return request.param, model, MultiQuantizer.build(model, progress=False)
 
 
@@ -33,7 +34,7 @@ def weights(model):
 def test_apply_equals_direct_quantization_of_a_fresh_copy(built):
     arch, model, mq = built
     config = mq.sample(np.random.default_rng(7))
-    fresh = tiny_model(arch)
+    fresh = random_denoiser(arch)
     quantize_(fresh, config)
     mq.apply(config)
     try:
@@ -60,12 +61,12 @@ def test_apply_then_restore_is_bitwise_identity(built):
 
 def test_float_units_keep_their_weights(built):
     arch, model, mq = built
-    name = mq.units[1]
+    name = mq.unit_names[1]
     config = mq.uniform(QuantSpec("uaq", 3)).with_layers({name: None})
-    module = dict(model.named_modules())[mq.unit_list[1].module]
+    module = dict(model.named_modules())[mq.units[1].module]
     original = module.weight.detach().clone()
     mq.apply(config)
-    unit = mq.unit_list[1]
+    unit = mq.units[1]
     assert torch.equal(unit.weight_slice(module.weight.detach()), unit.weight_slice(original))
     mq.restore()
 
@@ -73,7 +74,7 @@ def test_float_units_keep_their_weights(built):
 def test_search_space_and_costs(built):
     _, _, mq = built
     space = mq.search_space()
-    assert len(space) == len(mq.units) * 6
+    assert len(space) == len(mq.unit_names) * 6
     assert set(space["option"]) == {s.key for s in mq.options}
     assert (space["error"] >= 0).all() and space["error"].dtype == np.float64
     for spec in mq.options:
@@ -90,7 +91,7 @@ def test_errors_are_the_relative_errors_of_the_stored_options(built):
     """build records the quantizers' own errors instead of dequantizing; they must agree."""
     _, model, mq = built
     modules = dict(model.named_modules())
-    for unit in mq.unit_list:
+    for unit in mq.units:
         weight = unit.weight_slice(modules[unit.module].weight.detach()).float()
         for spec, qw in mq.quantized[unit.name].items():
             expected = relative_error(weight, qw.dequantize())
@@ -113,8 +114,8 @@ def test_sample_follows_the_paper_scheme(built):
 def test_save_load_roundtrip(built, tmp_path):
     arch, model, mq = built
     path = mq.save(tmp_path / "mq.safetensors")
-    loaded = MultiQuantizer.load(path, tiny_model(arch))
-    assert loaded.units == mq.units and loaded.options == mq.options
+    loaded = MultiQuantizer.load(path, random_denoiser(arch))
+    assert loaded.unit_names == mq.unit_names and loaded.options == mq.options
     assert loaded.errors == mq.errors
     config = mq.sample(3)
     loaded.apply(config)
@@ -127,32 +128,32 @@ def test_load_refuses_other_weights_and_other_models(built, tmp_path):
     arch, _, mq = built
     path = mq.save(tmp_path / "mq.safetensors")
     with pytest.raises(ModelMismatchError, match="different float weights"):
-        MultiQuantizer.load(path, tiny_model(arch, seed=1))
+        MultiQuantizer.load(path, random_denoiser(arch, seed=1))
     with pytest.raises(ModelMismatchError, match="built for another model"):
-        MultiQuantizer.load(path, tiny_model("dit"))
+        MultiQuantizer.load(path, random_denoiser("dit"))
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CorruptFileError):
-        MultiQuantizer.load(tmp_path / "junk.safetensors", tiny_model(arch))
+        MultiQuantizer.load(tmp_path / "junk.safetensors", random_denoiser(arch))
     with pytest.raises(QsdError, match="no multiquantizer file"):
-        MultiQuantizer.load(tmp_path / "missing.safetensors", tiny_model(arch))
+        MultiQuantizer.load(tmp_path / "missing.safetensors", random_denoiser(arch))
 
 
 def test_bad_configs_are_refused_and_change_nothing(built):
     arch, model, mq = built
     before = weights(model)
     with pytest.raises(UnknownLayerError, match="closest"):
-        mq.apply(QuantConfig({**mq.uniform(None), mq.units[-1] + "x": None}))
+        mq.apply(QuantConfig({**mq.uniform(None), mq.unit_names[-1] + "x": None}))
     with pytest.raises(UnsupportedSpecError, match="did not precompute"):
         mq.apply(mq.uniform(QuantSpec("uaq", 2)))
     with pytest.raises(ModelMismatchError):
-        mq.apply(MultiQuantizer.build(tiny_model("dit"), progress=False).uniform(None))
+        mq.apply(MultiQuantizer.build(random_denoiser("dit"), progress=False).uniform(None))
     after = weights(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_quantize_twice_is_refused():
-    model = tiny_model("dit")
-    mq_units = MultiQuantizer.build(copy.deepcopy(model), [QuantSpec("uaq", 4)], progress=False).units
+    model = random_denoiser("dit")
+    mq_units = MultiQuantizer.build(copy.deepcopy(model), [QuantSpec("uaq", 4)], progress=False).unit_names
     config = QuantConfig.uniform(mq_units, QuantSpec("uaq", 4))
     quantize_(model, config)
     with pytest.raises(AlreadyQuantizedError, match="fresh copy"):
@@ -160,7 +161,7 @@ def test_quantize_twice_is_refused():
 
 
 def test_half_precision_model_accounting():
-    model = tiny_model("pixart").half()
+    model = random_denoiser("pixart").half()
     mq = MultiQuantizer.build(model, [QuantSpec("kmeans_a", 4)], progress=False)
     assert mq.cost(mq.uniform(None))["avg_bits"] == 16
     mq.apply(mq.uniform(QuantSpec("kmeans_a", 4)))
@@ -170,11 +171,11 @@ def test_half_precision_model_accounting():
 @pytest.mark.parametrize("param_dtype, p", [("float16", 16), ("bfloat16", 16), ("float32", 32)])
 def test_avg_bits_count_overhead_at_the_parameter_precision(param_dtype, p):
     """Paper §3: scales, zero points and codebooks (and float layers) count at the model's FP16 by default."""
-    model = tiny_model("pixart")
+    model = random_denoiser("pixart")
     options = [QuantSpec("uaq", 4), QuantSpec("kmeans_c", 4), QuantSpec("kmeans_a", 3)]
     mq = MultiQuantizer.build(model, options, QuantizerSettings(param_dtype=param_dtype), progress=False)
     modules = dict(model.named_modules())
-    slices = [u.weight_slice(modules[u.module].weight) for u in mq.unit_list]
+    slices = [u.weight_slice(modules[u.module].weight) for u in mq.units]
     n = sum(w.numel() for w in slices)
     rows = sum(w.shape[0] for w in slices)
     by_hand = {"uaq-4": (4 * n + 2 * p * rows) / n, "kmeans_c-4": (4 * n + 16 * p * rows) / n,

@@ -7,17 +7,17 @@ from torch import nn
 
 from qsd import AlreadyQuantizedError, CorruptFileError, ModelMismatchError, QuantConfig, QuantSpec, quantize_
 from qsd.layers import quantizable_units
+from qsd.models.random_init import example_inputs, random_denoiser
 from qsd.multiquant import MultiQuantizer
 from qsd.packed import packed_row_bytes
 from qsd.packed.export import export, load_quantized, memory_report, read_export
 from qsd.packed.modules import FUSED_MAX_ROWS, QConv, QLinear, affine_from_table, affine_table
 from qsd.quantizers import QuantizerSettings
-from qsd.testing import example_inputs, tiny_model
 
 
 @pytest.fixture(scope="module")
 def unet():
-    return tiny_model("sd15_unet", seed=0).eval()
+    return random_denoiser("sd15_unet", seed=0).eval()
 
 
 def mixed_config(units, seed=0):
@@ -37,7 +37,7 @@ def test_exported_unet_reproduces_fake_quantization(unet, tmp_path):
     assert not any(isinstance(m, nn.Linear | nn.Conv2d) and any(s is not None for s in
                    [config[u.name] for u in quantizable_units(unet) if u.module == name])
                    for name, m in packed.named_modules())
-    fake = quantize_(tiny_model("sd15_unet", seed=0).eval(), config)
+    fake = quantize_(random_denoiser("sd15_unet", seed=0).eval(), config)
     with torch.no_grad():
         # a batch above FUSED_MAX_ROWS: every layer decodes its weight and runs the dense op, bit for bit
         inputs = example_inputs("sd15_unet", batch=FUSED_MAX_ROWS + 1)
@@ -61,7 +61,7 @@ def test_readback_is_the_exported_config(unet, tmp_path, split):
 
 
 def test_multiquantizer_export_and_fused_gemv_path(tmp_path):
-    model = tiny_model("pixart", seed=1).eval()
+    model = random_denoiser("pixart", seed=1).eval()
     mq = MultiQuantizer.build(model, progress=False)
     config = mq.sample(0)
     mq.apply(config)  # export must use the float weights even while a configuration is applied
@@ -125,7 +125,7 @@ def test_corrupted_and_mismatched_files_are_refused(unet, tmp_path):
 
 
 def test_fake_quantized_denoiser_is_not_exported(tmp_path):
-    model = tiny_model("dit", seed=0).eval()
+    model = random_denoiser("dit", seed=0).eval()
     config = QuantConfig.uniform([u.name for u in quantizable_units(model)], QuantSpec("uaq", 4))
     quantize_(model, config)
     with pytest.raises(AlreadyQuantizedError):

@@ -2,9 +2,9 @@ import subprocess
 import sys
 
 import pytest
+import tiny_fixtures
 import torch
 
-from qsd import testing
 from qsd.errors import CorruptFileError, ModelNotAvailableError, UnsupportedSpecError
 from qsd.models import paper
 from qsd.models.base import SamplerSettings
@@ -24,7 +24,7 @@ def _no_qsd_env(monkeypatch):
 
 def _load(model_id, tmp_path, **kwargs):
     """The tiny copy of `model_id` through its registry entry, 16×16 images (4×8×8 latents), 2 steps."""
-    root = testing.tiny_paper_dir(model_id, tmp_path / model_id)
+    root = tiny_fixtures.tiny_paper_dir(model_id, tmp_path / model_id)
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join(CAPTIONS) + "\n")
     entry = ENTRIES[model_id]
@@ -117,7 +117,7 @@ def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
 
 
 def test_missing_component_is_named(tmp_path):
-    root = testing.tiny_paper_dir("sdv15", tmp_path / "sdv15")
+    root = tiny_fixtures.tiny_paper_dir("sdv15", tmp_path / "sdv15")
     (root / "vae" / "config.json").unlink()
     with pytest.raises(ModelNotAvailableError, match=r"lacks vae/config\.json"):
         paper.load_paper(ENTRIES["sdv15"], root)
@@ -146,7 +146,7 @@ def test_directory_resolution_order(tmp_path, monkeypatch):
 
 
 def test_loads_through_environment_variable(tmp_path, monkeypatch):
-    testing.tiny_paper_dir("dit_xl2", tmp_path / "weights" / "dit_xl2")
+    tiny_fixtures.tiny_paper_dir("dit_xl2", tmp_path / "weights" / "dit_xl2")
     monkeypatch.setenv("QSD_MODELS_DIR", str(tmp_path / "weights"))
     model = paper.load_paper(ENTRIES["dit_xl2"], sampler=SamplerSettings("dpmsolver++", 2, 4.0, 16))
     assert model.directory == tmp_path / "weights" / "dit_xl2"

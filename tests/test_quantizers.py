@@ -207,7 +207,7 @@ def test_recorded_error_is_the_relative_error(method):
 
 
 def test_kmeans_solver_setting():
-    with pytest.raises(ValueError, match="kmeans solver"):
+    with pytest.raises(UnsupportedSpecError, match="kmeans solver"):
         QuantizerSettings(kmeans_solver="lloyd")
     w = fp16_rows(16, 512, seed=7)
     exact = quantize_weight(w, "kmeans_c", [4], QuantizerSettings(kmeans_solver="exact"))[4]

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
+import tiny_fixtures
 import torch
 from PIL import Image
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from qsd import testing
 from qsd.errors import CorruptFileError, ModelNotAvailableError, UnsupportedSpecError
 from qsd.metrics.clip_score import CLIP_DIR_ENV, clip_score, clip_score_metric
 from qsd.metrics.inception import WEIGHTS_ENV, FIDInceptionV3, clean_resize, load_fid_inception
@@ -115,7 +115,7 @@ def test_clip_score_matches_cosine_of_local_clip(tmp_path, monkeypatch):
         clip_score_metric()
     with pytest.raises(ModelNotAvailableError, match="not a CLIP model directory"):
         clip_score_metric(tmp_path)
-    directory = testing.tiny_clip_dir(tmp_path / "clip")
+    directory = tiny_fixtures.tiny_clip_dir(tmp_path / "clip")
     monkeypatch.setenv(CLIP_DIR_ENV, str(directory))
     metric = clip_score_metric()
     images, captions = torch.rand(2, 3, 20, 24), ["a cat on the table", "two dogs"]

@@ -5,13 +5,14 @@ import dataclasses
 import pytest
 import torch
 
-from qsd import digits
 from qsd.config import QuantSpec
-from qsd.labelling import Labeller, feature_backend, fid_scorer
-from qsd.metrics.fid import reference_statistics
+from qsd.embedded import digits
+from qsd.errors import InvalidSettingError
+from qsd.labelling import Labeller
+from qsd.metrics.fid import fid_scorer, reference_statistics
 from qsd.metrics.prompt_accuracy import prompt_accuracy
 from qsd.metrics.proxies import eps_error, guided_noise_at, record_probe
-from qsd.models import load_model
+from qsd.models import feature_backend, load_model
 from qsd.multiquant import MultiQuantizer
 from qsd.sampling import SamplingProtocol, generate, initial_noise
 
@@ -56,7 +57,7 @@ def test_bfloat16_compute_is_close_to_float32_and_reproducible(pixart):
     assert fast.dtype == torch.float32 and torch.equal(fast, generate(pixart, bf16, progress=False))
     assert not torch.equal(exact, fast), "autocast must actually change the arithmetic"
     assert (exact - fast).pow(2).mean() < 1e-3
-    with pytest.raises(ValueError, match="compute_dtype"):
+    with pytest.raises(InvalidSettingError, match="compute_dtype"):
         SamplingProtocol(compute_dtype="float16")
 
 

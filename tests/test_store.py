@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from qsd.config import QuantConfig, QuantSpec
-from qsd.errors import CorruptFileError
-from qsd.original_format import UnsafePickleError, import_original, safe_load_pickle
-from qsd.store import LabelRecord, LabelStore, ProtocolMismatchError
+from qsd.errors import CorruptFileError, MissingFileError, ProtocolMismatchError
+from qsd.reference.original_format import UnsafePickleError, import_original, safe_load_pickle
+from qsd.store import LabelRecord, LabelStore
 
 PROTOCOL = {"model_id": "tiny_pixart", "n_images": 16, "steps": 4, "guidance": 3.0, "noise_seed": 0}
 UNITS = ["blocks.0.attn.to_q", "blocks.0.ff.net.2"]
@@ -54,7 +54,7 @@ def test_exports_and_dataset_card(tmp_path):
 
 
 def test_bad_inputs_get_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no label dataset"):
+    with pytest.raises(MissingFileError, match="no label dataset"):
         LabelStore(tmp_path / "missing.sqlite")
     (tmp_path / "junk.sqlite").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(CorruptFileError, match="not a qsd label dataset"):

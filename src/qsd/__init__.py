@@ -7,6 +7,7 @@ configurations can be swapped in cheaply while labelling; `QuantConfig` is the p
 
 from qsd.config import METHODS, QuantConfig, QuantSpec
 from qsd.errors import (
+    AlreadyQuantizedError,
     CorruptFileError,
     MissingLayerError,
     ModelMismatchError,
@@ -18,7 +19,7 @@ from qsd.errors import (
 from qsd.layers import Unit, quantizable_units
 from qsd.multiquant import DEFAULT_OPTIONS, MultiQuantizer
 from qsd.packed import export, load_quantized
-from qsd.quantize import AlreadyQuantizedError, quantize_
+from qsd.quantize import quantize_
 from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
 
 __version__ = "0.1.0"

@@ -213,7 +213,7 @@ class QuantConfig(Mapping[str, QuantSpec | None]):
                 f"this config was built for another model: {len(unknown)} of its {len(self._layers)} layers are "
                 f"not units of this model (e.g. {unknown[0]!r}) and {len(missing)} of this model's "
                 f"{len(units)} units are missing from it (e.g. {missing[:1]}). Build the config from this "
-                "model's units (MultiQuantizer.units / qsd.quantizable_units)."
+                "model's units (MultiQuantizer.unit_names / qsd.quantizable_units)."
             )
         if unknown:
             lines = [f"{n!r} (closest: {', '.join(closest_names(n, units)) or 'none'})" for n in unknown[:5]]

@@ -1,4 +1,17 @@
-"""Error types. Every message says what was received, what is accepted, and how to fix it (DESIGN rule 3)."""
+"""The one error hierarchy. Every message says what was received, what is accepted, and how to fix it (DESIGN
+rule 3). Each class also derives from the builtin a caller would expect (ValueError, KeyError, FileNotFoundError),
+so `except ValueError` keeps working; qsd itself never raises a bare builtin error.
+
+    QsdError
+    ├── InvalidSettingError (ValueError) ── UnsupportedSpecError
+    ├── UnknownLayerError (KeyError)
+    ├── MissingLayerError
+    ├── AlreadyQuantizedError
+    ├── ModelMismatchError
+    ├── SettingsMismatchError ── ProtocolMismatchError
+    ├── CorruptFileError ── UnsafePickleError
+    └── MissingFileError (FileNotFoundError) ── ModelNotAvailableError
+"""
 
 from __future__ import annotations
 
@@ -8,6 +21,14 @@ from collections.abc import Iterable
 
 class QsdError(Exception):
     """Base class of every error qsd raises on bad input."""
+
+
+class InvalidSettingError(QsdError, ValueError):
+    """A setting or argument outside the values it accepts (an unknown name, a count below 1, ...)."""
+
+
+class UnsupportedSpecError(InvalidSettingError):
+    """A quantization method or bit width that is not supported."""
 
 
 class UnknownLayerError(QsdError, KeyError):
@@ -21,19 +42,35 @@ class MissingLayerError(QsdError):
     """A configuration leaves quantizable layers unassigned."""
 
 
+class AlreadyQuantizedError(QsdError):
+    """`quantize_` (or `export`) was called on weights that are already quantized."""
+
+
 class ModelMismatchError(QsdError):
     """A configuration or saved multiquantizer belongs to another model."""
 
 
-class UnsupportedSpecError(QsdError, ValueError):
-    """A quantization method or bit width that is not supported."""
+class SettingsMismatchError(QsdError):
+    """A run was about to resume from a file made under other settings."""
+
+
+class ProtocolMismatchError(SettingsMismatchError):
+    """Labels made under one protocol were about to be written into a dataset made under another."""
 
 
 class CorruptFileError(QsdError):
     """A saved file is unreadable or was written by something else."""
 
 
-class ModelNotAvailableError(QsdError, FileNotFoundError):
+class UnsafePickleError(CorruptFileError):
+    """A pickle asked for something other than builtin containers and numbers (the original's file formats)."""
+
+
+class MissingFileError(QsdError, FileNotFoundError):
+    """A file that an earlier stage (or the installation) should have written is absent."""
+
+
+class ModelNotAvailableError(MissingFileError):
     """A model's local weights are missing or its id is not registered."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from qsd.config import QuantConfig
+from qsd.errors import InvalidSettingError
 from qsd.labelling import Labeller
 from qsd.models import load_model
 from qsd.models.base import DiffusionModel
@@ -108,7 +109,7 @@ class RayExecutor:
     def __init__(self, spec: WorkerSpec, workers: int = 2, address: str | None = None, cpus_per_worker: float = 1,
                  gpus_per_worker: float = 0) -> None:
         if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+            raise InvalidSettingError(f"workers must be at least 1, got {workers}")
         self.spec, self.workers, self.address = spec, workers, address
         self.cpus_per_worker, self.gpus_per_worker = cpus_per_worker, gpus_per_worker
 
@@ -164,4 +165,4 @@ def make_executor(name: str, spec: WorkerSpec, workers: int = 2, address: str | 
     if name == "ray":
         gpus = 1 if spec.device.startswith("cuda") else 0
         return RayExecutor(spec, workers=workers, address=address, gpus_per_worker=gpus)
-    raise ValueError(f"unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")
+    raise InvalidSettingError(f"unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")

@@ -11,54 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from qsd import digits
 from qsd.config import QuantConfig
 from qsd.errors import UnsupportedSpecError
-from qsd.metrics.classifier import ClassifierFeatures, DigitClassifier, load_classifier
 from qsd.metrics.clip_score import clip_score, clip_score_metric
-from qsd.metrics.fid import FidScorer, reference_statistics
+from qsd.metrics.features import FeatureBackend
+from qsd.metrics.fid import fid_scorer
 from qsd.metrics.prompt_accuracy import prompt_accuracy
 from qsd.metrics.proxies import eps_error, probe_from_trajectory, sample_mse
+from qsd.models import feature_backend
 from qsd.models.base import DiffusionModel
 from qsd.multiquant import MultiQuantizer
 from qsd.sampling import SamplingProtocol, Trajectory, generate
-
-
-@dataclass
-class FeatureBackend:
-    """What FID and prompt accuracy use for one reference set."""
-
-    feature: nn.Module
-    image_shape: tuple[int, int, int]
-    reference_images: Callable[[], torch.Tensor]
-    classifier: DigitClassifier | None
-
-
-def feature_backend(fid_reference: str, checkpoint_dir: Path | None = None) -> FeatureBackend:
-    """The feature network of a model's FID reference set: the digit classifier for the embedded defaults,
-    the FID Inception-v3 (local weights) and a local image folder for the paper's models."""
-    if fid_reference == "mnist16-train":
-        classifier = load_classifier(checkpoint_dir)
-        return FeatureBackend(ClassifierFeatures(classifier), (1, digits.RESOLUTION, digits.RESOLUTION),
-                              lambda: digits.load_digits("train")[0], classifier)
-    from qsd.metrics.inception import load_fid_inception
-    from qsd.metrics.reference_images import load_reference_images
-
-    return FeatureBackend(load_fid_inception(), (3, 299, 299), lambda: load_reference_images(fid_reference), None)
-
-
-def fid_scorer(backend: FeatureBackend, reference: str, cache_dir: Path | None = None) -> FidScorer:
-    """FID against `reference` under `backend`'s features, reference statistics from the on-disk cache."""
-    stats, _ = reference_statistics(backend.feature, backend.image_shape, reference, backend.reference_images,
-                                    cache_dir)
-    return FidScorer(backend.feature, backend.image_shape, stats)
 
 
 def clip_metric(model: DiffusionModel, clip_dir: str | None):

@@ -12,7 +12,6 @@ low bit width with probability p, else the high one; the method is uniform over 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from qsd.config import METHODS, QuantConfig, QuantSpec
 from qsd.errors import CorruptFileError, ModelMismatchError, QsdError
+from qsd.files import atomic_write, tensor_digest
 from qsd.layers import Unit, quantizable_units
 from qsd.quantize import units_by_module, write_weight
 from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
@@ -34,18 +34,13 @@ from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
 DEFAULT_BITS = (4, 3)
 DEFAULT_OPTIONS = tuple(QuantSpec(m, b) for m in METHODS for b in DEFAULT_BITS)
 FILE_FORMAT = "qsd.MultiQuantizer"
-FILE_VERSION = 2  # v2: tables rounded to QuantizerSettings.param_dtype
+FILE_VERSION = 3  # v2: tables rounded to QuantizerSettings.param_dtype; v3: checksum by qsd.files.tensor_digest
 
 
 def float_weights_checksum(model: nn.Module, units: Sequence[Unit]) -> str:
-    """SHA-256 over the float weights of the modules that `units` cover, in order."""
+    """Digest of the float weights of the modules that `units` cover, in order."""
     modules = dict(model.named_modules())
-    digest = hashlib.sha256()
-    for module_name, _ in units_by_module(units):
-        weight = modules[module_name].weight.detach().cpu().contiguous()
-        digest.update(str(tuple(weight.shape)).encode())
-        digest.update(weight.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+    return tensor_digest((name, modules[name].weight) for name, _ in units_by_module(units))
 
 
 class MultiQuantizer:
@@ -62,14 +57,14 @@ class MultiQuantizer:
         checksum: str,
     ):
         self.model = model
-        self.unit_list = list(units)
+        self.units = list(units)
         self.options = tuple(options)
         self.settings = settings
         self.quantized = quantized
         self.errors = errors
         self.checksum = checksum
         self._modules = dict(model.named_modules())
-        self._groups = units_by_module(self.unit_list)
+        self._groups = units_by_module(self.units)
         self._float = {name: self._modules[name].weight.data for name, _ in self._groups}
 
     # ------------------------------------------------------------------ building
@@ -106,9 +101,9 @@ class MultiQuantizer:
 
     # ------------------------------------------------------------------ queries
     @property
-    def units(self) -> list[str]:
-        """Unit names in module order."""
-        return [u.name for u in self.unit_list]
+    def unit_names(self) -> list[str]:
+        """Names of `units`, in module order."""
+        return [u.name for u in self.units]
 
     def float_weight(self, module_name: str) -> torch.Tensor:
         """The float weight of a quantized module, whatever configuration is applied."""
@@ -121,7 +116,7 @@ class MultiQuantizer:
     def search_space(self) -> pd.DataFrame:
         """One row per (unit, option): size in bits (indices + overhead) and relative error."""
         rows = []
-        for unit in self.unit_list:
+        for unit in self.units:
             p = self.settings.param_bits
             for spec in self.options:
                 qw = self.quantized[unit.name][spec]
@@ -148,9 +143,9 @@ class MultiQuantizer:
         paper's convention). Only the quantizable layers' weights enter (biases, norms and embeddings are the same
         in every configuration).
         """
-        config.validate(self.units, self.options)
+        config.validate(self.unit_names, self.options)
         size = fp = n = 0
-        for unit in self.unit_list:
+        for unit in self.units:
             spec, p = config[unit.name], self.settings.param_bits
             numel = self.quantized[unit.name][self.options[0]].numel
             n += numel
@@ -160,14 +155,14 @@ class MultiQuantizer:
 
     def summed_error(self, config: QuantConfig) -> float:
         """Sum of the units' relative errors under `config` (float units add 0)."""
-        config.validate(self.units, self.options)
+        config.validate(self.unit_names, self.options)
         return float(
             sum(self.errors[u][s] for u, s in config.items() if s is not None)
         )
 
     def uniform(self, spec: QuantSpec | None) -> QuantConfig:
         """Every unit with the same option (None = the float model)."""
-        return QuantConfig.uniform(self.units, spec)
+        return QuantConfig.uniform(self.unit_names, spec)
 
     def sample(self, rng: np.random.Generator | int | None) -> QuantConfig:
         """A random configuration by the paper's scheme (p ~ U(0,1); low bits w.p. p; uniform method)."""
@@ -175,20 +170,20 @@ class MultiQuantizer:
         bits = sorted({o.w_bits for o in self.options})
         methods = sorted({o.method for o in self.options}, key=METHODS.index)
         p = rng.uniform()
-        low = rng.uniform(size=len(self.unit_list)) < p
-        method_idx = rng.integers(len(methods), size=len(self.unit_list))
+        low = rng.uniform(size=len(self.units)) < p
+        method_idx = rng.integers(len(methods), size=len(self.units))
         specs = {
             name: QuantSpec(methods[m], bits[0] if is_low else bits[-1])
-            for name, is_low, m in zip(self.units, low, method_idx, strict=True)
+            for name, is_low, m in zip(self.unit_names, low, method_idx, strict=True)
         }
         config = QuantConfig(specs)
-        config.validate(self.units, self.options)
+        config.validate(self.unit_names, self.options)
         return config
 
     # ------------------------------------------------------------------ applying
     def apply(self, config: QuantConfig) -> None:
         """Set every unit's weight to its option under `config` (None = float). No re-quantization."""
-        config.validate(self.units, self.options)
+        config.validate(self.unit_names, self.options)
         for module_name, units in self._groups:
             float_weight = self._float[module_name]
             pieces = []
@@ -212,13 +207,13 @@ class MultiQuantizer:
         """Write codes, lookup tables and errors as safetensors; names, shapes, settings as metadata."""
         path = Path(path)
         tensors: dict[str, torch.Tensor] = {}
-        for unit in self.unit_list:
+        for unit in self.units:
             for spec in self.options:
                 qw = self.quantized[unit.name][spec]
                 tensors[f"{unit.name}|{spec.key}|codes"] = qw.codes.contiguous()
                 tensors[f"{unit.name}|{spec.key}|lut"] = qw.lut.contiguous()
         tensors["errors"] = torch.tensor(
-            [[self.errors[u][s] for s in self.options] for u in self.units], dtype=torch.float32
+            [[self.errors[u][s] for s in self.options] for u in self.unit_names], dtype=torch.float32
         )
         meta = {
             "format": FILE_FORMAT,
@@ -226,17 +221,13 @@ class MultiQuantizer:
             "model_class": type(self.model).__name__,
             "units": [
                 [u.name, u.module, u.in_start, u.in_stop, list(self._float[u.module].shape)]
-                for u in self.unit_list
+                for u in self.units
             ],
             "options": [s.key for s in self.options],
             "settings": self.settings.to_json(),
             "float_checksum": self.checksum,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file(tensors, str(tmp), metadata={"qsd": json.dumps(meta)})
-        tmp.replace(path)  # never leave a half-written file under the real name
-        return path
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"qsd": json.dumps(meta)}))
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module) -> MultiQuantizer:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import subprocess
 from importlib import metadata
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from qsd.files import write_json
 from qsd.paths import project_root
 
 PACKAGES = ("qsd", "torch", "diffusers", "numpy", "numba", "safetensors", "scikit-learn", "pandas")
@@ -49,13 +49,6 @@ def provenance(**extra: object) -> dict:
         "torch_threads": torch.get_num_threads(),
         **extra,
     }
-
-
-def write_json(path: Path, data: object) -> None:
-    """`data` as indented JSON at `path`, written to a temporary file first (never a half-written file)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
 
 
 def write_run_record(directory: Path, settings: object, summary: dict, **extra: object) -> None:

@@ -13,13 +13,9 @@ import torch
 from torch import nn
 
 from qsd.config import SPEC_ATTRIBUTE, QuantConfig, QuantSpec
-from qsd.errors import QsdError
+from qsd.errors import AlreadyQuantizedError
 from qsd.layers import Unit, quantizable_units
 from qsd.quantizers import QuantizerSettings, quantize_weight
-
-
-class AlreadyQuantizedError(QsdError):
-    """`quantize_` was called on weights that are already quantized."""
 
 
 def units_by_module(units: Sequence[Unit]) -> list[tuple[str, list[Unit]]]:

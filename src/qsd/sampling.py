@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from qsd.models.base import Condition, DiffusionModel
+from qsd.errors import InvalidSettingError
+from qsd.models.base import Condition, DiffusionModel, ModelEntry
 
 SEED_STRIDE = 1_000_003
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -46,9 +47,17 @@ class SamplingProtocol:
     shape compiles: 5-80 s per shape for the embedded models, the low end with a warm inductor cache).
     Changes results at rounding level, hence part of the protocol."""
 
+    @classmethod
+    def for_model(cls, entry: ModelEntry, **overrides: object) -> SamplingProtocol:
+        """The protocol of a registered model — its solver steps and guidance scale (`entry.sampler`) — with
+        `overrides` (n_images, seed, compute_dtype, compile, or steps/guidance themselves); an override of None
+        keeps the model's value. Every stage makes its protocol here."""
+        values = {"steps": entry.sampler.steps, "guidance": entry.sampler.guidance}
+        return cls(**values | {name: value for name, value in overrides.items() if value is not None})
+
     def __post_init__(self) -> None:
         if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype {self.compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+            raise InvalidSettingError(f"compute_dtype {self.compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
 
 
 @dataclass

@@ -23,17 +23,13 @@ from pathlib import Path
 import pandas as pd
 
 from qsd.config import QuantConfig
-from qsd.errors import CorruptFileError, QsdError
+from qsd.errors import CorruptFileError, MissingFileError, ProtocolMismatchError, QsdError
 
 SCHEMA_VERSION = 1
 METRICS = ("fid", "prompt_accuracy", "clip_score", "sample_mse", "eps_error", "avg_bits", "quantized_bytes",
            "summed_error", "seconds")
 """Metric columns (NULL where a model has no such metric, e.g. prompt accuracy for the paper's models)."""
 KINDS = ("float", "uniform", "random", "imported")
-
-
-class ProtocolMismatchError(QsdError):
-    """Labels made under one protocol were about to be written into a dataset made under another."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +75,7 @@ class LabelStore:
     def __init__(self, path: str | Path, protocol: Mapping | None = None) -> None:
         self.path = Path(path)
         if protocol is None and not self.path.exists():
-            raise FileNotFoundError(f"no label dataset at {self.path}; create one by passing its protocol")
+            raise MissingFileError(f"no label dataset at {self.path}; create one by passing its protocol")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)

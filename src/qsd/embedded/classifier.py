@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from qsd import digits
+from qsd.embedded import digits
 from qsd.errors import CorruptFileError, ModelNotAvailableError
+from qsd.files import atomic_write
+from qsd.metrics.features import FeatureBackend
 from qsd.paths import project_root
 
 FEATURE_DIM = 128
@@ -90,11 +92,8 @@ def classifier_path(directory: Path | None = None) -> Path:
 
 
 def save_classifier(model: DigitClassifier, path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp,
-              metadata={"qsd": json.dumps(record, sort_keys=True)})
-    tmp.replace(path)
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"qsd": json.dumps(record, sort_keys=True)}))
 
 
 def load_classifier(directory: Path | None = None) -> DigitClassifier:
@@ -108,6 +107,13 @@ def load_classifier(directory: Path | None = None) -> DigitClassifier:
     except Exception as exc:
         raise CorruptFileError(f"{path} is not a digit-classifier checkpoint: {exc}") from exc
     return model.eval()
+
+
+def feature_backend(directory: Path | None = None) -> FeatureBackend:
+    """FID on the classifier's features against the `train` digits, and prompt accuracy by its predictions."""
+    classifier = load_classifier(directory)
+    return FeatureBackend(ClassifierFeatures(classifier), (1, digits.RESOLUTION, digits.RESOLUTION),
+                          lambda: digits.load_digits("train")[0], classifier)
 
 
 def classifier_record(directory: Path | None = None) -> dict:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qsd.errors import InvalidSettingError
+
 RESOLUTION = 16
 N_CLASSES = 10
 HELDOUT_PER_CLASS = 100
@@ -32,7 +34,7 @@ def _all_digits() -> tuple[torch.Tensor, torch.Tensor]:
 def load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images [N, 1, 16, 16] in [0, 1] and labels [N] of one split (`train` or `heldout`)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
+        raise InvalidSettingError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
     images, labels = _all_digits()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     rank_in_class = torch.empty_like(labels)

@@ -1,5 +1,5 @@
 """The embedded default denoisers: small real diffusers models trained in-project on 16×16 MNIST digits
-(`qsd.digits`), one per family of the paper — `tiny_pixart` (PixArtTransformer2DModel, text-to-image,
+(`qsd.embedded.digits`), one per family of the paper — `tiny_pixart` (PixArtTransformer2DModel, text-to-image,
 the default), `tiny_sd` (UNet2DConditionModel with cross-attention, the U-Net family) and `tiny_dit`
 (DiTTransformer2DModel, class-conditional like DiT-XL/2). They denoise in pixel space (1×16×16, no
 VAE), use a linear β schedule over 1,000 steps, ε-prediction, and sample with DPM-Solver++.
@@ -17,8 +17,9 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from qsd import captions, digits
+from qsd.embedded import captions, digits
 from qsd.errors import CorruptFileError, ModelNotAvailableError
+from qsd.files import atomic_write
 from qsd.models.attention import use_short_sequence_attention
 from qsd.models.base import Condition, DiffusionModel, ModelEntry, SamplerSettings
 from qsd.paths import project_root
@@ -27,6 +28,8 @@ from qsd.quantizers import QuantizerSettings
 TRAIN_TIMESTEPS = 1000
 BETA_SCHEDULE = "linear"
 NULL_CLASS = digits.N_CLASSES
+FID_REFERENCE = "mnist16-train"
+"""The embedded models' FID reference set: the `train` digits, on the digit classifier's features."""
 GUIDANCE_BASIS = ("FID-optimal scale of stage 00's guidance sweep (1,000 images, 20 DPM-Solver++ steps, bfloat16, "
                   "scales 1-4; data/checkpoints/guidance_sweep.csv): {}")
 
@@ -75,7 +78,7 @@ def _dit() -> nn.Module:
     )
 
 
-ARCHITECTURES = {"tiny_pixart": _pixart, "tiny_sd": _unet, "tiny_dit": _dit}
+EMBEDDED_BUILDERS = {"tiny_pixart": _pixart, "tiny_sd": _unet, "tiny_dit": _dit}
 
 
 def checkpoint_path(model_id: str, directory: Path | None = None) -> Path:
@@ -85,11 +88,11 @@ def checkpoint_path(model_id: str, directory: Path | None = None) -> Path:
 def build_denoiser(model_id: str, seed: int = 0) -> nn.Module:
     """A freshly initialised (untrained) denoiser of an embedded model. DiT's label embeddings drop labels
     at random in train mode, independently per block; that is switched off because training drops the
-    condition itself, once per sample (`qsd.training.denoiser`)."""
+    condition itself, once per sample (`qsd.embedded.training`)."""
     from diffusers.models.embeddings import LabelEmbedding
 
     torch.manual_seed(seed)
-    denoiser = ARCHITECTURES[model_id]()
+    denoiser = EMBEDDED_BUILDERS[model_id]()
     for module in denoiser.modules():
         if isinstance(module, LabelEmbedding):
             module.dropout_prob = 0.0
@@ -99,10 +102,7 @@ def build_denoiser(model_id: str, seed: int = 0) -> nn.Module:
 def save_checkpoint(denoiser: nn.Module, path: Path, metadata: dict) -> None:
     """fp16 weights plus `metadata` (how it was trained, measured quality) as JSON, written atomically."""
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in denoiser.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, tmp, metadata={"qsd": json.dumps(metadata, sort_keys=True)})
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"qsd": json.dumps(metadata, sort_keys=True)}))
 
 
 def checkpoint_metadata(path: Path) -> dict:
@@ -206,20 +206,20 @@ def load_embedded(entry: ModelEntry, checkpoint_dir: Path | None = None, trained
 ENTRIES = (
     ModelEntry("tiny_pixart", "pixart", "PixArtTransformer2DModel", "text",
                _sampler(1.5, "FID 15.9 at 1.5 (prompt accuracy 91.7 %) vs 23.0 at 1.25, 22.0 at 1.75, 144.3 at 3"),
-               "mnist16-train",
+               FID_REFERENCE,
                "PixArt-α-like text-to-image transformer (4 blocks, d=128) on MNIST-16, MiniLM captions",
                loader=load_embedded, quantizer=MIN_MAX_UAQ,
                quantizer_basis=RANGE_RULE_BASIS.format("min-max 30.0/58.7, the paper's search 192.2/246.6, L4 "
                                                        "search 50.2/144.3, L8 search 30.0/126.4 (float 19.3)")),
     ModelEntry("tiny_sd", "unet", "UNet2DConditionModel", "text",
                _sampler(1.25, "FID 8.6 at 1.25 (prompt accuracy 92.1 %) vs 13.9 at 1.0, 18.2 at 1.5, 187.1 at 3"),
-               "mnist16-train", "SD-like cross-attention U-Net on MNIST-16, MiniLM captions", loader=load_embedded,
+               FID_REFERENCE, "SD-like cross-attention U-Net on MNIST-16, MiniLM captions", loader=load_embedded,
                quantizer=L4_SEARCH_UAQ,
                quantizer_basis=RANGE_RULE_BASIS.format("L4 search 43.8/202.2, min-max 101.3/511.1, the paper's "
                                                        "search 253.0/943.9, L8 search 101.3/310.0 (float 10.4)")),
     ModelEntry("tiny_dit", "dit", "DiTTransformer2DModel", "class",
                _sampler(1.25, "FID 15.0 at 1.25 (prompt accuracy 94.1 %) vs 39.0 at 1.0, 19.1 at 1.5, 264.8 at 3"),
-               "mnist16-train", "DiT-like class-conditional transformer (4 blocks, d=128) on MNIST-16",
+               FID_REFERENCE, "DiT-like class-conditional transformer (4 blocks, d=128) on MNIST-16",
                loader=load_embedded, quantizer=MIN_MAX_UAQ,
                quantizer_basis=RANGE_RULE_BASIS.format(
                    "min-max 106.7/105.3, L4 search 104.8/68.1, the paper's search 193.3/127.4 (float 19.3): no rule "

@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from qsd import captions, digits
-from qsd.models.embedded import NULL_CLASS, EmbeddedModel
+from qsd.embedded import captions, digits
+from qsd.embedded.models import NULL_CLASS, EmbeddedModel
+from qsd.errors import SettingsMismatchError
+from qsd.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def train_denoiser(model: EmbeddedModel, settings: TrainSettings, work_dir: Path
     if state_path.is_file():
         state = torch.load(state_path, weights_only=True)
         if _identity(state["settings"]) != _identity(asdict(settings)):
-            raise ValueError(f"{state_path} was made with other settings {state['settings']}; "
+            raise SettingsMismatchError(f"{state_path} was made with other settings {state['settings']}; "
                              f"delete it to start over or pass the same settings")
         denoiser.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -90,12 +92,10 @@ def train_denoiser(model: EmbeddedModel, settings: TrainSettings, work_dir: Path
         step, losses, elapsed = state["step"], state["losses"], state["elapsed"]
 
     def save_state() -> None:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"settings": asdict(settings), "model": denoiser.state_dict(), "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "step": step,
-                    "losses": losses, "elapsed": elapsed}, tmp)
-        tmp.replace(state_path)
+        state = {"settings": asdict(settings), "model": denoiser.state_dict(), "ema": ema.state_dict(),
+                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "step": step,
+                 "losses": losses, "elapsed": elapsed}
+        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
 
     start = time.perf_counter() - elapsed
     bar = tqdm(total=settings.steps, initial=step, desc=f"train {model.entry.model_id}", disable=not progress)

@@ -9,7 +9,6 @@ original re-extracted the whole reference folder for every configuration).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,19 +17,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from qsd.files import atomic_write, tensor_digest
+from qsd.metrics.features import FeatureBackend
 from qsd.paths import project_root
 
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
 
 def module_fingerprint(module: nn.Module) -> str:
-    """16 hex digits of SHA-256 over a module's state (names, dtypes, bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """16 hex digits of the digest of a module's state."""
+    return tensor_digest(sorted(module.state_dict().items()))[:16]
 
 
 def _new_metric(feature: nn.Module, image_shape: tuple[int, int, int]) -> FrechetInceptionDistance:
@@ -53,10 +49,7 @@ def reference_statistics(feature: nn.Module, image_shape: tuple[int, int, int], 
         for start in range(0, len(real), batch_size):
             metric.update(real[start:start + batch_size], real=True)
     stats = {name: getattr(metric, name).clone() for name in REAL_STATES}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(stats, tmp, metadata={"reference": reference, "n_images": str(len(real))})
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: save_file(stats, tmp, metadata={"reference": reference, "n_images": str(len(real))}))
     return stats, path
 
 
@@ -76,3 +69,10 @@ class FidScorer:
         for start in range(0, len(images), self.batch_size):
             self.metric.update(images[start:start + self.batch_size], real=False)
         return float(self.metric.compute())
+
+
+def fid_scorer(backend: FeatureBackend, reference: str, cache_dir: Path | None = None) -> FidScorer:
+    """FID against `reference` under `backend`'s features, reference statistics from the on-disk cache."""
+    stats, _ = reference_statistics(backend.feature, backend.image_shape, reference, backend.reference_images,
+                                    cache_dir)
+    return FidScorer(backend.feature, backend.image_shape, stats)

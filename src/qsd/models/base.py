@@ -36,7 +36,7 @@ class ModelEntry:
 
     model_id: str
     family: str
-    """Denoiser family: `pixart`, `hunyuan_dit`, `dit`, `unet` (SD/SDXL), or a random-init `qsd.testing` arch."""
+    """Denoiser family: `pixart`, `hunyuan_dit`, `dit`, `unet` (SD/SDXL), or a `qsd.models.random_init` arch."""
     denoiser_class: str
     conditioning: str
     """`text`, `class` or `none` (random-init test models)."""

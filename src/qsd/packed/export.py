@@ -12,7 +12,6 @@ that `load_quantized` verifies (a flipped bit is refused, not sampled from).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,25 +21,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qsd.config import SPEC_ATTRIBUTE, QuantConfig
-from qsd.errors import CorruptFileError, ModelMismatchError, QsdError
+from qsd.errors import AlreadyQuantizedError, CorruptFileError, ModelMismatchError, QsdError
+from qsd.files import atomic_write, tensor_digest
 from qsd.layers import SKIP_SUFFIX, quantizable_units
 from qsd.multiquant import MultiQuantizer
 from qsd.packed.format import pack_codes
 from qsd.packed.modules import PackedLayer, QConv, QLinear, Segment, affine_from_table
-from qsd.quantize import AlreadyQuantizedError, units_by_module
+from qsd.quantize import units_by_module
 from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
 
 FILE_FORMAT = "qsd-packed"
 FILE_VERSION = 2  # v2: tables at the parameter precision (QuantizerSettings.param_dtype)
-
-
-def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def _packed_tensors(prefix: str, qw: QuantizedWeight, table_dtype: torch.dtype) -> tuple[str, dict[str, torch.Tensor]]:
@@ -103,14 +94,10 @@ def export(denoiser: nn.Module, config: QuantConfig, path: str | Path, model_id:
     meta = {
         "format": FILE_FORMAT, "version": FILE_VERSION, "model_id": model_id,
         "denoiser_class": type(denoiser).__name__, "denoiser_config": dict(denoiser.config),
-        "quant_config": config.to_json(), "layers": layers, "sha256": _tensors_digest(tensors),
+        "quant_config": config.to_json(), "layers": layers, "sha256": tensor_digest(sorted(tensors.items())),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata={"qsd": json.dumps(meta, default=list)})
-    tmp.replace(path)
-    return path
+    metadata = {"qsd": json.dumps(meta, default=list)}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def read_export(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -127,7 +114,7 @@ def read_export(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if meta.get("format") != FILE_FORMAT or meta.get("version") != FILE_VERSION:
         raise CorruptFileError(f"{path}: format {meta.get('format')!r} v{meta.get('version')!r}; this qsd reads "
                                f"{FILE_FORMAT!r} v{FILE_VERSION}")
-    if _tensors_digest(tensors) != meta.get("sha256"):
+    if tensor_digest(sorted(tensors.items())) != meta.get("sha256"):
         raise CorruptFileError(f"{path}: its tensors do not match the checksum written with them (the file was "
                                "altered or damaged after export); export it again")
     return meta, tensors

@@ -69,7 +69,7 @@ def quantize_weight(
     Computes on the CPU; codes and tables are returned on `weight`'s device, each with its relative error.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; supported: {METHODS}")
+        raise UnsupportedSpecError(f"unknown method {method!r}; supported: {METHODS}")
     rows = weight.detach().reshape(weight.shape[0], -1).cpu().float()
     if method == "uaq":
         fitted = quantize_uaq(rows, bits, settings.uaq_clip_ratios, settings.uaq_clip_p, settings.param_dtype)

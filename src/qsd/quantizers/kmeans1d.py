@@ -26,6 +26,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from qsd.errors import UnsupportedSpecError
+
 SOLVERS = ("coarse_to_fine", "exact")
 CELLS_BY_COUNT = 32  # coarse_to_fine: a cell holds at most n / 32 values ...
 CELLS_BY_WIDTH = 512  # ... and spans at most (max - min) / 512
@@ -33,9 +35,9 @@ WINDOW_CELLS = 2  # step 2 moves each cluster end by at most this many cells
 
 
 def check_solver(solver: str) -> bool:
-    """True for "exact"; raises ValueError for an unknown solver."""
+    """True for "exact"; raises UnsupportedSpecError for an unknown solver."""
     if solver not in SOLVERS:
-        raise ValueError(f"unknown kmeans solver {solver!r}; supported: {SOLVERS}")
+        raise UnsupportedSpecError(f"unknown kmeans solver {solver!r}; supported: {SOLVERS}")
     return solver == "exact"
 
 

@@ -17,16 +17,18 @@ summary.json; figure `figures/07_export_<model_id>.png`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from qsd.config import QuantConfig
-from qsd.errors import QsdError
+from qsd.errors import MissingFileError
 from qsd.models import get_entry, load_model
 from qsd.packed import cpu as cpu_kernels
 from qsd.packed import export, load_quantized, memory_report
@@ -40,7 +42,6 @@ from qsd.stages.label_configs import STAGE as LABEL_STAGE
 from qsd.store import LabelStore
 
 STAGE = "07_kernels_and_export"
-SMOKE = {"n_images": 8, "steps": 4}
 GRID_IMAGES = 8
 
 
@@ -53,6 +54,11 @@ class Settings(StageSettings):
     n_images: int = 64
     steps: int | None = None
     """Solver steps; None = the model's protocol."""
+
+    SMOKE: ClassVar[dict[str, object]] = {"n_images": 8, "steps": 4}
+
+    def resolve(self) -> Settings:
+        return dataclasses.replace(self, steps=self.steps or get_entry(self.model_id).sampler.steps)
 
 
 @dataclass
@@ -72,13 +78,13 @@ def choose_config(settings: Settings) -> tuple[QuantConfig, str]:
         return QuantConfig.load(settings.config_path), f"file {settings.config_path}"
     path = stage_dir(settings.model_id, settings.run_id, LABEL_STAGE) / "labels.sqlite"
     if not path.is_file():
-        raise QsdError(f"no labelled configurations at {path}: run notebook 02 for run {settings.run_id!r} first, "
-                       "or pass config_path")
+        raise MissingFileError(f"no labelled configurations at {path}: run notebook 02 for run "
+                               f"{settings.run_id!r} first, or pass config_path")
     with LabelStore(path) as store:
         labels = store.to_pandas()
     rows = labels[labels["kind"] == "random"]
     if rows.empty:
-        raise QsdError(f"{path} holds no random configurations yet: run notebook 02 to label some")
+        raise MissingFileError(f"{path} holds no random configurations yet: run notebook 02 to label some")
     within = rows[rows["avg_bits"] <= settings.max_avg_bits]
     row = within.loc[within["fid"].idxmin()] if len(within) else rows.loc[rows["avg_bits"].idxmin()]
     rule = f"best FID with avg bits <= {settings.max_avg_bits}" if len(within) else "lowest avg bits (none within)"
@@ -95,16 +101,14 @@ def timed_generate(model, protocol: SamplingProtocol) -> tuple[torch.Tensor, flo
 
 def run(settings: Settings) -> Result:
     """Export the chosen configuration packed, reload it, and compare it with the fake-quantized model."""
+    settings = settings.effective()
     directory = stage_dir(settings.model_id, settings.run_id, STAGE)
-    sizes = {"n_images": settings.n_images, "steps": settings.steps or get_entry(settings.model_id).sampler.steps}
-    if settings.smoke:
-        sizes = {k: min(v, SMOKE[k]) for k, v in sizes.items()}
     config, source = choose_config(settings)
     config.save(directory / "config.json")
     model = load_model(settings.model_id)
     mq = multiquantizer_stage.load_saved(settings.model_id, settings.run_id, model.denoiser)
-    protocol = SamplingProtocol(n_images=sizes["n_images"], steps=sizes["steps"],
-                                guidance=get_entry(settings.model_id).sampler.guidance, seed=settings.seed)
+    protocol = SamplingProtocol.for_model(get_entry(settings.model_id), n_images=settings.n_images,
+                                          steps=settings.steps, seed=settings.seed)
     path = export(model.denoiser, config, directory / f"{settings.model_id}_packed.safetensors",
                   model_id=settings.model_id, multiquantizer=mq)
     packed = model.with_denoiser(load_quantized(path, settings.model_id))
@@ -180,5 +184,5 @@ def plot_export(result: Result) -> Figure:
     axes[2].grid(False)
     axes[2].set_title(f"same noise and prompts; packed vs fake-quantized max |Δ| = "
                       f"{result.summary['packed_vs_fake_quantized_max_abs_diff']:.2g}")
-    savefig(fig, f"07_export_{result.settings.model_id}", result.directory if result.settings.smoke else None)
+    savefig(fig, f"07_export_{result.settings.model_id}", result.settings.figures_to(result.directory))
     return fig

@@ -27,6 +27,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -37,25 +38,22 @@ from tqdm.auto import tqdm
 
 from qsd.config import QuantConfig
 from qsd.executors import InProcessExecutor, LabelJob, WorkerSpec, make_executor
+from qsd.files import write_json
 from qsd.labelling import Labeller
 from qsd.models import get_entry, load_model
 from qsd.multiquant import MultiQuantizer
 from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
-from qsd.provenance import write_json, write_run_record
+from qsd.provenance import write_run_record
 from qsd.sampling import SamplingProtocol
 from qsd.stages import StageSettings
 from qsd.stages import multiquantizer as multiquantizer_stage
 from qsd.store import LabelStore, protocol_difference
 
 STAGE = "02_label_configs"
-SMOKE = {"n_configs": 4, "n_images": 32, "steps": 8}
 PROXIES = ("sample_mse", "eps_error", "summed_error")
 LABEL_OFFSETS = {"uaq": (6, -12), "kmeans_c": (6, 4), "kmeans_a": (6, 8)}
 """Where the uniform rows' names go (points), so that neighbouring 4-bit rows stay readable."""
-W4_MAX_AVG_BITS = 4.5
-"""`best_w4_fid_ratio` takes uniform 4-bit rows up to this many average bits (a per-channel 4-bit codebook alone
-costs 2 bits on 128-wide layers)."""
 
 
 @dataclass(frozen=True)
@@ -87,16 +85,16 @@ class Settings(StageSettings):
     """An existing Ray cluster; None = start a local one (executor 'ray' only)."""
     device: str = "cpu"
     """Where the denoisers run: 'cpu' or 'cuda' (Ray then gives every worker one GPU)."""
+    w4_max_avg_bits: float = 4.5
+    """`best_w4_fid_ratio` takes uniform 4-bit rows up to this many average bits (a per-channel 4-bit codebook
+    alone costs 2 bits on 128-wide layers)."""
     progress: bool = True
     """Progress bars (always off in smoke runs, whose printed outputs nbval compares)."""
 
-    def effective(self) -> Settings:
-        """The sizes actually used: smoke caps them to `SMOKE`."""
-        steps = self.steps or get_entry(self.model_id).sampler.steps
-        sized = dataclasses.replace(self, steps=steps)
-        if not self.smoke:
-            return sized
-        return dataclasses.replace(sized, **{k: min(getattr(sized, k), v) for k, v in SMOKE.items()})
+    SMOKE: ClassVar[dict[str, object]] = {"n_configs": 4, "n_images": 32, "steps": 8, "progress": False}
+
+    def resolve(self) -> Settings:
+        return dataclasses.replace(self, steps=self.steps or get_entry(self.model_id).sampler.steps)
 
 
 @dataclass
@@ -122,9 +120,9 @@ def random_jobs(multiquantizer: MultiQuantizer, seed: int, n: int) -> list[Label
 
 def sampling_protocol(settings: Settings) -> SamplingProtocol:
     """The labelling protocol of (effective) `settings`: the model's guidance, the run's seed."""
-    return SamplingProtocol(n_images=settings.n_images, steps=settings.steps,
-                            guidance=get_entry(settings.model_id).sampler.guidance, seed=settings.seed,
-                            compute_dtype=settings.compute_dtype, compile=settings.compile)
+    return SamplingProtocol.for_model(get_entry(settings.model_id), n_images=settings.n_images, steps=settings.steps,
+                                      seed=settings.seed, compute_dtype=settings.compute_dtype,
+                                      compile=settings.compile)
 
 
 def protocol_record(settings: Settings, protocol: SamplingProtocol, multiquantizer: MultiQuantizer) -> dict:
@@ -156,7 +154,7 @@ def run(settings: Settings) -> Result:
         done = store.fingerprints()
         pending = [j for j in jobs if j.config.fingerprint not in done]
         with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="labelling", unit="config",
-                  disable=not settings.progress or settings.smoke) as bar:
+                  disable=not settings.progress) as bar:
             for label in executor.run(pending):
                 store.add(label)
                 bar.update()
@@ -168,7 +166,7 @@ def run(settings: Settings) -> Result:
         table.to_csv(directory / "regime.csv")
         summary = store.summary() | {"fid_by_reference_row": reference_fids(labels),
                                      "proxy_spearman_vs_fid": proxy_correlations(labels),
-                                     **regime(labels, float_fids)}
+                                     **regime(labels, float_fids, settings.w4_max_avg_bits)}
     write_run_record(directory, settings, summary)
     return Result(settings, directory, labels, summary)
 
@@ -202,8 +200,9 @@ def regime_table(labels: pd.DataFrame, float_fids: list[float]) -> pd.DataFrame:
     return table
 
 
-def regime(labels: pd.DataFrame, float_fids: list[float]) -> dict:
-    """The headline checks of the label regime (see the module docstring)."""
+def regime(labels: pd.DataFrame, float_fids: list[float], w4_max_avg_bits: float = 4.5) -> dict:
+    """The headline checks of the label regime (see the module docstring); the best uniform W4 row is taken among
+    those with at most `w4_max_avg_bits` average bits."""
     by_name = labels.set_index("name")
     float_fid = float(by_name.loc["float", "fid"])
     spread = max(float_fids) - min(float_fids)
@@ -212,7 +211,7 @@ def regime(labels: pd.DataFrame, float_fids: list[float]) -> dict:
     methods = sorted({n.removeprefix("uniform ").rsplit("-", 1)[0] for n in uniform.index})
     pairs = {m: (uniform.loc[f"uniform {m}-3", "fid"], uniform.loc[f"uniform {m}-4", "fid"]) for m in methods
              if f"uniform {m}-3" in uniform.index and f"uniform {m}-4" in uniform.index}
-    w4 = uniform[uniform.index.str.endswith("-4") & (uniform["avg_bits"] <= W4_MAX_AVG_BITS)]
+    w4 = uniform[uniform.index.str.endswith("-4") & (uniform["avg_bits"] <= w4_max_avg_bits)]
     best_w4 = w4["fid"].idxmin() if len(w4) else None
     prompt_accuracy = by_name.loc["float", "prompt_accuracy"]
     return {
@@ -233,7 +232,8 @@ def regime_text(result: Result) -> str:
     table = pd.read_csv(result.directory / "regime.csv", index_col=0)
     verdicts = (f"float model best beyond its {len(s['float_seed_fids'])}-seed FID spread "
                 f"({s['float_seed_fid_spread']:.2f}): {s['float_is_best']}; every uniform W3 worse than its W4: "
-                f"{s['w3_worse_than_w4']}; best uniform W4 (≤ {W4_MAX_AVG_BITS} avg bits): {s['best_w4']}, "
+                f"{s['w3_worse_than_w4']}; best uniform W4 (≤ {result.settings.w4_max_avg_bits} avg bits): "
+                f"{s['best_w4']}, "
                 f"FID {s['best_w4_fid_ratio']}× the float model's")
     return table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="") + "\n" + verdicts
 
@@ -316,6 +316,6 @@ def plot_fid_vs_bits(result: Result) -> Figure:
         rho = correlations[proxy]
         ax.set_title(f"Spearman ρ = {'n/a' if rho is None else f'{rho:.3f}'}")
     axes[1].set_ylabel("FID")
-    directory = result.directory if result.settings.smoke else None
+    directory = result.settings.figures_to(result.directory)
     savefig(fig, f"02_fid_vs_bits_{result.settings.model_id}", directory)
     return fig

@@ -16,8 +16,10 @@ recorded beside the layer's weight error. Writes to `data/runs/<model_id>/<run_i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -29,7 +31,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from qsd.config import METHODS, QuantSpec
-from qsd.errors import CorruptFileError, ModelMismatchError, QsdError
+from qsd.errors import CorruptFileError, MissingFileError, ModelMismatchError
 from qsd.metrics.proxies import sample_mse
 from qsd.models import get_entry, load_denoiser, load_model
 from qsd.models.base import DiffusionModel
@@ -43,7 +45,6 @@ from qsd.stages import StageSettings
 
 STAGE = "01_multiquantizer"
 FILE_NAME = "multiquantizer.safetensors"
-SMOKE = {"damage_images": 8, "damage_units": 3, "damage_steps": 4}
 
 
 @dataclass(frozen=True)
@@ -57,17 +58,24 @@ class Settings(StageSettings):
     damage_options: tuple[str, ...] = ("uaq-3", "kmeans_c-3", "kmeans_a-3")
     """Options applied to one layer at a time to measure the damage to the images; () skips the measurement."""
     damage_images: int = 64
-    """Samples per single-layer configuration (smoke: 8)."""
+    """Samples per single-layer configuration."""
     damage_units: int | None = None
-    """Measure only the first this many units (None = all; smoke: 3)."""
+    """Measure only the first this many units (None = all)."""
+    damage_steps: int | None = None
+    """Solver steps of the damage samples (None = the model's protocol)."""
     compute_dtype: str = "bfloat16"
     """The denoiser's compute precision while sampling (as in stage 02)."""
     compile: bool = True
     """torch.compile the denoiser while sampling (as in stage 02; never in smoke runs)."""
     progress: bool = True
 
-    def quantizer_settings(self) -> QuantizerSettings:
-        return self.quantizer or get_entry(self.model_id).quantizer
+    SMOKE: ClassVar[dict[str, object]] = {"damage_images": 8, "damage_units": 3, "damage_steps": 4, "compile": False,
+                                          "progress": False}
+
+    def resolve(self) -> Settings:
+        entry = get_entry(self.model_id)
+        return dataclasses.replace(self, quantizer=self.quantizer or entry.quantizer,
+                                   damage_steps=self.damage_steps or entry.sampler.steps)
 
 
 @dataclass
@@ -91,7 +99,7 @@ def load_saved(model_id: str, run_id: str, denoiser: torch.nn.Module) -> MultiQu
     advice = (f"run notebooks/01_multiquantizer.ipynb with model_id={model_id!r}, run_id={run_id!r} first "
               f"(make reproduce runs the notebooks in order)")
     if not path.is_file():
-        raise QsdError(f"no multiquantizer at {path}: {advice}")
+        raise MissingFileError(f"no multiquantizer at {path}: {advice}")
     try:
         return MultiQuantizer.load(path, denoiser)
     except (ModelMismatchError, CorruptFileError) as exc:
@@ -101,29 +109,24 @@ def load_saved(model_id: str, run_id: str, denoiser: torch.nn.Module) -> MultiQu
 def _build_or_load(settings: Settings, denoiser: torch.nn.Module, path: Path) -> MultiQuantizer:
     """Reuse the saved file when it was built for these weights, options and heuristics; otherwise (re)build."""
     options = [QuantSpec(m, b) for m in settings.methods for b in settings.bits]
-    quantizer = settings.quantizer_settings()
     if path.exists() and not settings.rebuild:
         try:
             mq = MultiQuantizer.load(path, denoiser)
-            if set(mq.options) == set(options) and mq.settings == quantizer:
+            if set(mq.options) == set(options) and mq.settings == settings.quantizer:
                 return mq
             print("rebuilding the multiquantizer: it was saved with other options or quantizer settings")
         except (ModelMismatchError, CorruptFileError) as exc:  # retrained weights, or an older file format
             print(f"rebuilding the multiquantizer: {exc}")
-    mq = MultiQuantizer.build(denoiser, options, quantizer, progress=settings.progress and not settings.smoke)
+    mq = MultiQuantizer.build(denoiser, options, settings.quantizer, progress=settings.progress)
     mq.save(path)
     return mq
 
 
 def damage_protocol(settings: Settings) -> SamplingProtocol:
-    """The model's own protocol (guidance, steps, seed) at `damage_images` images."""
-    sampler = get_entry(settings.model_id).sampler
-    if settings.smoke:
-        return SamplingProtocol(n_images=min(settings.damage_images, SMOKE["damage_images"]),
-                                steps=min(sampler.steps, SMOKE["damage_steps"]), guidance=sampler.guidance,
-                                seed=settings.seed, compute_dtype=settings.compute_dtype, compile=False)
-    return SamplingProtocol(n_images=settings.damage_images, steps=sampler.steps, guidance=sampler.guidance,
-                            seed=settings.seed, compute_dtype=settings.compute_dtype, compile=settings.compile)
+    """The model's own protocol (guidance, seed; steps unless `damage_steps`) at `damage_images` images."""
+    return SamplingProtocol.for_model(get_entry(settings.model_id), n_images=settings.damage_images,
+                                      steps=settings.damage_steps, seed=settings.seed,
+                                      compute_dtype=settings.compute_dtype, compile=settings.compile)
 
 
 def layer_damage(model: DiffusionModel, mq: MultiQuantizer, options: list[QuantSpec], protocol: SamplingProtocol,
@@ -153,6 +156,7 @@ def damage_correlations(damage: pd.DataFrame) -> dict[str, float | None]:
 
 def run(settings: Settings) -> Result:
     """Build or load the multiquantizer of `settings.model_id`, record its search space and single-layer damage."""
+    settings = settings.effective()
     directory = stage_dir(settings.model_id, settings.run_id, STAGE)
     entry = get_entry(settings.model_id)
     model = load_model(settings.model_id) if entry.loader is not None else None  # random test models cannot sample
@@ -162,13 +166,12 @@ def run(settings: Settings) -> Result:
     space.to_csv(directory / "search_space.csv", index=False)
     damage = None
     if model is not None and settings.damage_options:
-        limit = SMOKE["damage_units"] if settings.smoke else settings.damage_units
         damage = layer_damage(model, mq, [QuantSpec.parse(k) for k in settings.damage_options],
-                              damage_protocol(settings), mq.units[:limit], settings.progress and not settings.smoke)
+                              damage_protocol(settings), mq.unit_names[:settings.damage_units], settings.progress)
         damage.to_csv(directory / "layer_damage.csv", index=False)
     summary = {
         "model_id": settings.model_id,
-        "n_units": len(mq.units),
+        "n_units": len(mq.unit_names),
         "n_weights": int(mq.cost(mq.uniform(None))["n_weights"]),
         "options": [s.key for s in mq.options],
         "quantizer": mq.settings.to_json(),
@@ -222,7 +225,7 @@ def plot_layer_errors(result: Result) -> Figure:
     ax.set_xlabel(f"layer (module order, {len(units)} units)" + ("; blank = exact (error 0)" if exact.any() else ""))
     ax.set_ylabel("method-bits")
     ax.set_title(f"{result.settings.model_id}: per-layer weight quantization error ‖W−Ŵ‖²/‖W‖²")
-    directory = result.directory if result.settings.smoke else None
+    directory = result.settings.figures_to(result.directory)
     savefig(fig, f"01_layer_errors_{result.settings.model_id}", directory)
     return fig
 
@@ -249,6 +252,6 @@ def plot_layer_damage(result: Result) -> Figure | None:
     axes[0][0].set_ylabel("sample MSE to float (only this layer quantized)")
     fig.suptitle(f"{result.settings.model_id}: does a layer's weight error predict the damage it does? "
                  f"({len(damage) // len(options)} layers)", fontsize=10)
-    directory = result.directory if result.settings.smoke else None
+    directory = result.settings.figures_to(result.directory)
     savefig(fig, f"01_layer_damage_{result.settings.model_id}", directory)
     return fig

@@ -15,32 +15,33 @@ Paper models have nothing to train; the stage records that and returns.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from qsd import digits
-from qsd.labelling import feature_backend, fid_scorer
-from qsd.metrics.classifier import classifier_path, classifier_record, save_classifier, train_classifier
+from qsd.embedded import digits
+from qsd.embedded.classifier import classifier_path, classifier_record, save_classifier, train_classifier
+from qsd.embedded.models import EMBEDDED_BUILDERS, checkpoint_metadata, checkpoint_path, load_embedded, save_checkpoint
+from qsd.embedded.training import TrainSettings, train_denoiser
+from qsd.files import atomic_write
+from qsd.metrics.fid import fid_scorer
 from qsd.metrics.prompt_accuracy import prompt_accuracy
-from qsd.models import get_entry, load_model
-from qsd.models.embedded import ARCHITECTURES, checkpoint_metadata, checkpoint_path, load_embedded, save_checkpoint
+from qsd.models import feature_backend, get_entry, load_model
 from qsd.paths import project_root, stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.sampling import SamplingProtocol, generate
 from qsd.stages import StageSettings
-from qsd.training.denoiser import TrainSettings, train_denoiser
 
 STAGE = "00_train_denoisers"
 TRAIN_STEPS = {"tiny_pixart": 6000, "tiny_dit": 4000, "tiny_sd": 1200}
 """Training steps (batch 64) of the shipped checkpoints."""
-SMOKE_STEPS = 20
-SMOKE_IMAGES = 40
 GUIDANCE_GRID = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
 GUIDANCE_TABLE = "guidance_sweep.csv"
 """Shipped beside the checkpoints: the sweep each embedded entry's guidance was chosen from."""
@@ -49,17 +50,29 @@ GUIDANCE_TABLE = "guidance_sweep.csv"
 @dataclass(frozen=True)
 class Settings(StageSettings):
     retrain: bool = False
+    """Retrain the classifier and the denoiser into data/checkpoints/ (a smoke run always trains, briefly, into
+    the stage folder and never touches data/checkpoints/)."""
     train_steps: int | None = None
     """None = the shipped checkpoint's step count (TRAIN_STEPS)."""
+    checkpoint_every: int = 250
+    """Training steps between resumable saves of the training state."""
+    classifier_epochs: int = 40
+    """Epochs of the digit classifier (FID features, prompt accuracy) when retraining."""
     eval_images: int = 1000
-    """Samples per guidance scale (smoke: 40)."""
+    """Samples per guidance scale."""
     guidance_grid: tuple[float, ...] = GUIDANCE_GRID
-    """Guidance scales swept (smoke: the two lowest and the entry's). The entry's own scale is always added."""
+    """Guidance scales swept. The entry's own scale is always added."""
     compute_dtype: str = "bfloat16"
     """The denoiser's compute precision while sampling (as in stage 02's labelling protocol)."""
     compile: bool = True
     """torch.compile the denoiser (as in stage 02; never in smoke runs); False where no C++ compiler is available."""
     progress: bool = True
+
+    SMOKE: ClassVar[dict[str, object]] = {"retrain": True, "train_steps": 20, "classifier_epochs": 1,
+                                          "eval_images": 40, "guidance_grid": GUIDANCE_GRID[:2], "compile": False}
+
+    def resolve(self) -> Settings:
+        return dataclasses.replace(self, train_steps=self.train_steps or TRAIN_STEPS.get(self.model_id))
 
 
 @dataclass
@@ -77,11 +90,11 @@ def _checkpoint_dir(settings: Settings, directory: Path) -> Path:
 def _train(settings: Settings, directory: Path) -> dict:
     """Retrain (smoke: briefly, into the stage folder) the classifier and the denoiser; returns records."""
     target = _checkpoint_dir(settings, directory)
-    classifier, clf_record = train_classifier(epochs=1 if settings.smoke else 40, seed=settings.seed)
+    classifier, clf_record = train_classifier(epochs=settings.classifier_epochs, seed=settings.seed)
     save_classifier(classifier, classifier_path(target), clf_record)
     model = load_embedded(get_entry(settings.model_id), trained=False)
-    steps = SMOKE_STEPS if settings.smoke else settings.train_steps or TRAIN_STEPS[settings.model_id]
-    train_settings = TrainSettings(steps=steps, seed=settings.seed, checkpoint_every=min(250, steps))
+    train_settings = TrainSettings(steps=settings.train_steps, seed=settings.seed,
+                                   checkpoint_every=min(settings.checkpoint_every, settings.train_steps))
     record = train_denoiser(model, train_settings, directory / "train_state", progress=settings.progress)
     if record["complete"]:
         save_checkpoint(model.denoiser, checkpoint_path(settings.model_id, target), record)
@@ -89,25 +102,24 @@ def _train(settings: Settings, directory: Path) -> dict:
 
 
 def run(settings: Settings) -> Result:
+    settings = settings.effective()
     directory = stage_dir(settings.model_id, settings.run_id, STAGE)
-    if settings.model_id not in ARCHITECTURES:
+    if settings.model_id not in EMBEDDED_BUILDERS:
         summary = {"trained": False, "reason": f"{settings.model_id} is not an embedded model; nothing to train"}
         write_run_record(directory, settings, summary)
         return Result(settings, directory, summary, None)
-    trained = _train(settings, directory) if settings.retrain or settings.smoke else None
+    trained = _train(settings, directory) if settings.retrain else None
     model = load_model(settings.model_id)  # the shipped (or, after a full retrain, the new) checkpoint
     backend = feature_backend(model.entry.fid_reference)
     fid = fid_scorer(backend, model.entry.fid_reference)
-    n = SMOKE_IMAGES if settings.smoke else settings.eval_images
+    n = settings.eval_images
     entry_guidance = model.entry.sampler.guidance
-    grid = sorted(settings.guidance_grid)[:2] if settings.smoke else sorted(settings.guidance_grid)
-    grid = sorted({*grid, entry_guidance})
+    grid = sorted({*settings.guidance_grid, entry_guidance})
     _, targets = model.protocol_prompts(n)
     rows, images = [], None
     for guidance in tqdm(grid, desc="guidance sweep", unit="scale", disable=not settings.progress):
-        protocol = SamplingProtocol(n_images=n, steps=model.entry.sampler.steps, guidance=guidance,
-                                    seed=settings.seed, compute_dtype=settings.compute_dtype,
-                                    compile=settings.compile and not settings.smoke)
+        protocol = SamplingProtocol.for_model(model.entry, n_images=n, guidance=guidance, seed=settings.seed,
+                                              compute_dtype=settings.compute_dtype, compile=settings.compile)
         sampled = generate(model, protocol, progress=False)
         rows.append({"guidance": guidance, "fid": fid(sampled),
                      "prompt_accuracy": prompt_accuracy(backend.classifier, sampled, targets)})
@@ -128,7 +140,7 @@ def run(settings: Settings) -> Result:
         "classifier": classifier_record(),
         "protocol": {"n_images": n, "steps": model.entry.sampler.steps, "guidance": entry_guidance,
                      "seed": settings.seed, "compute_dtype": settings.compute_dtype,
-                     "compile": settings.compile and not settings.smoke},
+                     "compile": settings.compile},
         "prompt_accuracy": at_entry["prompt_accuracy"],
         "fid": at_entry["fid"],
         "fid_real_heldout": fid(heldout),
@@ -147,10 +159,7 @@ def ship_guidance_sweep(model_id: str, sweep: pd.DataFrame, checkpoint_dir: Path
     path = checkpoint_dir / GUIDANCE_TABLE
     table = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["model_id", *sweep.columns])
     table = pd.concat([table[table["model_id"] != model_id], sweep.assign(model_id=model_id)], ignore_index=True)
-    tmp = path.with_suffix(".tmp")
-    table.round(4).to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: table.round(4).to_csv(tmp, index=False))
 
 
 def summary_text(result: Result) -> str:
@@ -188,7 +197,7 @@ def plot_sample_grid(result: Result, rows: int = 8) -> Figure | None:
     s = result.summary
     fig.suptitle(f"{s['model_id']}: prompt accuracy {s['prompt_accuracy']:.1%}, FID {s['fid']:.1f} "
                  f"(real held-out {s['fid_real_heldout']:.1f})", fontsize=9)
-    directory = result.directory if result.settings.smoke else None
+    directory = result.settings.figures_to(result.directory)
     savefig(fig, f"00_samples_{s['model_id']}", directory)
     return fig
 
@@ -218,6 +227,6 @@ def plot_guidance_sweep(result: Result) -> Figure | None:
                 textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.set_title(f"{s['model_id']}: float model vs guidance ({s['protocol']['n_images']} images, "
                  f"{s['protocol']['steps']} steps)")
-    directory = result.directory if result.settings.smoke else None
+    directory = result.settings.figures_to(result.directory)
     savefig(fig, f"00_guidance_{s['model_id']}", directory)
     return fig
