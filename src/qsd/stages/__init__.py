@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Self
 
-from qsd.models import DEFAULT_MODEL_ID
+from qsd.models import DEFAULT_MODEL_ID, get_entry
 
 
 def smoke_value(value: object, smoke: object) -> object:
@@ -51,3 +51,15 @@ class StageSettings:
             return settings
         return dataclasses.replace(settings, **{name: smoke_value(getattr(settings, name), value)
                                                 for name, value in self.SMOKE.items()})
+
+
+@dataclass(frozen=True)
+class SamplingSettings(StageSettings):
+    """Settings of a stage that samples the model under its own protocol (`SamplingProtocol.for_model`)."""
+
+    n_images: int = 64
+    steps: int | None = None
+    """Solver steps; None = the model's protocol."""
+
+    def resolve(self) -> Self:
+        return dataclasses.replace(self, steps=self.steps or get_entry(self.model_id).sampler.steps)

@@ -17,7 +17,6 @@ summary.json; figure `figures/07_export_<model_id>.png`.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.sampling import SamplingProtocol, generate
-from qsd.stages import StageSettings
+from qsd.stages import SamplingSettings
 from qsd.stages import multiquantizer as multiquantizer_stage
 from qsd.stages.label_configs import STAGE as LABEL_STAGE
 from qsd.store import LabelStore
@@ -46,19 +45,12 @@ GRID_IMAGES = 8
 
 
 @dataclass(frozen=True)
-class Settings(StageSettings):
+class Settings(SamplingSettings):
     config_path: str | None = None
     """A QuantConfig JSON to export; None = pick one from stage 02's labels (see `max_avg_bits`)."""
     max_avg_bits: float = 4.0
     """Stage-02 pick: the best-FID random configuration with at most this many average bits."""
-    n_images: int = 64
-    steps: int | None = None
-    """Solver steps; None = the model's protocol."""
-
     SMOKE: ClassVar[dict[str, object]] = {"n_images": 8, "steps": 4}
-
-    def resolve(self) -> Settings:
-        return dataclasses.replace(self, steps=self.steps or get_entry(self.model_id).sampler.steps)
 
 
 @dataclass

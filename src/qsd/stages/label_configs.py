@@ -23,7 +23,6 @@ float_seed_fids.json, summary.json.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.sampling import SamplingProtocol
-from qsd.stages import StageSettings
+from qsd.stages import SamplingSettings
 from qsd.stages import multiquantizer as multiquantizer_stage
 from qsd.store import LabelStore, protocol_difference
 
@@ -57,12 +56,10 @@ LABEL_OFFSETS = {"uaq": (6, -12), "kmeans_c": (6, 4), "kmeans_a": (6, 8)}
 
 
 @dataclass(frozen=True)
-class Settings(StageSettings):
+class Settings(SamplingSettings):
     n_configs: int = 160
     """Random configurations (the reference rows come on top). Sized for ≤ 20 min on 2 cores (README)."""
     n_images: int = 256
-    steps: int | None = None
-    """Solver steps; None = the model's protocol (20 for the embedded defaults)."""
     compute_dtype: str = "bfloat16"
     """The denoiser's compute precision under autocast ('bfloat16' or 'float32'; see README: bfloat16 changes
     the float model's FID by about 1 % and is 1.1-1.4x faster here; use float32 on CPUs without bf16 units)."""
@@ -93,8 +90,6 @@ class Settings(StageSettings):
 
     SMOKE: ClassVar[dict[str, object]] = {"n_configs": 4, "n_images": 32, "steps": 8, "progress": False}
 
-    def resolve(self) -> Settings:
-        return dataclasses.replace(self, steps=self.steps or get_entry(self.model_id).sampler.steps)
 
 
 @dataclass

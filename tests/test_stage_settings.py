@@ -1,0 +1,50 @@
+"""The one stage skeleton: StageSettings.effective (resolve, then the one smoke rule) and the one way to make a
+model's SamplingProtocol."""
+
+import dataclasses
+
+import pytest
+
+from qsd.errors import InvalidSettingError
+from qsd.models import get_entry
+from qsd.sampling import SamplingProtocol
+from qsd.stages import kernels_and_export, label_configs, multiquantizer, smoke_value, train_denoisers
+
+STAGES = (train_denoisers, multiquantizer, label_configs, kernels_and_export)
+
+
+def test_the_smoke_rule_caps_numbers_and_replaces_the_rest():
+    assert smoke_value(256, 32) == 32 and smoke_value(16, 32) == 16, "numbers are capped, never raised"
+    assert smoke_value(None, 8) == 8, "'None = the model's value' becomes the cap"
+    assert smoke_value(True, False) is False and smoke_value(False, True) is True, "flags are replaced"
+    assert smoke_value((1.0, 1.5, 2.0), (1.0,)) == (1.0,)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_every_stage_settings_shrink_only_in_smoke_runs(stage):
+    full, smoke = stage.Settings().effective(), stage.Settings(smoke=True).effective()
+    assert stage.Settings.SMOKE, "each stage says what a smoke run shrinks"
+    for name, value in stage.Settings.SMOKE.items():
+        assert getattr(smoke, name) == smoke_value(getattr(full, name), value)
+    untouched = {f.name for f in dataclasses.fields(full)} - set(stage.Settings.SMOKE) - {"smoke"}
+    assert all(getattr(full, n) == getattr(smoke, n) for n in untouched)
+    assert full.effective() == full, "effective settings are a fixed point (what settings.json records)"
+
+
+def test_none_means_the_models_protocol():
+    steps = get_entry("tiny_pixart").sampler.steps
+    assert label_configs.Settings(steps=None).effective().steps == steps
+    assert label_configs.Settings(steps=5).effective().steps == 5
+    assert multiquantizer.Settings().effective().damage_steps == steps
+    trained = train_denoisers.Settings(model_id="tiny_dit").effective()
+    assert trained.train_steps == train_denoisers.TRAIN_STEPS["tiny_dit"]
+
+
+def test_sampling_protocol_for_model_takes_the_entry_and_overrides():
+    entry = get_entry("tiny_sd")
+    protocol = SamplingProtocol.for_model(entry, n_images=12, seed=3, steps=None)
+    assert (protocol.steps, protocol.guidance) == (entry.sampler.steps, entry.sampler.guidance)
+    assert (protocol.n_images, protocol.seed) == (12, 3)
+    assert SamplingProtocol.for_model(entry, guidance=2.0, steps=4).guidance == 2.0
+    with pytest.raises(InvalidSettingError, match="compute_dtype"):
+        SamplingProtocol.for_model(entry, compute_dtype="float8")
