@@ -67,3 +67,17 @@ def test_error_classes_live_in_qsd_errors(path):
         return
     defined = re.findall(r"^class (\w+Error)\(", path.read_text(), flags=re.MULTILINE)
     assert not defined, f"{relative(path)} defines {defined}; the hierarchy is in qsd/errors.py"
+
+
+def test_every_package_module_can_be_imported_first():
+    """No import cycle: each module of the packages that import one another (the registry meets the toy world)
+    imports cleanly in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    modules = [f"qsd.{relative(p)[:-3].replace('/', '.')}".removesuffix(".__init__") for p in SOURCES
+               if relative(p).startswith(("models/", "embedded/", "stages/"))]
+    runs = {m: subprocess.Popen([sys.executable, "-c", f"import {m}"], stderr=subprocess.PIPE, text=True)
+            for m in modules}
+    failed = {m: run.communicate(timeout=300)[1].strip().splitlines()[-1:] for m, run in runs.items()}
+    assert not {m: e for m, e in failed.items() if runs[m].returncode}
