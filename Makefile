@@ -12,7 +12,6 @@ PIP_QUIET := 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2
 export HF_HUB_OFFLINE := 1
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-export MPLBACKEND := Agg
 
 .PHONY: setup reproduce smoke test unit bench lab figures clean
 
@@ -27,7 +26,7 @@ $(VENV)/.setup-stamp: pyproject.toml setup.py constraints.txt
 	! $(BIN)/python -m pip list 2>/dev/null | grep -qi '^nvidia'
 	touch $@
 
-# Every notebook, in order, into data/runs/$(MODEL)/$(RUN)/<NN_stage>/.
+# Every notebook, in order, into data/runs/$(MODEL)/$(RUN)/<NN_stage>/ (figures inline in the executed notebooks).
 reproduce: setup
 	@for nb in $(NOTEBOOKS); do \
 	  stage=$$(basename $$nb .ipynb); out=data/runs/$(MODEL)/$(RUN)/$$stage; mkdir -p $$out; \
@@ -40,11 +39,12 @@ reproduce: setup
 smoke: setup
 	$(BIN)/pytest -m notebook tests/test_notebooks.py
 
-# Lint, unit tests + smoke run of every notebook, then nbval over the executed smoke notebooks.
+# Lint, unit tests + smoke run of every notebook, then nbval over the executed smoke notebooks (both headless:
+# MPLBACKEND=Agg, as tests/conftest.py sets for the smoke run).
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
-	$(BIN)/pytest --nbval -p no:cacheprovider --nbval-current-env build/smoke/*.ipynb
+	MPLBACKEND=Agg $(BIN)/pytest --nbval -p no:cacheprovider --nbval-current-env build/smoke/*.ipynb
 
 unit: setup
 	$(BIN)/pytest -m "not notebook"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
@@ -128,6 +129,23 @@ def run(settings: Settings) -> Result:
     return Result(settings, directory, config, images, seconds, memory, summary)
 
 
+def config_composition(result: Result) -> pd.Series:
+    """How many layers of the exported configuration use each option ("float": kept in float)."""
+    return pd.Series([spec.key if spec else "float" for spec in result.config.values()]).value_counts()
+
+
+def memory_table(result: Result) -> pd.DataFrame:
+    """Resident MiB of the quantized layers and of the whole denoiser: packed, and the same weights in fp16 and
+    fp32, with the packed / fp16 ratio."""
+    m = result.memory
+    table = pd.DataFrame({"packed": [m["packed_layers_bytes"], m["denoiser_bytes"]],
+                          "fp16": [m["packed_layers_fp16_bytes"], m["denoiser_fp16_bytes"]],
+                          "fp32": [m["packed_layers_fp32_bytes"], m["denoiser_fp32_bytes"]]},
+                         index=["quantized layers", "whole denoiser"]) / 2**20
+    table["packed / fp16"] = table["packed"] / table["fp16"]
+    return table
+
+
 def summary_text(result: Result) -> str:
     s, m = result.summary, result.memory
     mib = 2**20
@@ -148,17 +166,15 @@ def summary_text(result: Result) -> str:
 
 def plot_export(result: Result) -> Figure:
     """Memory (quantized layers and whole denoiser), sampling time, and the first images of each model."""
-    m, mib = result.memory, 2**20
+    memory = memory_table(result)
     fig, axes = new_figure(15, 4.2, ncols=3, width_ratios=[1.2, 0.8, 1.6])
-    groups = {"quantized layers": ("packed_layers_fp32_bytes", "packed_layers_fp16_bytes", "packed_layers_bytes"),
-              "whole denoiser": ("denoiser_fp32_bytes", "denoiser_fp16_bytes", "denoiser_bytes")}
     width, colours = 0.27, ("#999999", "#5b8fd1", "#d1495b")
-    for g, keys in enumerate(groups.values()):
-        for j, (key, label) in enumerate(zip(keys, ("fp32", "fp16", "packed"), strict=True)):
-            value = m[key] / mib
+    for g, group in enumerate(memory.index):
+        for j, label in enumerate(("fp32", "fp16", "packed")):
+            value = memory.loc[group, label]
             axes[0].bar(g + (j - 1) * width, value, width, color=colours[j], label=label if g == 0 else None)
             axes[0].annotate(f"{value:.2f}", (g + (j - 1) * width, value), ha="center", va="bottom", fontsize=7)
-    axes[0].set_xticks(range(len(groups)), list(groups))
+    axes[0].set_xticks(range(len(memory)), list(memory.index))
     axes[0].set_ylabel("resident MiB")
     axes[0].set_title(f"{result.settings.model_id}: {result.summary['avg_bits']:.2f} avg bits, "
                       f"{result.summary['packed_layers_ratio_vs_fp16']:.3f}x fp16")

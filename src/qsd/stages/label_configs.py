@@ -233,6 +233,20 @@ def regime_text(result: Result) -> str:
     return table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="") + "\n" + verdicts
 
 
+def label_table(result: Result) -> pd.DataFrame:
+    """One row per labelled configuration, without the configuration JSON and the per-row provenance and timing
+    columns (which differ from run to run)."""
+    return result.labels.drop(columns=["config", "provenance", "seconds", "labelled_at"])
+
+
+def config_table(result: Result, name: str) -> pd.DataFrame:
+    """The per-layer choices of the labelled configuration `name` (e.g. "random 0"): method and bits per unit
+    (a float layer: method "float", 16 bits)."""
+    config = QuantConfig.loads(result.labels.set_index("name").loc[name, "config"])
+    rows = {unit: ("float", 16) if spec is None else (spec.method, spec.w_bits) for unit, spec in config.items()}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["method", "w_bits"]).rename_axis("unit")
+
+
 def kmeans_share(config_json: str) -> float:
     """Share of quantized layers that use K-Means (C or A) rather than UAQ."""
     specs = [s for s in QuantConfig.loads(config_json).values() if s is not None]

@@ -162,6 +162,11 @@ def ship_guidance_sweep(model_id: str, sweep: pd.DataFrame, checkpoint_dir: Path
     return atomic_write(path, lambda tmp: table.round(4).to_csv(tmp, index=False))
 
 
+def sweep_table(result: Result) -> pd.DataFrame:
+    """FID and prompt accuracy of the float model per guidance scale (empty: nothing was sampled)."""
+    return pd.DataFrame(result.summary.get("guidance_sweep", []), columns=["guidance", "fid", "prompt_accuracy"])
+
+
 def summary_text(result: Result) -> str:
     s = result.summary
     if result.images is None:
@@ -208,7 +213,7 @@ def plot_guidance_sweep(result: Result) -> Figure | None:
     if result.images is None:
         return None
     s = result.summary
-    sweep = pd.DataFrame(s["guidance_sweep"])
+    sweep = sweep_table(result)
     fig, ax = new_figure(6.4, 3.6)
     ax.plot(sweep["guidance"], sweep["fid"], "o-", color="C0", label="FID")
     best = sweep.loc[sweep["fid"].idxmin()]
