@@ -11,10 +11,10 @@ from qsd.errors import InvalidSettingError
 from qsd.labelling import Labeller
 from qsd.metrics.fid import fid_scorer, reference_statistics
 from qsd.metrics.prompt_accuracy import prompt_accuracy
-from qsd.metrics.proxies import eps_error, guided_noise_at, record_probe
+from qsd.metrics.proxies import eps_error, guided_noise_at, probe_from_trajectory
 from qsd.models import feature_backend, load_model
 from qsd.multiquant import MultiQuantizer
-from qsd.sampling import SamplingProtocol, generate, initial_noise
+from qsd.sampling import SamplingProtocol, Trajectory, generate, initial_noise
 
 QUALITY_BARS = {"tiny_pixart": 0.85, "tiny_sd": 0.85, "tiny_dit": 0.88}
 """Prompt accuracy at the entries' FID-optimal guidance (1,000 images: 91.7 / 92.1 / 94.1 %), less a margin for
@@ -80,7 +80,9 @@ def test_compiled_protocol_matches_eager_and_follows_swapped_weights():
 
 def test_probe_eps_does_not_depend_on_how_the_steps_are_batched(pixart):
     protocol = SamplingProtocol(n_images=4, steps=6, guidance=3.0)
-    probe = record_probe(pixart, protocol, 4, batch_size=4)  # one step per forward
+    trajectory = Trajectory([], [])
+    generate(pixart, protocol, progress=False, trajectory=trajectory)
+    probe = probe_from_trajectory(pixart, protocol, trajectory, 4, batch_size=4)  # one step per forward
     assert probe.latents.shape == (6, 4, 1, 16, 16) and eps_error(pixart, probe) == 0
     whole = dataclasses.replace(probe, batch_size=24)  # all six steps in one forward
     torch.testing.assert_close(guided_noise_at(pixart, whole), probe.eps, atol=1e-5, rtol=1e-4)

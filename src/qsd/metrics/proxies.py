@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from qsd.models.base import Condition, DiffusionModel
-from qsd.sampling import SamplingProtocol, Trajectory, generate, guidance_condition, guided_noise
+from qsd.sampling import SamplingProtocol, Trajectory, guidance_condition, guided_noise
 
 
 @dataclass
@@ -67,14 +67,6 @@ def probe_from_trajectory(model: DiffusionModel, protocol: SamplingProtocol, tra
                   guidance_condition(model, prompts, protocol.guidance), protocol, batch_size)
     probe.eps = guided_noise_at(model, probe)
     return probe
-
-
-@torch.no_grad()
-def record_probe(model: DiffusionModel, protocol: SamplingProtocol, n: int, batch_size: int = 256) -> Probe:
-    """Run the (float) model on the first `n` protocol images alone and make their probe."""
-    trajectory = Trajectory([], [])
-    generate(model, protocol, batch_size=n, progress=False, trajectory=trajectory, n_images=n)
-    return probe_from_trajectory(model, protocol, trajectory, n, batch_size)
 
 
 def eps_error(model: DiffusionModel, probe: Probe) -> float:

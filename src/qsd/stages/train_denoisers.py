@@ -69,7 +69,8 @@ class Settings(StageSettings):
     progress: bool = True
 
     SMOKE: ClassVar[dict[str, object]] = {"retrain": True, "train_steps": 20, "classifier_epochs": 1,
-                                          "eval_images": 40, "guidance_grid": GUIDANCE_GRID[:2], "compile": False}
+                                          "eval_images": 40, "guidance_grid": GUIDANCE_GRID[:2], "compile": False,
+                                          "progress": False}
 
     def resolve(self) -> Settings:
         return dataclasses.replace(self, train_steps=self.train_steps or TRAIN_STEPS.get(self.model_id))
