@@ -37,9 +37,8 @@ from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.sampling import SamplingProtocol, generate
 from qsd.stages import SamplingSettings
+from qsd.stages import label_configs as label_stage
 from qsd.stages import multiquantizer as multiquantizer_stage
-from qsd.stages.label_configs import STAGE as LABEL_STAGE
-from qsd.store import LabelStore
 
 STAGE = "07_kernels_and_export"
 GRID_IMAGES = 8
@@ -69,15 +68,11 @@ def choose_config(settings: Settings) -> tuple[QuantConfig, str]:
     """(configuration, where it came from) per `Settings.config_path` / `max_avg_bits`."""
     if settings.config_path is not None:
         return QuantConfig.load(settings.config_path), f"file {settings.config_path}"
-    path = stage_dir(settings.model_id, settings.run_id, LABEL_STAGE) / "labels.sqlite"
-    if not path.is_file():
-        raise MissingFileError(f"no labelled configurations at {path}: run notebook 02 for run "
-                               f"{settings.run_id!r} first, or pass config_path")
-    with LabelStore(path) as store:
-        labels = store.to_pandas()
+    labels = label_stage.saved_labels(settings.model_id, settings.run_id)
     rows = labels[labels["kind"] == "random"]
     if rows.empty:
-        raise MissingFileError(f"{path} holds no random configurations yet: run notebook 02 to label some")
+        raise MissingFileError(f"stage 02 of run {settings.run_id!r} holds no random configurations yet: run notebook "
+                               "02 to label some, or pass config_path")
     within = rows[rows["avg_bits"] <= settings.max_avg_bits]
     row = within.loc[within["fid"].idxmin()] if len(within) else rows.loc[rows["avg_bits"].idxmin()]
     rule = f"best FID with avg bits <= {settings.max_avg_bits}" if len(within) else "lowest avg bits (none within)"

@@ -36,6 +36,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from qsd.config import QuantConfig
+from qsd.errors import MissingFileError
 from qsd.executors import InProcessExecutor, LabelJob, WorkerSpec, make_executor
 from qsd.files import write_json
 from qsd.labelling import Labeller
@@ -98,6 +99,17 @@ class Result:
     directory: Path
     labels: pd.DataFrame
     summary: dict
+
+
+def saved_labels(model_id: str, run_id: str) -> pd.DataFrame:
+    """Every row stage 02 labelled for run `run_id` of `model_id` (`LabelStore.to_pandas`); a missing dataset is an
+    error naming notebook 02, never a relabelling."""
+    path = stage_dir(model_id, run_id, STAGE) / "labels.sqlite"
+    if not path.is_file():
+        raise MissingFileError(f"no labelled configurations at {path}: run notebooks/02_label_configs.ipynb with "
+                               f"model_id={model_id!r}, run_id={run_id!r} first (make reproduce runs them in order)")
+    with LabelStore(path) as store:
+        return store.to_pandas()
 
 
 def reference_jobs(multiquantizer: MultiQuantizer) -> list[LabelJob]:
