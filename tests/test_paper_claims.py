@@ -16,6 +16,7 @@ The outputs come from `tests/test_notebooks.py`, which runs before this module i
 import ast
 import json
 
+import networkx as nx
 import numpy as np
 import pandas as pd
 import papermill
@@ -81,6 +82,11 @@ def labels(smoke_outputs):
 @pytest.fixture(scope="module")
 def regime(smoke_outputs):
     return pd.read_csv(smoke_outputs / "02_label_configs" / "regime.csv", index_col=0)
+
+
+@pytest.fixture(scope="module")
+def predictor(smoke_outputs):
+    return summary(smoke_outputs, "03_train_predictor")
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +265,29 @@ def test_real_digits_set_the_fid_floor(guidance):
     """README, stage 00 (FID with classifier features stands in for Inception FID): real held-out digits score less
     than half the FID of the model's samples."""
     assert guidance["fid_real_heldout"] < guidance["fid"] / 2
+
+
+# §3.3-§4 (stage 03): the denoiser as a graph, the predictor evaluated on folds --------------------------------------
+
+
+def test_the_graph_has_one_node_per_quantized_layer_and_flows_one_way(predictor, search_space, smoke_outputs):
+    """§3.3: every quantized layer is one node of the denoiser's DAG (plus parameter-free combine operations)."""
+    graph = json.loads((smoke_outputs / "03_train_predictor" / "graph.json").read_text())
+    weights = [n["name"] for n in graph["nodes"] if n["kind"] == "weight"]
+    assert sorted(weights) == sorted(search_space["unit"].unique()) and predictor["weight_layers"] == len(weights)
+    assert len(graph["nodes"]) > len(weights), "combine operations are nodes too"
+    assert nx.is_directed_acyclic_graph(nx.DiGraph([tuple(e) for e in graph["edges"]]))
+
+
+def test_gnn_and_baselines_are_scored_on_the_same_folds(smoke_outputs, labels):
+    """§4: the GNN and every baseline are tested on identical held-out folds; each configuration once per target."""
+    metrics = pd.read_csv(smoke_outputs / "03_train_predictor" / "metrics.csv")
+    assert {"summed_error", "ridge", "mlp"} <= set(metrics["method"]) and metrics["method"].str.startswith("gnn-").any()
+    sizes = metrics.groupby(["target", "fold"])["n_test"].nunique()
+    assert (sizes == 1).all(), "every method saw the same test fold"
+    predictions = pd.read_csv(smoke_outputs / "03_train_predictor" / "predictions.csv")
+    for _, rows in predictions.groupby("target_name"):
+        assert sorted(rows["index"]) == list(range(len(labels)))
 
 
 # Beyond the paper (stage 07): the average bits become real bytes ----------------------------------------------------

@@ -20,13 +20,7 @@ ERROR = NUMERIC_FEATURES.index("error")
 SMALL = PredictorSettings(hops=2, hidden=32, node_dim=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on a shared 2-core machine a second intra-op thread only spins against the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def topology(n_weight=10, n_combine=20, seed=0):

@@ -15,13 +15,7 @@ from qsd.predictor.soft_rank import exact_rank, soft_rank, soft_spearman_loss
 RANK_FUNCTIONS = {"srcc": soft_spearman_loss, "lambdarank": lambdarank_loss}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on a shared 2-core machine a second intra-op thread only spins against the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ranking_task(n=200, d=8, seed=0):

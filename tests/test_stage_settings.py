@@ -8,9 +8,16 @@ import pytest
 from qsd.errors import InvalidSettingError
 from qsd.models import get_entry
 from qsd.sampling import SamplingProtocol
-from qsd.stages import kernels_and_export, label_configs, multiquantizer, smoke_value, train_denoisers
+from qsd.stages import (
+    kernels_and_export,
+    label_configs,
+    multiquantizer,
+    smoke_value,
+    train_denoisers,
+    train_predictor,
+)
 
-STAGES = (train_denoisers, multiquantizer, label_configs, kernels_and_export)
+STAGES = (train_denoisers, multiquantizer, label_configs, train_predictor, kernels_and_export)
 
 
 def test_the_smoke_rule_caps_numbers_and_replaces_the_rest():
@@ -48,3 +55,17 @@ def test_sampling_protocol_for_model_takes_the_entry_and_overrides():
     assert SamplingProtocol.for_model(entry, guidance=2.0, steps=4).guidance == 2.0
     with pytest.raises(InvalidSettingError, match="compute_dtype"):
         SamplingProtocol.for_model(entry, compute_dtype="float8")
+
+
+def test_predictor_stage_settings_are_checked_and_name_their_runs():
+    with pytest.raises(InvalidSettingError, match="loss"):
+        train_predictor.Settings(loss="ndcg")
+    with pytest.raises(InvalidSettingError, match="readout"):
+        train_predictor.Settings(readout="max")
+    with pytest.raises(InvalidSettingError, match="kinds"):
+        train_predictor.Settings(kinds=("randoms",))
+    settings = train_predictor.Settings(lambda_bits=10.0)
+    assert settings.targets()["paper"].evaluate({"fid": [30.0], "avg_bits": [3.5]}).tolist() == [-65.0]
+    assert settings.variants()[:2] == [("paper", "hybrid", "anchors"), ("fid", "hybrid", "anchors")]
+    assert len(settings.variants()) == 2 + 3 + 1
+    assert len(train_predictor.Settings(compare_losses=False, compare_readout=False).variants()) == 2

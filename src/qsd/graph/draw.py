@@ -25,7 +25,8 @@ def draw_block(graph: DenoiserGraph, block: int, title: str | None = None) -> pl
     fig, ax = new_figure(min(max(8.0, 0.9 * depth), 18.0), 5.5)
     weights = [n for n, d in sub.nodes(data=True) if d["kind"] == "weight"]
     others = [n for n in sub.nodes if n not in weights]
-    nx.draw_networkx_edges(sub, pos, ax=ax, arrowsize=10, edge_color="0.55", node_size=900)
+    nx.draw_networkx_edges(sub, pos, ax=ax, arrowsize=10, edge_color="0.55", node_size=900,
+                           connectionstyle="arc3,rad=0.12")
     nx.draw_networkx_nodes(sub, pos, nodelist=others, ax=ax, node_size=260, node_color="0.85", edgecolors="0.4")
     kinds = [unit_type[sub.nodes[n]["unit"]] for n in weights]
     nx.draw_networkx_nodes(sub, pos, nodelist=weights, ax=ax, node_size=900,
