@@ -5,7 +5,8 @@ graph features here are generic (roles, relative block position, sizes, errors, 
 any denoiser's graph. Measured: pretrain on every random label of `--source` (stage 02 of `--run`), then for each
 `--targets` model fine-tune on k of its labels, against training from scratch on the same k, for k in `--ks`;
 k = 0 is the pretrained predictor as it is (zero-shot). The target model's last `--eval` random labels are the
-fixed test set; the k training labels are drawn from the ones before (`--repeats` draws per k, seeded). Ridge
+fixed test set; the k training labels are drawn from the ones before (`--repeats` draws per k, seeded; a k
+larger than that pool is skipped). Ridge
 regression on the same k labels (one-hot layer choices of the target model; it cannot transfer) is the yardstick.
 Target: FID alone. Metric: test Spearman, mean ± std over the draws.
 
@@ -57,15 +58,16 @@ def main() -> None:
     for name in args.targets:
         dataset = load_dataset(name, args.run)
         graphs, y = dataset.encode(target, model_settings.hops)
-        if len(graphs) < args.eval + max(args.ks):
-            raise SystemExit(f"{name} has {len(graphs)} random labels; this needs {args.eval} + {max(args.ks)} "
-                             f"(label more with notebook 02, n_configs)")
+        if len(graphs) <= args.eval + min(k for k in args.ks if k > 0):
+            raise SystemExit(f"{name} has {len(graphs)} random labels; this needs more than {args.eval} + "
+                             f"{min(k for k in args.ks if k > 0)} (label more with notebook 02, n_configs)")
         test = np.arange(len(graphs) - args.eval, len(graphs))
         pool = np.arange(len(graphs) - args.eval)
+        ks = [k for k in args.ks if 0 < k <= len(pool)]  # budgets beyond the labelled pool are skipped (reported)
         test_graphs = [graphs[i] for i in test]
-        rows = {"zero_shot": spearman(pretrained.predict(test_graphs), y[test])}
+        rows = {"zero_shot": spearman(pretrained.predict(test_graphs), y[test]), "labels": len(graphs), "ks": ks}
         rng = np.random.default_rng(args.seed)
-        for k in tqdm([k for k in args.ks if k > 0], desc=name):
+        for k in tqdm(ks, desc=name):
             scores = {"fine_tuned": [], "scratch": [], "ridge": []}
             for _ in range(args.repeats):
                 train = rng.choice(pool, size=k, replace=False)
@@ -85,7 +87,7 @@ def main() -> None:
 
     fig, axes = new_figure(5 * len(args.targets), 4, ncols=len(args.targets), squeeze=False)
     for ax, name in zip(axes[0], args.targets, strict=True):
-        ks = [k for k in args.ks if k > 0]
+        ks = results[name]["ks"]
         for method, style in (("fine_tuned", "o-"), ("scratch", "s--"), ("ridge", "^:")):
             means = [results[name][k][method][0] for k in ks]
             stds = [results[name][k][method][1] for k in ks]
