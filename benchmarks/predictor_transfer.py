@@ -3,11 +3,11 @@
 No published method predicts quantization sensitivity for a new denoiser without hundreds of fresh labels. The
 graph features here are generic (roles, relative block position, sizes, errors, bits), so one predictor can read
 any denoiser's graph. Measured: pretrain on every random label of `--source` (stage 02 of `--run`), then for each
-`--targets` model fine-tune on k of its labels, against training from scratch on the same k, for k in `--ks`;
-k = 0 is the pretrained predictor as it is (zero-shot). The target model's last `--eval` random labels are the
-fixed test set; the k training labels are drawn from the ones before (`--repeats` draws per k, seeded; a k
-larger than that pool is skipped). Ridge
-regression on the same k labels (one-hot layer choices of the target model; it cannot transfer) is the yardstick.
+`--targets` model fine-tune on k of its labels (at each of `--finetune-lrs`), against training from scratch on
+the same k, for k in `--ks`; k = 0 is the pretrained predictor as it is (zero-shot). The target model's last
+`--eval` random labels are the fixed test set; the k training labels are drawn from the ones before (`--repeats`
+draws per k, seeded; a k larger than that pool is skipped). Ridge regression on the same k labels (one-hot layer
+choices of the target model; it cannot transfer) is the yardstick.
 Target: FID alone. Metric: test Spearman, mean ± std over the draws.
 
 Needs notebooks 01-02 for every model of the same run; label the targets with, e.g.,
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import numpy as np
 from tqdm import tqdm
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loss", default="hybrid")
     parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--finetune-lrs", type=float, nargs="+", default=[3e-3, 3e-4],
+                        help="learning rates of the fine-tuning runs (the first = training's own)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -68,30 +71,32 @@ def main() -> None:
         rows = {"zero_shot": spearman(pretrained.predict(test_graphs), y[test]), "labels": len(graphs), "ks": ks}
         rng = np.random.default_rng(args.seed)
         for k in tqdm(ks, desc=name):
-            scores = {"fine_tuned": [], "scratch": [], "ridge": []}
+            tuned_names = [f"fine-tuned lr {lr:g}" for lr in args.finetune_lrs]
+            scores = {**{name: [] for name in tuned_names}, "scratch": [], "ridge": []}
             for _ in range(args.repeats):
                 train = rng.choice(pool, size=k, replace=False)
                 train_graphs = [graphs[i] for i in train]
-                tuned = train_predictor(train_graphs, model_settings, settings, init=pretrained)
+                for lr, tuned_name in zip(args.finetune_lrs, tuned_names, strict=True):
+                    tuned = train_predictor(train_graphs, model_settings, replace(settings, lr=lr), init=pretrained)
+                    scores[tuned_name].append(spearman(tuned.predict(test_graphs), y[test]))
                 scratch = train_predictor(train_graphs, model_settings, settings)
                 ridge = RidgeBaseline(dataset.multiquantizer.unit_names, dataset.multiquantizer.options)
                 ridge.fit([dataset.configs[i] for i in train], y[train])
-                scores["fine_tuned"].append(spearman(tuned.predict(test_graphs), y[test]))
                 scores["scratch"].append(spearman(scratch.predict(test_graphs), y[test]))
                 scores["ridge"].append(spearman(ridge.score([dataset.configs[i] for i in test]), y[test]))
             rows[k] = {method: [float(np.mean(v)), float(np.std(v))] for method, v in scores.items()}
-            print(f"{name} k={k}: fine-tuned {rows[k]['fine_tuned'][0]:.3f}, scratch {rows[k]['scratch'][0]:.3f}, "
-                  f"ridge {rows[k]['ridge'][0]:.3f}")
+            print(f"{name} k={k}: " + ", ".join(f"{method} {v[0]:.3f} ± {v[1]:.3f}" for method, v in rows[k].items()))
         results[name] = rows
         print(f"{name}: zero-shot Spearman {rows['zero_shot']:.3f}")
 
     fig, axes = new_figure(5 * len(args.targets), 4, ncols=len(args.targets), squeeze=False)
     for ax, name in zip(axes[0], args.targets, strict=True):
         ks = results[name]["ks"]
-        for method, style in (("fine_tuned", "o-"), ("scratch", "s--"), ("ridge", "^:")):
+        for method in results[name][ks[0]]:
             means = [results[name][k][method][0] for k in ks]
             stds = [results[name][k][method][1] for k in ks]
-            ax.errorbar(ks, means, yerr=stds, fmt=style, capsize=3, label=method.replace("_", "-"))
+            style = "o-" if method.startswith("fine") else ("s--" if method == "scratch" else "^:")
+            ax.errorbar(ks, means, yerr=stds, fmt=style, capsize=3, label=method)
         ax.axhline(results[name]["zero_shot"], color="0.4", lw=0.8, ls="-.", label="zero-shot (k = 0)")
         ax.set(xlabel=f"labels of {name} (k)", ylabel=f"test Spearman, last {args.eval} labels", ylim=(-0.5, 1),
                title=f"{args.source} → {name}")
@@ -99,6 +104,7 @@ def main() -> None:
     savefig(fig, "03_transfer")
     print(json.dumps({"source": args.source, "targets": args.targets, "run": args.run, "eval": args.eval,
                       "repeats": args.repeats, "loss": args.loss, "epochs": args.epochs,
+                      "finetune_lrs": args.finetune_lrs,
                       "source_labels": len(source_graphs), "spearman": results}))
 
 
