@@ -42,10 +42,8 @@ class CrossValidation:
         return {f"{c}_{stat}": float(getattr(self.metrics[c], stat)()) for c in columns for stat in ("mean", "std")}
 
 
-def fold_metrics(predictor: TrainedPredictor, graphs: Sequence[Data], targets: np.ndarray) -> dict[str, float]:
-    """Test metrics of one predictor on `graphs` with true `targets`."""
-    predictions = predictor.predict(graphs)
-    norms = predictor.hop_norms(graphs)
+def fold_metrics(predictions: np.ndarray, norms: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """Test metrics of a predictor's `predictions` [n] and hop norms [n, M+1] against the true `targets`."""
     return {**ranking_metrics(predictions, targets), "mae": mae(predictions, targets),
             **{f"hop{m}_spearman": spearman(norms[:, m], targets) for m in range(norms.shape[1])}}
 
@@ -86,9 +84,9 @@ def cross_validate(graphs: Sequence[Data], splits: Sequence[tuple[np.ndarray, np
         else:
             predictor, seconds = cached
         test_graphs = [graphs[i] for i in test]
-        metrics = fold_metrics(predictor, test_graphs, targets[test])
-        rows.append({"fold": fold, "n_train": len(train), "n_test": len(test), **metrics, "seconds": seconds})
         predicted = predictor.predict(test_graphs)
+        metrics = fold_metrics(predicted, predictor.hop_norms(test_graphs), targets[test])
+        rows.append({"fold": fold, "n_train": len(train), "n_test": len(test), **metrics, "seconds": seconds})
         predictions += [{"index": int(i), "fold": fold, "target": targets[i], "prediction": p}
                         for i, p in zip(test, predicted, strict=True)]
         predictors.append(predictor)
