@@ -77,19 +77,19 @@ def input_role(argument: str) -> str:
     return "input-other"
 
 
-def block_prefixes(model: nn.Module) -> dict[str, str]:
+def block_prefixes(model: nn.Module) -> set[str]:
     """Top-level container paths that are blocks: `<list>.<k>` items of top-level ModuleLists, and top-level
-    modules whose class name ends in `Block` — mapped to themselves (the order comes from the trace)."""
-    blocks = {}
+    modules whose class name contains `Block` (the order comes from the trace)."""
+    blocks = set()
     for name, child in model.named_children():
         if isinstance(child, nn.ModuleList):
-            blocks.update({f"{name}.{k}": f"{name}.{k}" for k in range(len(child))})
+            blocks.update(f"{name}.{k}" for k in range(len(child)))
         elif "Block" in type(child).__name__:
-            blocks[name] = name
+            blocks.add(name)
     return blocks
 
 
-def block_of(module_name: str, blocks: dict[str, str]) -> str | None:
+def block_of(module_name: str, blocks: set[str]) -> str | None:
     """The block container path of a module, or None outside blocks."""
     parts = module_name.split(".")
     for depth in (2, 1):

@@ -114,8 +114,9 @@ class _Recorder(TorchFunctionMode):
         result = func(*args, **kwargs)
         if self._depth:
             return result
-        fronts = list(dict.fromkeys(f for _, t in _tensors((args, kwargs)) if (f := self.frontier(t))))
-        used = list(dict.fromkeys(m for _, t in _tensors((args, kwargs)) if (m := self._weight_owner.get(id(t)))))
+        operands = [t for _, t in _tensors((args, kwargs))]
+        fronts = list(dict.fromkeys(f for t in operands if (f := self.frontier(t))))
+        used = list(dict.fromkeys(m for t in operands if (m := self._weight_owner.get(id(t)))))
         if used:  # a layer's weight read directly, outside its module's forward
             inputs = frozenset().union(*fronts)
             self.module_order.extend(m for m in used if m not in self.module_order)
