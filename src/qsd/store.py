@@ -29,7 +29,9 @@ SCHEMA_VERSION = 1
 METRICS = ("fid", "prompt_accuracy", "clip_score", "sample_mse", "eps_error", "avg_bits", "quantized_bytes",
            "summed_error", "seconds")
 """Metric columns (NULL where a model has no such metric, e.g. prompt accuracy for the paper's models)."""
-KINDS = ("float", "uniform", "random", "imported")
+KINDS = ("float", "uniform", "random", "imported", "constructed")
+"""Label kinds: the reference rows, random configurations, rows imported from elsewhere, and configurations built
+by stage 05 (their `name` says how)."""
 
 
 @dataclass(frozen=True)

@@ -146,33 +146,71 @@ def protocol_record(settings: Settings, protocol: SamplingProtocol, multiquantiz
             "quantizer": multiquantizer.settings.to_json()}
 
 
+@dataclass
+class Labelling:
+    """A labelling session of one run: the loaded model and multiquantizer, the executor and the protocol record
+    every row of the run's store is made under."""
+
+    settings: Settings
+    directory: Path
+    model: object
+    multiquantizer: MultiQuantizer
+    executor: object
+    record: dict
+
+    @classmethod
+    def open(cls, settings: Settings) -> Labelling:
+        """Load the model and stage 01's multiquantizer and make the executor for (effective) `settings`."""
+        directory = stage_dir(settings.model_id, settings.run_id, STAGE)
+        model = load_model(settings.model_id, device=settings.device)
+        multiquantizer = multiquantizer_stage.load_saved(settings.model_id, settings.run_id, model.denoiser)
+        protocol = sampling_protocol(settings)
+        spec = WorkerSpec(settings.model_id, protocol,
+                          str(multiquantizer_stage.saved_path(settings.model_id, settings.run_id)), settings.n_probe,
+                          settings.batch_size, settings.clip_dir, device=settings.device)
+        executor = make_executor(settings.executor, spec, settings.workers, settings.ray_address, model,
+                                 multiquantizer)
+        return cls(settings, directory, model, multiquantizer, executor,
+                   protocol_record(settings, protocol, multiquantizer))
+
+    @classmethod
+    def of_run(cls, model_id: str, run_id: str) -> Labelling:
+        """The session under the settings stage 02 of this run saved (later stages label into the same store,
+        under the same protocol; a missing run is an error naming notebook 02)."""
+        path = stage_dir(model_id, run_id, STAGE) / "settings.json"
+        if not path.is_file():
+            raise MissingFileError(f"no stage-02 settings at {path}: run notebooks/02_label_configs.ipynb with "
+                                   f"model_id={model_id!r}, run_id={run_id!r} first")
+        return cls.open(Settings(**json.loads(path.read_text())).effective())
+
+    def label(self, jobs: list[LabelJob], progress: bool | None = None) -> pd.DataFrame:
+        """Label the `jobs` the store does not hold yet (each row committed as it finishes) and refresh
+        labels.csv/parquet; returns every row of the store."""
+        progress = self.settings.progress if progress is None else progress
+        with LabelStore(self.directory / "labels.sqlite", self.record) as store:
+            done = store.fingerprints()
+            pending = [j for j in jobs if j.config.fingerprint not in done]
+            with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="labelling", unit="config",
+                      disable=not progress) as bar:
+                for label in self.executor.run(pending):
+                    store.add(label)
+                    bar.update()
+            store.to_csv(self.directory / "labels.csv")
+            store.to_parquet(self.directory / "labels.parquet")
+            return store.to_pandas()
+
+
 def run(settings: Settings) -> Result:
     """Label the reference rows and `n_configs` random configurations, resuming from the store."""
     settings = settings.effective()
-    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
-    model = load_model(settings.model_id, device=settings.device)
-    multiquantizer = multiquantizer_stage.load_saved(settings.model_id, settings.run_id, model.denoiser)
-    jobs = reference_jobs(multiquantizer) + random_jobs(multiquantizer, settings.seed, settings.n_configs)
-    protocol = sampling_protocol(settings)
-    record = protocol_record(settings, protocol, multiquantizer)
-    spec = WorkerSpec(settings.model_id, protocol,
-                      str(multiquantizer_stage.saved_path(settings.model_id, settings.run_id)), settings.n_probe,
-                      settings.batch_size, settings.clip_dir, device=settings.device)
-    executor = make_executor(settings.executor, spec, settings.workers, settings.ray_address, model, multiquantizer)
-    with LabelStore(directory / "labels.sqlite", record) as store:
-        done = store.fingerprints()
-        pending = [j for j in jobs if j.config.fingerprint not in done]
-        with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="labelling", unit="config",
-                  disable=not settings.progress) as bar:
-            for label in executor.run(pending):
-                store.add(label)
-                bar.update()
-        labels = store.to_pandas()
-        store.to_csv(directory / "labels.csv")
-        store.to_parquet(directory / "labels.parquet")
-        float_fids = float_seed_fids(directory, record, settings, executor, model)
-        table = regime_table(labels, float_fids)
-        table.to_csv(directory / "regime.csv")
+    session = Labelling.open(settings)
+    directory, multiquantizer = session.directory, session.multiquantizer
+    labels = session.label(reference_jobs(multiquantizer) + random_jobs(multiquantizer, settings.seed,
+                                                                          settings.n_configs))
+    float_fids = float_seed_fids(directory, session.record, settings, session.executor, session.model)
+    table = regime_table(labels, float_fids)
+    table.to_csv(directory / "regime.csv")
+    with LabelStore(directory / "labels.sqlite", session.record) as store:
         summary = store.summary() | {"fid_by_reference_row": reference_fids(labels),
                                      "proxy_spearman_vs_fid": proxy_correlations(labels),
                                      **regime(labels, float_fids, settings.w4_max_avg_bits)}
