@@ -1,0 +1,93 @@
+"""Exact bit-budget selection: one variant per unit, maximum total score, average bits ≤ B (a multiple-choice
+knapsack; beyond the paper, whose released code had no budget and moved the bit width only through the λ of its
+target equation — code.md §6 "Building the configuration").
+
+    maximise   Σ_u Σ_v s_uv · x_uv
+    subject to Σ_v x_uv = 1 for every unit u,     Σ_u Σ_v b_uv · x_uv ≤ B · N,     x_uv ∈ {0, 1}
+
+Notation: s_uv score and b_uv size in bits (indices + overhead, FP16) of variant v of unit u; N the number of
+weights of all units, so Σ b / N is the paper's average bit width.
+
+Solved exactly by `scipy.optimize.milp` (HiGHS branch and bound) after removing, per unit, every variant that
+another one dominates (no more bits and at least the score; ties keep the first), which cannot change the optimum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from qsd.errors import InvalidSettingError, QsdError
+
+TOLERANCE = 1e-9
+
+
+class InfeasibleBudgetError(QsdError, ValueError):
+    """No choice of variants fits the bit budget."""
+
+
+@dataclass(frozen=True)
+class KnapsackSolution:
+    """The chosen variant index per unit, its total score and average bits, and the solver's message."""
+
+    choice: tuple[int, ...]
+    score: float
+    avg_bits: float
+    budget: float
+    message: str
+
+
+def pareto_variants(sizes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Indices of the variants no other variant dominates (fewer or equal bits and a higher or equal score; of
+    equal pairs the first is kept), in ascending size."""
+    order = np.lexsort((np.arange(len(sizes)), -scores, sizes))
+    keep, best = [], -np.inf
+    for i in order:
+        if scores[i] > best + TOLERANCE:
+            keep.append(i)
+            best = scores[i]
+    return np.array(keep, dtype=int)
+
+
+def solve_budget(sizes: Sequence[np.ndarray], scores: Sequence[np.ndarray], n_weights: float, budget: float
+                 ) -> KnapsackSolution:
+    """The best choice (one variant per unit) with Σ sizes ≤ budget · n_weights. `sizes[u]`, `scores[u]`: arrays
+    over unit u's variants. Raises `InfeasibleBudgetError` when even the smallest variants exceed the budget."""
+    if len(sizes) != len(scores) or not sizes:
+        raise InvalidSettingError(f"solve_budget needs one size and one score array per unit; got {len(sizes)} and "
+                                  f"{len(scores)}")
+    sizes = [np.asarray(s, dtype=float) for s in sizes]
+    scores = [np.asarray(s, dtype=float) for s in scores]
+    for u, (size, score) in enumerate(zip(sizes, scores, strict=True)):
+        if size.shape != score.shape or size.ndim != 1 or not len(size):
+            raise InvalidSettingError(f"unit {u}: sizes {size.shape} and scores {score.shape} must be equal, "
+                                      "non-empty 1-d arrays")
+        if not (np.isfinite(size).all() and np.isfinite(score).all()):
+            raise InvalidSettingError(f"unit {u}: sizes and scores must be finite")
+    capacity = budget * n_weights
+    smallest = sum(float(s.min()) for s in sizes)
+    if smallest > capacity * (1 + TOLERANCE):
+        raise InfeasibleBudgetError(f"no configuration fits {budget:.3f} average bits: the smallest variants of "
+                                    f"every unit already need {smallest / n_weights:.3f}")
+    kept = [pareto_variants(size, score) for size, score in zip(sizes, scores, strict=True)]
+    unit_of = np.concatenate([np.full(len(k), u) for u, k in enumerate(kept)])
+    size = np.concatenate([s[k] for s, k in zip(sizes, kept, strict=True)])
+    score = np.concatenate([s[k] for s, k in zip(scores, kept, strict=True)])
+    one_each = np.zeros((len(kept), len(size)))
+    one_each[unit_of, np.arange(len(size))] = 1.0
+    constraints = [LinearConstraint(one_each, 1, 1), LinearConstraint(size[None, :], -np.inf, capacity)]
+    result = milp(-score, constraints=constraints, integrality=np.ones(len(size)), bounds=Bounds(0, 1),
+                  options={"mip_rel_gap": 0.0})
+    if result.x is None:
+        raise QsdError(f"the knapsack solver failed at {budget:.3f} average bits: {result.message}")
+    picked = np.flatnonzero(result.x > 0.5)
+    choice = [0] * len(kept)
+    for j in picked:
+        u = unit_of[j]
+        choice[u] = int(kept[u][j - np.flatnonzero(unit_of == u)[0]])
+    total = sum(float(s[c]) for s, c in zip(scores, choice, strict=True))
+    bits = sum(float(s[c]) for s, c in zip(sizes, choice, strict=True)) / n_weights
+    return KnapsackSolution(tuple(choice), total, bits, budget, str(result.message))

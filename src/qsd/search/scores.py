@@ -1,0 +1,222 @@
+"""Node- and subgraph-level sensitivity scores of every quantization variant of every unit (paper §3.4, Eq. 4;
+code.md §6 "Score").
+
+Each variant — one option per layer of the unit — is encoded as the unit's isolated subgraph (its layers, the
+combine nodes on their paths to the anchor, the anchor) and scored by every fold predictor k:
+
+    s_k = ρ_k^(h) · (‖e_k^(h)[anchor]‖₁ − μ_k^(h)) / σ_k^(h),        s = Σ_k s_k
+
+Notation: h = the unit's hop (0 at node level), capped at the predictor's depth M; e_k^(h) the fold predictor's
+hop-h node embeddings; μ_k^(h), σ_k^(h) its node-norm moments on its training graphs (`hop_moments`); ρ_k^(h) the
+test Spearman of its hop-h graph embedding (stage 03's metrics), so hops that rank well weigh more and a hop
+that ranks backwards flips its sign. Higher = better for the target the predictors learnt.
+
+Levels: `node` scores each weight layer alone (6 variants), `subgraph` all 6^k combinations of a unit of k
+layers. All variants of a unit go through the predictor in batched forward passes over one template subgraph
+whose weight-node features are gathered per variant (the released code deep-copied a networkx graph per variant
+and scored them one at a time).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch_geometric.data import Data
+from tqdm.auto import tqdm
+
+from qsd.config import QuantConfig, QuantSpec
+from qsd.errors import InvalidSettingError
+from qsd.graph import DenoiserGraph
+from qsd.graph.encode import COLUMN, METHOD_CODES, encode_configs, option_lookup
+from qsd.predictor.model import l1_norms
+from qsd.predictor.training import TrainedPredictor
+
+LEVELS = ("node", "subgraph")
+SEPARATOR = "|"
+"""Joins a variant's layers and options in the score table."""
+BATCH_VARIANTS = 4096
+
+
+@dataclass(frozen=True)
+class FoldScorer:
+    """One fold predictor and the test Spearman ρ^(m) of each of its hop embeddings."""
+
+    predictor: TrainedPredictor
+    hop_quality: Sequence[float]
+
+    def __post_init__(self) -> None:
+        expected = self.predictor.model_settings.hops + 1
+        if len(self.hop_quality) != expected or len(self.predictor.hop_moments) != expected:
+            raise InvalidSettingError(f"a fold scorer needs {expected} hop qualities and moments (hops 0..M); got "
+                                      f"{len(self.hop_quality)} and {len(self.predictor.hop_moments)}")
+
+
+@dataclass(frozen=True)
+class UnitCandidate:
+    """A unit to score: its layers (weight-node names), the node set of its isolated subgraph, anchor and hop."""
+
+    name: str
+    type: str
+    block: int
+    layers: tuple[str, ...]
+    nodes: tuple[int, ...]
+    anchor: int
+    hop: int
+
+
+def candidates(graph: DenoiserGraph, level: str) -> list[UnitCandidate]:
+    """The units scored at `level`: every weight layer alone (node) or every graph unit (subgraph)."""
+    if level not in LEVELS:
+        raise InvalidSettingError(f"level {level!r} is not one of {LEVELS}")
+    if level == "node":
+        unit_of = {layer: u for u in graph.units for layer in u.layers}
+        return [UnitCandidate(name, unit_of[name].type, graph.nodes[i].block, (name,), (i,), i, 0)
+                for name, i in graph.weight_node.items()]
+    preds = graph.predecessors()
+    out = []
+    for unit in graph.units:
+        members = [graph.weight_node[layer] for layer in unit.layers]
+        out.append(UnitCandidate(unit.name, unit.type, unit.block, unit.layers,
+                                 tuple(sorted(_between(members, unit.anchor, preds))), unit.anchor, unit.hop))
+    return out
+
+
+def _between(sources: list[int], anchor: int, preds: list[set[int]]) -> set[int]:
+    """`sources`, the anchor and every node on a path from a source to the anchor."""
+    ancestors, stack = {anchor}, [anchor]
+    while stack:
+        for p in preds[stack.pop()]:
+            if p not in ancestors:
+                ancestors.add(p)
+                stack.append(p)
+    succs: dict[int, set[int]] = {}
+    for node, ps in enumerate(preds):
+        for p in ps:
+            succs.setdefault(p, set()).add(node)
+    reached, stack = set(sources), list(sources)
+    while stack:
+        for s in succs.get(stack.pop(), ()):
+            if s not in reached and s in ancestors:
+                reached.add(s)
+                stack.append(s)
+    return (reached & ancestors) | set(sources) | {anchor}
+
+
+def subgraph(graph: DenoiserGraph, nodes: Sequence[int]) -> DenoiserGraph:
+    """The induced subgraph on `nodes` (same block numbering, no units)."""
+    index = {old: new for new, old in enumerate(nodes)}
+    edges = [(index[a], index[b]) for a, b in graph.edges if a in index and b in index]
+    return DenoiserGraph([graph.nodes[i] for i in nodes], edges, [], graph.block_names, graph.model_class)
+
+
+def unit_options(options: pd.DataFrame, layer: str) -> list[QuantSpec]:
+    """The options of `layer` in the option table's order."""
+    rows = options[options["unit"] == layer]
+    if rows.empty:
+        raise InvalidSettingError(f"the option table has no rows for layer {layer!r}; was it built for this model?")
+    return [QuantSpec.parse(key) for key in rows["option"]]
+
+
+def variant_configs(candidate: UnitCandidate, options: pd.DataFrame) -> list[QuantConfig]:
+    """Every variant of the unit (the Cartesian product of its layers' options), as partial configurations."""
+    per_layer = [unit_options(options, layer) for layer in candidate.layers]
+    return [QuantConfig(dict(zip(candidate.layers, combo, strict=True))) for combo in itertools.product(*per_layer)]
+
+
+class UnitBatch:
+    """All variants of one unit as batched predictor inputs over one template subgraph."""
+
+    def __init__(self, graph: DenoiserGraph, candidate: UnitCandidate, options: pd.DataFrame, hops: int) -> None:
+        self.candidate = candidate
+        self.local = subgraph(graph, candidate.nodes)
+        self.anchor = candidate.nodes.index(candidate.anchor)
+        self.specs = [unit_options(options, layer) for layer in candidate.layers]
+        first = QuantConfig({layer: specs[0] for layer, specs in zip(candidate.layers, self.specs, strict=True)})
+        self.template = encode_configs(self.local, [first], options, hops)[0]
+        lookup = option_lookup(options)
+        self.positions = [self.local.weight_node[layer] for layer in candidate.layers]
+        self.method_table = [torch.tensor([METHOD_CODES.index(s.method) for s in specs]) for specs in self.specs]
+        self.feature_table = [torch.tensor([lookup[layer, s.key] for s in specs], dtype=torch.float32)
+                              for layer, specs in zip(candidate.layers, self.specs, strict=True)]
+        self.choices = torch.tensor(list(itertools.product(*[range(len(s)) for s in self.specs])), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.choices)
+
+    def variant(self, index: int) -> QuantConfig:
+        """Variant `index` as a partial configuration of the unit's layers."""
+        row = self.choices[index].tolist()
+        return QuantConfig({layer: self.specs[j][c] for j, (layer, c) in enumerate(zip(self.candidate.layers, row,
+                                                                                      strict=True))})
+
+    def batch(self, start: int, stop: int) -> Data:
+        """Variants start..stop-1 as one disconnected batch graph."""
+        choices = self.choices[start:stop]
+        count, n = len(choices), self.template.num_nodes
+        x = self.template.x.repeat(count, 1, 1)
+        method = self.template.method.repeat(count, 1)
+        columns = [COLUMN["bits"], COLUMN["compression"], COLUMN["error"]]
+        for j, position in enumerate(self.positions):
+            x[:, position, columns] = self.feature_table[j][choices[:, j]]
+            method[:, position] = self.method_table[j][choices[:, j]]
+        edges = self.template.edge_index
+        offsets = (torch.arange(count) * n).repeat_interleave(edges.shape[1])
+        return Data(x=x.reshape(count * n, -1), method=method.reshape(-1), role=self.template.role.repeat(count),
+                    edge_index=edges.repeat(1, count) + offsets, anchor=self.template.anchor.repeat(count, 1),
+                    num_nodes=count * n)
+
+
+@torch.no_grad()
+def anchor_score(scorers: Sequence[FoldScorer], data: Data, anchors: torch.Tensor, hop: int) -> np.ndarray:
+    """Σ_k ρ_k^(h)·(‖e_k^(h)[anchor]‖₁ − μ_k^(h))/σ_k^(h) for the anchor node of each graph in `data`."""
+    total = torch.zeros(len(anchors), dtype=torch.float64)
+    for scorer in scorers:
+        model = scorer.predictor.model.eval()
+        h = min(hop, model.settings.hops)
+        norms = l1_norms([model.node_embeddings(data)[h][anchors]])[:, 0].double()
+        mean, std = scorer.predictor.hop_moments[h]
+        total += scorer.hop_quality[h] * (norms - mean) / (std if std > 0 else 1.0)
+    return total.numpy()
+
+
+def score_unit(scorers: Sequence[FoldScorer], unit: UnitBatch, batch_variants: int = BATCH_VARIANTS) -> np.ndarray:
+    """The score of every variant of `unit`, in `unit.choices` order, in batches of `batch_variants`."""
+    n = unit.template.num_nodes
+    scores = []
+    for start in range(0, len(unit), batch_variants):
+        stop = min(start + batch_variants, len(unit))
+        anchors = torch.arange(stop - start) * n + unit.anchor
+        scores.append(anchor_score(scorers, unit.batch(start, stop), anchors, unit.candidate.hop))
+    return np.concatenate(scores)
+
+
+def score_variants(graph: DenoiserGraph, scorers: Sequence[FoldScorer], options: pd.DataFrame, level: str,
+                   progress: bool = False) -> pd.DataFrame:
+    """One row per (unit, variant): level, unit, type, block, hop, layers, roles, options (joined by '|'),
+    size_bits, n_weights, error (summed relative error), score."""
+    if not scorers:
+        raise InvalidSettingError("scoring needs at least one fold predictor")
+    hops = scorers[0].predictor.model_settings.hops
+    table = options.set_index(["unit", "option"])
+    frames = []
+    for candidate in tqdm(candidates(graph, level), desc=f"{level} scores", disable=not progress):
+        unit = UnitBatch(graph, candidate, options, hops)
+        choices = unit.choices.numpy()
+        keys = [np.array([s.key for s in specs], dtype=object) for specs in unit.specs]
+        columns = {}
+        for column in ("size_bits", "n_weights", "error"):
+            per_layer = [table.loc[[(layer, key) for key in keys[j]], column].to_numpy(dtype=float)
+                         for j, layer in enumerate(candidate.layers)]
+            columns[column] = sum(values[choices[:, j]] for j, values in enumerate(per_layer))
+        frames.append(pd.DataFrame({
+            "level": level, "unit": candidate.name, "type": candidate.type, "block": candidate.block,
+            "hop": candidate.hop, "layers": SEPARATOR.join(candidate.layers),
+            "roles": SEPARATOR.join(graph.nodes[graph.weight_node[layer]].role for layer in candidate.layers),
+            "options": [SEPARATOR.join(keys[j][c] for j, c in enumerate(row)) for row in choices],
+            **columns, "score": score_unit(scorers, unit)}))
+    return pd.concat(frames, ignore_index=True)
