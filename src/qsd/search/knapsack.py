@@ -14,7 +14,10 @@ another one dominates (no more bits and at least the score; ties keep the first)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,20 +70,23 @@ def solve_budget(sizes: Sequence[np.ndarray], scores: Sequence[np.ndarray], n_we
                                       "non-empty 1-d arrays")
         if not (np.isfinite(size).all() and np.isfinite(score).all()):
             raise InvalidSettingError(f"unit {u}: sizes and scores must be finite")
-    capacity = budget * n_weights
-    smallest = sum(float(s.min()) for s in sizes)
-    if smallest > capacity * (1 + TOLERANCE):
+    if n_weights <= 0:
+        raise InvalidSettingError(f"n_weights must be positive, got {n_weights}")
+    per_weight = [s / n_weights for s in sizes]  # bits per weight: O(1) coefficients keep HiGHS exact at any size
+    smallest = sum(float(s.min()) for s in per_weight)
+    if smallest > budget + TOLERANCE:
         raise InfeasibleBudgetError(f"no configuration fits {budget:.3f} average bits: the smallest variants of "
-                                    f"every unit already need {smallest / n_weights:.3f}")
-    kept = [pareto_variants(size, score) for size, score in zip(sizes, scores, strict=True)]
+                                    f"every unit already need {smallest:.3f}")
+    kept = [pareto_variants(size, score) for size, score in zip(per_weight, scores, strict=True)]
     unit_of = np.concatenate([np.full(len(k), u) for u, k in enumerate(kept)])
-    size = np.concatenate([s[k] for s, k in zip(sizes, kept, strict=True)])
+    size = np.concatenate([s[k] for s, k in zip(per_weight, kept, strict=True)])
     score = np.concatenate([s[k] for s, k in zip(scores, kept, strict=True)])
     one_each = np.zeros((len(kept), len(size)))
     one_each[unit_of, np.arange(len(size))] = 1.0
-    constraints = [LinearConstraint(one_each, 1, 1), LinearConstraint(size[None, :], -np.inf, capacity)]
-    result = milp(-score, constraints=constraints, integrality=np.ones(len(size)), bounds=Bounds(0, 1),
-                  options={"mip_rel_gap": 0.0})
+    constraints = [LinearConstraint(one_each, 1, 1), LinearConstraint(size[None, :], -np.inf, budget)]
+    with _native_output_silenced():
+        result = milp(-score, constraints=constraints, integrality=np.ones(len(size)), bounds=Bounds(0, 1),
+                      options={"mip_rel_gap": 0.0})
     if result.x is None:
         raise QsdError(f"the knapsack solver failed at {budget:.3f} average bits: {result.message}")
     picked = np.flatnonzero(result.x > 0.5)
@@ -91,3 +97,22 @@ def solve_budget(sizes: Sequence[np.ndarray], scores: Sequence[np.ndarray], n_we
     total = sum(float(s[c]) for s, c in zip(scores, choice, strict=True))
     bits = sum(float(s[c]) for s, c in zip(sizes, choice, strict=True)) / n_weights
     return KnapsackSolution(tuple(choice), total, bits, budget, str(result.message))
+
+
+@contextmanager
+def _native_output_silenced() -> Iterator[None]:
+    """Keep the process's stdout/stderr file descriptors quiet: HiGHS prints some MIP debugging lines straight to
+    them whatever its options (ERGO-Code/HiGHS, "transformNewIntegerFeasibleSolution")."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)

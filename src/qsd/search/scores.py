@@ -1,15 +1,18 @@
 """Node- and subgraph-level sensitivity scores of every quantization variant of every unit (paper §3.4, Eq. 4;
 code.md §6 "Score").
 
-Each variant — one option per layer of the unit — is encoded as the unit's isolated subgraph (its layers, the
-combine nodes on their paths to the anchor, the anchor) and scored by every fold predictor k:
+Each variant — one option per layer of the unit — is encoded as the unit's isolated subgraph (its layers, every node
+on their paths to the anchor, the anchor; another unit's layer on such a path stays float, as the released code
+fixed its combine nodes) and scored by every fold predictor k:
 
     s_k = ρ_k^(h) · (‖e_k^(h)[anchor]‖₁ − μ_k^(h)) / σ_k^(h),        s = Σ_k s_k
 
 Notation: h = the unit's hop (0 at node level), capped at the predictor's depth M; e_k^(h) the fold predictor's
 hop-h node embeddings; μ_k^(h), σ_k^(h) its node-norm moments on its training graphs (`hop_moments`); ρ_k^(h) the
 test Spearman of its hop-h graph embedding (stage 03's metrics), so hops that rank well weigh more and a hop
-that ranks backwards flips its sign. Higher = better for the target the predictors learnt.
+that ranks backwards flips its sign. Higher = better for the target the predictors learnt. A unit whose hop exceeds
+M is read at hop M, so its layers further than M edges from the anchor do not move its score (the released code
+had the same horizon); raise the predictor's `hops` for such models.
 
 Levels: `node` scores each weight layer alone (6 variants), `subgraph` all 6^k combinations of a unit of k
 layers. All variants of a unit go through the predictor in batched forward passes over one template subgraph
@@ -136,7 +139,9 @@ class UnitBatch:
         self.local = subgraph(graph, candidate.nodes)
         self.anchor = candidate.nodes.index(candidate.anchor)
         self.specs = [unit_options(options, layer) for layer in candidate.layers]
-        first = QuantConfig({layer: specs[0] for layer, specs in zip(candidate.layers, self.specs, strict=True)})
+        self.fixed = {layer: None for layer in self.local.unit_names if layer not in candidate.layers}
+        first = QuantConfig(self.fixed | {layer: specs[0] for layer, specs in zip(candidate.layers, self.specs,
+                                                                                  strict=True)})
         self.template = encode_configs(self.local, [first], options, hops)[0]
         lookup = option_lookup(options)
         self.positions = [self.local.weight_node[layer] for layer in candidate.layers]
@@ -149,10 +154,10 @@ class UnitBatch:
         return len(self.choices)
 
     def variant(self, index: int) -> QuantConfig:
-        """Variant `index` as a partial configuration of the unit's layers."""
+        """Variant `index` as a configuration of the subgraph's layers (another unit's layer on a path: float)."""
         row = self.choices[index].tolist()
-        return QuantConfig({layer: self.specs[j][c] for j, (layer, c) in enumerate(zip(self.candidate.layers, row,
-                                                                                      strict=True))})
+        return QuantConfig(self.fixed | {layer: self.specs[j][c]
+                                         for j, (layer, c) in enumerate(zip(self.candidate.layers, row, strict=True))})
 
     def batch(self, start: int, stop: int) -> Data:
         """Variants start..stop-1 as one disconnected batch graph."""

@@ -1,0 +1,390 @@
+"""Search (qsd.search): exact bit-budget knapsack, batched variant scores, configurations, frontiers and insights.
+
+The scored denoiser is a hand-built graph with units of 1, 2 and 4 layers; its option table is synthetic (6 options
+per layer) and the fold predictors are tiny GNNs trained for two epochs on a few encoded configurations.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from qsd.config import METHODS, QuantConfig, QuantSpec
+from qsd.errors import InvalidSettingError
+from qsd.graph import DenoiserGraph, GraphNode, GraphUnit
+from qsd.graph.encode import encode_configs
+from qsd.predictor.model import PredictorSettings
+from qsd.predictor.training import TrainSettings, train_predictor
+from qsd.search.active import ActiveLoop, ActiveSettings, Pool
+from qsd.search.construct import budget_config, error_scores, ridge_scores, rule_config
+from qsd.search.insights import insights, winners
+from qsd.search.knapsack import InfeasibleBudgetError, pareto_variants, solve_budget
+from qsd.search.pareto import dominated_fraction, frontier_fid, pareto_front
+from qsd.search.scores import FoldScorer, UnitBatch, anchor_score, candidates, score_unit, score_variants
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+OPTIONS = [QuantSpec(method, bits) for method in METHODS for bits in (4, 3)]
+SETTINGS = PredictorSettings(hops=2, hidden=16, node_dim=8)
+
+
+# ---------------------------------------------------------------------- fixtures
+def weight(role: str, name: str, block: int, numel: int) -> GraphNode:
+    return GraphNode("weight", role, name, block, None, numel)
+
+
+def combine(role: str, block: int) -> GraphNode:
+    return GraphNode("combine", role, role, block)
+
+
+def tiny_graph() -> DenoiserGraph:
+    """Embeddings, one attention block (SA unit of 4 layers, anchor 3 hops away), two feed-forward blocks, output."""
+    nodes = [
+        GraphNode("input", "input-x", "hidden_states", -1), GraphNode("input", "input-t", "timestep", -1),
+        GraphNode("input", "input-c", "encoder_hidden_states", -1),
+        weight("t-embed", "time.linear_1", -1, 64), weight("t-embed", "time.linear_2", -1, 256),  # 3, 4
+        weight("c-embed", "caption.linear", -1, 128), weight("pos-embed", "pos_embed.proj", -1, 32),  # 5, 6
+        combine("modulate", 0),  # 7
+        *(weight(f"SA-{p}", f"blocks.0.attn.to_{p.lower()}", 0, 256) for p in "QKV"),  # 8, 9, 10
+        combine("attention", 0), weight("SA-Out", "blocks.0.attn.to_out.0", 0, 256), combine("add", 0),  # 11-13
+        weight("FF-1", "blocks.0.ff.net.0", 0, 512), weight("FF-2", "blocks.0.ff.net.2", 0, 512),  # 14, 15
+        combine("add", 0),  # 16
+        weight("FF-1", "blocks.1.ff.net.0", 1, 512), weight("FF-2", "blocks.1.ff.net.2", 1, 512),  # 17, 18
+        combine("add", 1), weight("output", "proj_out", -1, 64),  # 19, 20
+    ]
+    edges = [(0, 6), (1, 3), (3, 4), (2, 5), (6, 7), (4, 7), (5, 7), (7, 8), (7, 9), (7, 10), (8, 11), (9, 11),
+             (10, 11), (11, 12), (7, 13), (12, 13), (13, 14), (14, 15), (13, 16), (15, 16), (16, 17), (17, 18),
+             (16, 19), (18, 19), (19, 20)]
+    units = [
+        GraphUnit("t-embed", "t-embed", -1, ("time.linear_1", "time.linear_2"), 4, 1),
+        GraphUnit("c-embed", "c-embed", -1, ("caption.linear",), 5, 0),
+        GraphUnit("pos-embed", "pos-embed", -1, ("pos_embed.proj",), 6, 0),
+        GraphUnit("blocks.0:SA", "SA", 0, tuple(nodes[i].name for i in (8, 9, 10, 12)), 13, 3),
+        GraphUnit("blocks.0:FF", "FF", 0, ("blocks.0.ff.net.0", "blocks.0.ff.net.2"), 16, 2),
+        GraphUnit("blocks.1:FF", "FF", 1, ("blocks.1.ff.net.0", "blocks.1.ff.net.2"), 19, 2),
+        GraphUnit("output", "output", -1, ("proj_out",), 20, 0),
+    ]
+    return DenoiserGraph(nodes, edges, units, ["blocks.0", "blocks.1"], "TinyDenoiser")
+
+
+def option_table(graph: DenoiserGraph, seed: int = 0) -> pd.DataFrame:
+    """A `search_space()`-shaped table: 6 options per layer, random overheads and errors (3 bits err more)."""
+    rng = np.random.default_rng(seed)
+    rows = [{"unit": node.name, "method": spec.method, "w_bits": spec.w_bits, "option": spec.key,
+             "n_weights": node.numel, "size_bits": node.numel * spec.w_bits + int(rng.integers(16, 512)),
+             "error": float(rng.uniform(0.01, 0.1) * (2 if spec.w_bits == 3 else 1))}
+            for node in graph.nodes if node.kind == "weight" for spec in OPTIONS]
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def graph() -> DenoiserGraph:
+    return tiny_graph()
+
+
+@pytest.fixture(scope="module")
+def options(graph) -> pd.DataFrame:
+    return option_table(graph)
+
+
+@pytest.fixture(scope="module")
+def scorers(graph, options) -> list[FoldScorer]:
+    """Two fold scorers (different seeds and hop qualities, one negative)."""
+    rng = np.random.default_rng(0)
+    configs = [QuantConfig({layer: OPTIONS[rng.integers(len(OPTIONS))] for layer in graph.unit_names})
+               for _ in range(16)]
+    error = options.set_index(["unit", "option"])["error"]
+    targets = [-sum(error[layer, spec.key] for layer, spec in config.items()) for config in configs]
+    data = graph.encode(configs, options, hops=SETTINGS.hops, targets=targets)
+    return [FoldScorer(train_predictor(data, SETTINGS, TrainSettings(epochs=2, batch_size=8, seed=seed)), quality)
+            for seed, quality in ((0, (0.5, -0.25, 1.0)), (1, (1.0, 0.5, 0.75)))]
+
+
+@pytest.fixture(scope="module")
+def tables(graph, scorers, options) -> dict[str, pd.DataFrame]:
+    return {level: score_variants(graph, scorers, options, level) for level in ("node", "subgraph")}
+
+
+# ---------------------------------------------------------------------- knapsack
+def random_instance(rng: np.random.Generator, weight_scale: float):
+    """3-4 units of 2-5 variants: sizes of 2-5 bits per weight, normal scores (rounded half the time: ties)."""
+    variants = rng.integers(2, 6, rng.integers(3, 5))
+    n_weights = float(rng.integers(10, 1000)) * weight_scale
+    sizes = [rng.uniform(2, 5, v) * n_weights / len(variants) for v in variants]
+    scores = [rng.normal(size=v) for v in variants]
+    if rng.random() < 0.5:
+        scores = [np.round(s, 1) for s in scores]
+    return sizes, scores, n_weights
+
+
+@pytest.mark.parametrize("weight_scale", [1.0, 1e8])
+def test_knapsack_equals_brute_force(weight_scale):
+    """Optimal total score and a feasible choice at budgets from the smallest to the largest average bits; at
+    `weight_scale` 1e8 the instances have 1e9-1e11 weights, as real denoisers do."""
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        sizes, scores, n_weights = random_instance(rng, weight_scale)
+        combos = list(itertools.product(*(range(len(s)) for s in sizes)))
+        total_bits = np.array([sum(s[c] for s, c in zip(sizes, combo, strict=True)) for combo in combos])
+        total_score = np.array([sum(s[c] for s, c in zip(scores, combo, strict=True)) for combo in combos])
+        lo, hi = total_bits.min() / n_weights, total_bits.max() / n_weights
+        for budget in (lo, hi, *rng.uniform(lo, hi, 3)):
+            capacity = budget * n_weights * (1 + 1e-9)
+            solution = solve_budget(sizes, scores, n_weights, budget)
+            chosen_bits = sum(s[c] for s, c in zip(sizes, solution.choice, strict=True))
+            assert chosen_bits <= capacity
+            assert solution.avg_bits == pytest.approx(chosen_bits / n_weights, rel=1e-12)
+            assert solution.score == pytest.approx(sum(s[c] for s, c in zip(scores, solution.choice, strict=True)))
+            assert solution.score == pytest.approx(total_score[total_bits <= capacity].max(), abs=1e-9)
+
+
+def test_knapsack_refuses_budgets_below_the_smallest_and_bad_input():
+    sizes, scores = [np.array([300.0, 400.0]), np.array([200.0, 500.0])], [np.array([0.0, 1.0]), np.array([1.0, 2.0])]
+    assert solve_budget(sizes, scores, 100, 5.0).choice == (0, 0)
+    with pytest.raises(InfeasibleBudgetError, match="4.999"):
+        solve_budget(sizes, scores, 100, 4.999)
+    with pytest.raises(InvalidSettingError):
+        solve_budget(sizes, scores[:1], 100, 6.0)
+    with pytest.raises(InvalidSettingError):
+        solve_budget([np.array([300.0, np.nan])], [np.array([0.0, 1.0])], 100, 6.0)
+
+
+def test_pareto_variants_keep_exactly_the_non_dominated():
+    np.testing.assert_array_equal(pareto_variants(np.array([3, 1, 2, 2, 1, 4.]), np.array([5, 1, 3, 4, 1, 4.])),
+                                  [1, 3, 0])  # 4 ties 1 (first kept), 2 loses to 3, 5 loses to 0
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        sizes, scores = rng.integers(1, 5, 6).astype(float), rng.integers(0, 4, 6).astype(float)
+        kept = pareto_variants(sizes, scores)
+        dominated = {i for i in range(6) for j in range(6) if j != i and sizes[j] <= sizes[i]
+                     and scores[j] >= scores[i] and (sizes[j] < sizes[i] or scores[j] > scores[i] or j < i)}
+        assert sorted(kept) == sorted(set(range(6)) - dominated)
+        assert (np.diff(sizes[kept]) > 0).all()
+
+
+# ---------------------------------------------------------------------- scores
+@pytest.mark.parametrize("level, name, stride, batch", [
+    ("subgraph", "blocks.0:FF", 1, 5), ("subgraph", "t-embed", 1, 5), ("subgraph", "blocks.0:SA", 37, 250),
+    ("node", "proj_out", 1, 4),
+])
+def test_batched_scores_equal_one_by_one(graph, scorers, options, level, name, stride, batch):
+    """Uneven batches of `batch` variants against every `stride`-th variant encoded and scored alone (the SA unit's
+    hop, 3, is capped at the predictor's 2)."""
+    candidate = next(c for c in candidates(graph, level) if c.name == name)
+    unit = UnitBatch(graph, candidate, options, SETTINGS.hops)
+    assert len(unit) == len(OPTIONS) ** len(candidate.layers)
+    batched = score_unit(scorers, unit, batch_variants=batch)
+    alone = [anchor_score(scorers, encode_configs(unit.local, [unit.variant(i)], options, SETTINGS.hops)[0],
+                          torch.tensor([unit.anchor]), candidate.hop)[0] for i in range(0, len(unit), stride)]
+    np.testing.assert_allclose(batched[::stride], alone, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(score_unit(scorers, unit, batch_variants=len(unit)), batched, rtol=0, atol=1e-5)
+    assert np.ptp(batched) > 1e-3  # the variants' features reach the anchor
+
+
+@pytest.mark.parametrize("level", ["node", "subgraph"])
+def test_score_tables_are_reproducible_and_complete(graph, scorers, options, tables, level):
+    table = tables[level]
+    pd.testing.assert_frame_equal(score_variants(graph, scorers, options, level), table)
+    expected = ({layer: 1 for layer in graph.unit_names} if level == "node"
+                else {u.name: len(u.layers) for u in graph.units})
+    assert table.groupby("unit", sort=False).size().to_dict() == {u: 6 ** k for u, k in expected.items()}
+    assert not table.duplicated(["unit", "options"]).any()
+    option = {(r.unit, r.option): np.array([r.size_bits, r.n_weights, r.error]) for r in options.itertuples()}
+    for row in table.itertuples():
+        pairs = zip(row.layers.split("|"), row.options.split("|"), strict=True)
+        np.testing.assert_allclose([row.size_bits, row.n_weights, row.error], sum(option[p] for p in pairs),
+                                   rtol=1e-12)
+    assert np.isfinite(table["score"]).all()
+
+
+def test_scoring_settings_are_checked(graph, scorers, options):
+    with pytest.raises(InvalidSettingError, match="level"):
+        candidates(graph, "block")
+    with pytest.raises(InvalidSettingError, match="hop qualities"):
+        FoldScorer(scorers[0].predictor, (1.0, 1.0))
+    with pytest.raises(InvalidSettingError, match="at least one"):
+        score_variants(graph, [], options, "node")
+
+
+def test_units_whose_paths_cross_another_units_layer_are_scored(scorers):
+    """Units {a, c} and {b} with a → b → add ← c (as a U-Net's skip half, whose path to its anchor crosses conv2)."""
+    nodes = [GraphNode("input", "input-x", "hidden_states", -1), weight("res-conv", "a", 0, 64),
+             weight("res-conv", "b", 0, 64), weight("skip", "c", 0, 64), combine("add", 0)]
+    units = [GraphUnit("ac", "res", 0, ("a", "c"), 4, 2), GraphUnit("b", "res", 0, ("b",), 2, 0)]
+    graph = DenoiserGraph(nodes, [(0, 1), (1, 2), (2, 4), (0, 3), (3, 4)], units, ["block"], "Tiny")
+    table = score_variants(graph, scorers, option_table(graph), "subgraph")
+    assert table.groupby("unit").size().to_dict() == {"ac": 36, "b": 6}
+
+
+# ---------------------------------------------------------------------- construct
+def unit_rows(unit: str, layers: tuple[str, ...], variants: dict[str, float], type_: str = "other", block: int = -1,
+              roles: tuple[str, ...] | None = None, weights: int = 100) -> list[dict]:
+    """Score-table rows of one unit: `variants` maps 'option|option…' to its score; each layer has `weights`
+    weights, size = weights × bits, error = −score."""
+    return [{"unit": unit, "type": type_, "block": block, "layers": "|".join(layers),
+             "roles": "|".join(roles or ("linear",) * len(layers)), "options": key,
+             "size_bits": sum(weights * QuantSpec.parse(k).w_bits for k in key.split("|")),
+             "n_weights": weights * len(layers), "error": -score, "score": score} for key, score in variants.items()]
+
+
+def test_rule_config_takes_every_units_top_variant(graph, tables):
+    table = tables["subgraph"]
+    config = rule_config(table)
+    assert sorted(config) == sorted(graph.unit_names)
+    for _, rows in table.groupby("unit"):
+        chosen = "|".join(config[layer].key for layer in rows["layers"].iloc[0].split("|"))
+        assert rows.loc[rows["options"] == chosen, "score"].item() == rows["score"].max()
+
+
+@pytest.mark.parametrize("level", ["node", "subgraph"])
+def test_budget_config_spends_at_most_the_budget(tables, options, level):
+    table = tables[level]
+    per_unit = table.groupby("unit")["size_bits"]
+    n = table.groupby("unit")["n_weights"].first().sum()
+    lo, hi = per_unit.min().sum() / n, per_unit.max().sum() / n
+    sizes = options.set_index(["unit", "option"])["size_bits"]
+    for budget in np.linspace(lo, hi, 4):
+        built = budget_config(table, budget)
+        avg_bits = sum(sizes[layer, spec.key] for layer, spec in built.config.items()) / n
+        assert avg_bits <= budget * (1 + 1e-12) and avg_bits == pytest.approx(built.solution.avg_bits, rel=1e-12)
+        assert built.solution.budget == budget
+    assert built.solution.score == pytest.approx(table.groupby("unit")["score"].max().sum())  # B = max: the rule's
+
+
+def test_budget_config_says_why_bits_stay_unused():
+    variants = {"uaq-3": 1.0, "uaq-4": 0.0}  # the scores prefer the smaller variant
+    table = pd.DataFrame(unit_rows("u", ("a",), variants) + unit_rows("v", ("b",), variants))
+    assert budget_config(table, 3.0).note == ""
+    generous = budget_config(table, 4.0)
+    assert generous.solution.avg_bits == 3.0 and generous.note.startswith("1.000 bits of the budget unused")
+
+
+def test_yardstick_scores(tables, options):
+    node = tables["node"]
+    np.testing.assert_array_equal(error_scores(node)["score"], -node["error"])
+    pd.testing.assert_frame_equal(error_scores(node).drop(columns="score"), node.drop(columns="score"))
+    coefficients = options[["unit", "option"]].assign(coefficient=np.arange(len(options), dtype=float))
+    coefficients = pd.concat([coefficients, pd.DataFrame({"unit": ["proj_out"], "option": ["float"],
+                                                          "coefficient": [99.0]})])
+    expected = node.merge(coefficients, left_on=["layers", "options"], right_on=["unit", "option"])["coefficient"]
+    np.testing.assert_array_equal(ridge_scores(node, coefficients)["score"], expected)
+    with pytest.raises(InvalidSettingError, match="lack 1"):
+        ridge_scores(node, coefficients.iloc[1:])
+
+
+def test_score_tables_that_break_the_contract_are_refused():
+    table = pd.DataFrame(unit_rows("u", ("a", "b"), {"uaq-4|uaq-4": 1.0}) + unit_rows("v", ("b",), {"uaq-3": 0.0}))
+    with pytest.raises(InvalidSettingError, match="two units"):
+        rule_config(table)
+    with pytest.raises(InvalidSettingError, match="two units"):
+        budget_config(table, 4.0)
+    with pytest.raises(InvalidSettingError, match="column"):
+        rule_config(table.drop(columns="n_weights"))
+    with pytest.raises(InvalidSettingError, match="finite"):
+        rule_config(table.assign(score=[1.0, np.nan]))
+
+
+# ---------------------------------------------------------------------- pareto
+def test_pareto_front_frontier_and_dominated_fraction():
+    bits, fid = np.array([4, 3, 3, 5, 2, 4, 6.]), np.array([10, 12, 11, 9, 20, 10, 9.])
+    front = pareto_front(bits, fid)
+    np.testing.assert_array_equal(front, [4, 2, 0, 3])  # (3, 12) and (6, 9) dominated, the second (4, 10) a copy
+    np.testing.assert_array_equal(frontier_fid(bits[front], fid[front], [1, 2, 2.5, 3, 4.9, 5, 7]),
+                                  [np.inf, 20, 20, 11, 10, 9, 9])
+    points_bits, points_fid = np.array([1, 2.5, 3, 4.5, 6]), np.array([5, 25, 11, 9.5, 9])
+    assert dominated_fraction(bits[front], fid[front], points_bits, points_fid) == (0.75, 4)  # (1, 5) not judged
+    share, count = dominated_fraction(bits[front], fid[front], [1.0], [1.0])
+    assert np.isnan(share) and count == 0
+
+
+# ---------------------------------------------------------------------- insights
+NODE_SCORES = {  # layer: (role, scores in OPTIONS order uaq-4, uaq-3, kmeans_c-4, kmeans_c-3, kmeans_a-4, kmeans_a-3)
+    "a": ("SA-Q", (0.1, 0.0, 0.5, 0.9, 0.2, 0.3)),  # top kmeans_c-3, spread 0.9
+    "b": ("SA-Q", (0.4, 0.2, 0.6, 0.1, 1.4, 0.3)),  # top kmeans_a-4, spread 1.3
+    "c": ("FF-1", (2.0, 1.9, 1.95, 1.85, 1.8, 1.7)),  # top uaq-4, spread 0.3
+}
+UNIT_SPREADS = {("t-embed", "t-embed", -1): 3.0, ("c-embed", "c-embed", -1): 1.0,
+                **{(f"blocks.{b}:SA", "SA", b): s for b, s in enumerate((0.5, 1.0, 2.0))},
+                **{(f"blocks.{b}:FF", "FF", b): s for b, s in enumerate((0.1, 0.2, 0.3))}}
+
+
+def insight_tables(drop: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    node = pd.DataFrame([row for layer, (role, scores) in NODE_SCORES.items()
+                         for row in unit_rows(layer, (layer,), dict(zip([o.key for o in OPTIONS], scores, strict=True)),
+                                              roles=(role,))])
+    units = pd.DataFrame([row for (unit, type_, block), spread in UNIT_SPREADS.items() if unit not in drop
+                          for row in unit_rows(unit, ("x",), {"uaq-4": 0.0, "uaq-3": spread}, type_, block)])
+    return node, units
+
+
+def test_insights_report_the_statistics_of_the_tables():
+    found = {i.topic: i for i in insights(*insight_tables())}
+    assert list(found) == ["t-embed vs c-embed", "op types", "unit types", "methods", "depth", "error proxy"]
+    assert found["t-embed vs c-embed"].statistics == {"t_embed_spread": 3.0, "c_embed_spread": 1.0}
+    assert "more sensitive" in found["t-embed vs c-embed"].text
+    assert found["op types"].statistics["op_spread"] == {"SA-Q": 1.1, "FF-1": 0.3}
+    assert found["unit types"].statistics["unit_spread"] == {"t-embed": 3.0, "SA": 1.1667, "c-embed": 1.0, "FF": 0.2}
+    assert found["methods"].statistics == {"method_share": dict.fromkeys(("kmeans_c", "kmeans_a", "uaq"), 0.3333),
+                                           "low_bit_share": 0.3333}
+    assert "K-Means preferred" in found["methods"].text
+    assert found["depth"].statistics == {"block_spread_spearman": pytest.approx(1.0), "most_sensitive_block": 2}
+    assert found["error proxy"].statistics["score_vs_error_spearman"] == pytest.approx(1.0)
+
+
+def test_insights_leave_out_what_the_tables_cannot_support():
+    topics = [i.topic for i in insights(*insight_tables(drop=("c-embed", "blocks.2:SA", "blocks.2:FF")))]
+    assert "t-embed vs c-embed" not in topics and "depth" not in topics
+    node, units = insight_tables()
+    less = insights(node, units.assign(score=np.where(units["type"] == "t-embed", units["score"] / 10, units["score"])))
+    assert less[0].statistics["t_embed_spread"] == pytest.approx(0.3) and "less sensitive" in less[0].text
+
+
+def test_winners_are_the_top_variants_options():
+    table = pd.DataFrame(unit_rows("u", ("q", "k"), {"uaq-4|uaq-4": 0.0, "kmeans_a-3|uaq-4": 2.0, "uaq-3|uaq-3": 1.0},
+                                   roles=("SA-Q", "SA-K"))
+                         + unit_rows("v", ("f",), {"kmeans_c-4": -1.0, "uaq-3": -2.0}, roles=("FF-1",)))
+    expected = pd.DataFrame({"layer": ["q", "k", "f"], "role": ["SA-Q", "SA-K", "FF-1"],
+                             "option": ["kmeans_a-3", "uaq-4", "kmeans_c-4"], "method": ["kmeans_a", "uaq", "kmeans_c"],
+                             "bits": [3, 4, 4]})
+    pd.testing.assert_frame_equal(winners(table), expected, check_dtype=False)
+
+
+# ---------------------------------------------------------------------- active labelling
+def test_active_loop_grows_its_labels_and_measures_both_arms_alike(graph, options, one_thread):
+    """Both arms start from the same labels (identical round-0 frontier and held-out Spearman); each round the active
+    arm adds `per_round` new configurations, the random arm the next ones of its stream."""
+    error = options.set_index(["unit", "option"])["error"]
+
+    def fid(config: QuantConfig) -> float:
+        return float(np.exp(5 * sum(error[layer, spec.key] for layer, spec in config.items())))
+
+    calls = []
+
+    def label(configs, names):
+        calls.append(list(names))
+        return np.array([fid(c) for c in configs])
+
+    rng = np.random.default_rng(1)
+    draw = [QuantConfig({layer: OPTIONS[rng.integers(len(OPTIONS))] for layer in graph.unit_names}) for _ in range(26)]
+    weights = options.groupby("unit")["n_weights"].first().sum()
+    bits = options.groupby("unit")["size_bits"].agg(["min", "max"]).sum() / weights
+    settings = ActiveSettings(initial=4, rounds=2, per_round=2, budgets=(float(bits.mean()),), folds=2, epochs=1,
+                              hops=SETTINGS.hops)
+    pool = Pool(draw[:8], np.array([fid(c) for c in draw[:8]]), draw[8:14], np.array([fid(c) for c in draw[8:14]]),
+                draw[14:])
+    result = ActiveLoop(graph, options, label, settings).run(pool)
+    table = result.checkpoints
+    assert table.groupby("arm")["labels"].apply(list).to_dict() == {"active-arm": [4, 6, 8], "random-arm": [4, 6, 8]}
+    first = table[table["round"] == 0].set_index("arm")
+    columns = ["fid", "heldout_spearman"]
+    assert first.loc["active-arm", columns].tolist() == first.loc["random-arm", columns].tolist()
+    active = result.labelled["active"]
+    assert len(active) == 8 and len({c.fingerprint for _, c, _ in active}) == 8
+    assert all(f == pytest.approx(fid(c)) for _, c, f in active)
+    assert {name.split(" ")[0] for batch in calls for name in batch} == {"random-arm", "active-arm"}
+    with pytest.raises(InvalidSettingError, match="needs 8"):
+        ActiveLoop(graph, options, label, settings).run(Pool(draw[:5], np.ones(5), [], np.ones(0), []))
