@@ -279,7 +279,7 @@ def test_the_graph_has_one_node_per_quantized_layer_and_flows_one_way(predictor,
     assert nx.is_directed_acyclic_graph(nx.DiGraph([tuple(e) for e in graph["edges"]]))
 
 
-def test_gnn_and_baselines_are_scored_on_the_same_folds(smoke_outputs, labels):
+def test_gnn_and_baselines_are_scored_on_the_same_folds(smoke_outputs, predictor):
     """§4: the GNN and every baseline are tested on identical held-out folds; each configuration once per target."""
     metrics = pd.read_csv(smoke_outputs / "03_train_predictor" / "metrics.csv")
     assert {"summed_error", "ridge", "mlp"} <= set(metrics["method"]) and metrics["method"].str.startswith("gnn-").any()
@@ -287,7 +287,55 @@ def test_gnn_and_baselines_are_scored_on_the_same_folds(smoke_outputs, labels):
     assert (sizes == 1).all(), "every method saw the same test fold"
     predictions = pd.read_csv(smoke_outputs / "03_train_predictor" / "predictions.csv")
     for _, rows in predictions.groupby("target_name"):
-        assert sorted(rows["index"]) == list(range(len(labels)))
+        assert sorted(rows["index"]) == list(range(predictor["n_configs"]))
+
+
+# §3.4-§6 (stages 04-05): scores of every variant, configurations built from them --------------------------------
+
+
+@pytest.fixture(scope="module")
+def scores(smoke_outputs):
+    return pd.read_parquet(smoke_outputs / "04_sensitivity_insights" / "scores.parquet")
+
+
+@pytest.fixture(scope="module")
+def built(smoke_outputs):
+    return summary(smoke_outputs, "05_build_configs")
+
+
+def test_every_variant_of_every_unit_is_scored(scores, search_space):
+    """§3.4: node level scores each layer's 6 options, subgraph level all 6^k option combinations of a unit of k
+    layers, for both targets; a variant's size is the sum of its layers' option sizes."""
+    options = search_space.groupby("unit").size()
+    for (_, level), rows in scores.groupby(["target", "level"]):
+        per_unit = rows.groupby("unit").agg(n=("score", "size"), layers=("layers", "first"))
+        expected = [int(np.prod([options[layer] for layer in layers.split("|")])) for layers in per_unit["layers"]]
+        assert per_unit["n"].tolist() == expected, level
+    sizes = search_space.set_index(["unit", "option"])["size_bits"]
+    row = scores[scores["level"] == "subgraph"].iloc[-1]
+    pairs = zip(row["layers"].split("|"), row["options"].split("|"), strict=True)
+    assert row["size_bits"] == pytest.approx(sum(sizes[p] for p in pairs))
+
+
+def test_budget_configurations_keep_their_budget(smoke_outputs, built):
+    """Beyond §3.4 (the released code had no budget): every knapsack configuration's average bits, FP16 overhead
+    included, are at most its budget, and within 0.02 of it unless the stage says why."""
+    table = pd.read_csv(smoke_outputs / "05_build_configs" / "constructions.csv")
+    budget_rows = table[table["budget"].notna() & table["avg_bits"].notna()]
+    assert len(budget_rows) and (budget_rows["avg_bits"] <= budget_rows["budget"] + 1e-9).all()
+    short = budget_rows[budget_rows["avg_bits"] < budget_rows["budget"] - 0.02]
+    assert set(short["name"]) <= set(built["notes"])
+
+
+def test_constructed_configurations_are_labelled_in_the_same_store(smoke_outputs, built):
+    """§6: every constructed configuration is labelled under stage 02's protocol, in stage 02's store, tagged."""
+    labels = pd.read_csv(smoke_outputs / "02_label_configs" / "labels.csv")
+    table = pd.read_csv(smoke_outputs / "05_build_configs" / "constructions.csv").dropna(subset=["fingerprint"])
+    constructed = labels[labels["kind"] == "constructed"].set_index("fingerprint")
+    assert set(table["fingerprint"]) <= set(constructed.index)
+    assert np.allclose(constructed.loc[table["fingerprint"], "fid"], table["fid"])
+    w4 = labels[(labels["kind"] == "uniform") & labels["name"].str.endswith("-4") & (labels["avg_bits"] <= 4.5)]
+    assert built["best_uniform_w4_fid"] == pytest.approx(w4["fid"].min(), abs=1e-3)
 
 
 # Beyond the paper (stage 07): the average bits become real bytes ----------------------------------------------------

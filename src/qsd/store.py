@@ -161,9 +161,12 @@ class LabelStore:
         self.to_pandas().to_parquet(path, index=False)
         return Path(path)
 
-    def summary(self) -> dict:
-        """Dataset card: counts per kind, avg-bits and FID ranges, the protocol."""
+    def summary(self, kinds: Iterable[str] | None = None) -> dict:
+        """Dataset card of the rows of `kinds` (default all): counts per kind, avg-bits and FID ranges, the
+        protocol."""
         frame = self.to_pandas()
+        if kinds is not None:
+            frame = frame[frame["kind"].isin(list(kinds))]
 
         def span(column: str) -> list[float] | None:
             values = frame[column].dropna()

@@ -48,9 +48,11 @@ from qsd.provenance import write_run_record
 from qsd.sampling import SamplingProtocol
 from qsd.stages import SamplingSettings
 from qsd.stages import multiquantizer as multiquantizer_stage
-from qsd.store import LabelStore, protocol_difference
+from qsd.store import KINDS, LabelStore, protocol_difference
 
 STAGE = "02_label_configs"
+OWN_KINDS = tuple(kind for kind in KINDS if kind != "constructed")
+"""The rows this stage's summary and figures describe (stage 05 adds `constructed` rows to the same store)."""
 PROXIES = ("sample_mse", "eps_error", "summed_error")
 LABEL_OFFSETS = {"uaq": (6, -12), "kmeans_c": (6, 4), "kmeans_a": (6, 8)}
 """Where the uniform rows' names go (points), so that neighbouring 4-bit rows stay readable."""
@@ -207,11 +209,12 @@ def run(settings: Settings) -> Result:
     directory, multiquantizer = session.directory, session.multiquantizer
     labels = session.label(reference_jobs(multiquantizer) + random_jobs(multiquantizer, settings.seed,
                                                                           settings.n_configs))
+    labels = labels[labels["kind"].isin(OWN_KINDS)].reset_index(drop=True)
     float_fids = float_seed_fids(directory, session.record, settings, session.executor, session.model)
     table = regime_table(labels, float_fids)
     table.to_csv(directory / "regime.csv")
     with LabelStore(directory / "labels.sqlite", session.record) as store:
-        summary = store.summary() | {"fid_by_reference_row": reference_fids(labels),
+        summary = store.summary(OWN_KINDS) | {"fid_by_reference_row": reference_fids(labels),
                                      "proxy_spearman_vs_fid": proxy_correlations(labels),
                                      **regime(labels, float_fids, settings.w4_max_avg_bits)}
     write_run_record(directory, settings, summary)

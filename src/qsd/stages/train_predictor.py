@@ -78,7 +78,7 @@ class Settings(StageSettings):
     """Also train the other readout (chosen loss, paper target)."""
     progress: bool = True
 
-    SMOKE: ClassVar[dict[str, object]] = {"epochs": 3, "folds": 2, "kinds": KINDS, "progress": False}
+    SMOKE: ClassVar[dict[str, object]] = {"epochs": 3, "folds": 2, "kinds": label_stage.OWN_KINDS, "progress": False}
 
     def __post_init__(self) -> None:
         if self.loss not in RANK_LOSSES:

@@ -1,0 +1,376 @@
+"""Stage 05: sub-4-bit (W3.x) configurations from the sensitivity scores, labelled and compared on the FID-bits
+frontier (paper §3.4, §6; notebook 05_build_configs).
+
+Steps:
+  1. Read stage 04's scores and stage 02's labels; nothing upstream is re-run.
+  2. Build configurations:
+     * the paper's rule — the top-scoring variant of every unit — at node and subgraph level (`rule_target`'s
+       scores, the paper's −FID − λ·bits by default, so λ sets the bit width);
+     * for every budget B, the exact best total score with average bits ≤ B (`qsd.search.knapsack`) from the GNN's
+       scores at `level` and, as yardsticks at the same budgets, from −(per-layer quantization error) and from
+       the ridge regression's per-layer coefficients (fitted on the run's random labels). These use
+       `knapsack_target`'s scores (FID alone by default: the budget already holds the bits).
+  3. Label every constructed configuration under stage 02's protocol into the same store (kind `constructed`,
+     the name says how it was built).
+  4. Compare: each construction's frontier against the random configurations and the uniform ones; the summary's
+     headline fields (`best_uniform_w4_fid`, `best_sub35_fid`, `best_sub35_bits`, `frontier_dominates_random`,
+     `gnn_beats_error_knapsack`).
+
+Outputs in `data/runs/<model_id>/<run_id>/05_build_configs/`: constructions.csv (method, budget, name, avg bits,
+score, FID), configs/<name>.json (each configuration), summary.json; figure `05_pareto_<model_id>.png`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from qsd.config import QuantConfig, QuantSpec
+from qsd.errors import InvalidSettingError
+from qsd.executors import LabelJob
+from qsd.paths import stage_dir
+from qsd.plotting import new_figure, savefig
+from qsd.predictor.baselines import RidgeBaseline
+from qsd.provenance import write_run_record
+from qsd.search.active import ActiveLoop, ActiveSettings, Pool
+from qsd.search.construct import budget_config, error_scores, ridge_scores, rule_config
+from qsd.search.knapsack import InfeasibleBudgetError
+from qsd.search.pareto import dominated_fraction, pareto_front
+from qsd.search.scores import LEVELS
+from qsd.stages import StageSettings
+from qsd.stages import label_configs as label_stage
+from qsd.stages import sensitivity_insights as scores_stage
+from qsd.stages import train_predictor as predictor_stage
+
+STAGE = "05_build_configs"
+DEFAULT_BUDGETS = (3.3, 3.4, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0)
+YARDSTICKS = ("error", "ridge")
+POOL_STREAM = 1
+"""Seed-stream tag of the active loop's candidate pool (stage 02's random stream is untagged)."""
+SUB_BITS = 3.5
+"""The headline's bit bar: the best constructed configuration at ≤ this many average bits."""
+
+
+@dataclass(frozen=True)
+class Settings(StageSettings):
+    level: str = "subgraph"
+    """Which GNN scores the bit-budget configurations use: 'node' (per layer) or 'subgraph' (per unit)."""
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS
+    """Average-bit budgets B (FP16 overhead included) of the knapsack configurations."""
+    rule_target: str = "paper"
+    """Stage-04 target whose scores the paper's top-1 rule uses."""
+    knapsack_target: str = "fid"
+    """Stage-04 target whose scores (and the ridge yardstick's target) the bit-budget configurations use."""
+    yardsticks: tuple[str, ...] = YARDSTICKS
+    """Simpler scores built with the same knapsack: 'error' (−per-layer error), 'ridge' (per-layer coefficients)."""
+    active_rounds: int = 4
+    """Rounds of predictor-guided labelling compared with random labelling (`qsd.search.active`; 0 skips it)."""
+    active_initial: int = 40
+    """Random labels both arms start from."""
+    active_per_round: int = 10
+    """Labels the active arm adds per round."""
+    active_budgets: tuple[float, ...] = (3.4, 3.6, 3.8, 4.0)
+    """Budgets whose knapsack configurations measure each arm's frontier at every round."""
+    active_folds: int = 3
+    active_epochs: int = 50
+    active_pool: int = 300
+    """Unlabelled random candidates (their own seed stream) the explore step picks from."""
+    w4_max_avg_bits: float = 4.5
+    """The best uniform 4-bit row is taken among those with at most this many average bits (stage 02's bar)."""
+    progress: bool = True
+
+    SMOKE: ClassVar[dict[str, object]] = {"budgets": (3.5, 4.0), "active_rounds": 1, "active_initial": 2,
+                                          "active_per_round": 1, "active_budgets": (4.0,), "active_folds": 2,
+                                          "active_epochs": 2, "active_pool": 8, "progress": False}
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise InvalidSettingError(f"level {self.level!r} is not one of {LEVELS}")
+        for name in ("rule_target", "knapsack_target"):
+            if getattr(self, name) not in scores_stage.TARGETS:
+                raise InvalidSettingError(f"{name} {getattr(self, name)!r} is not one of {scores_stage.TARGETS}")
+        if unknown := set(self.yardsticks) - set(YARDSTICKS):
+            raise InvalidSettingError(f"unknown yardstick(s) {sorted(unknown)}; known: {YARDSTICKS}")
+        if not self.budgets or any(not 1 <= b <= 16 for b in self.budgets):
+            raise InvalidSettingError(f"budgets must be average bit widths in [1, 16], got {self.budgets}")
+
+
+@dataclass
+class Result:
+    settings: Settings
+    directory: Path
+    constructions: pd.DataFrame
+    """One row per constructed configuration: method, budget (NaN for the rule), name, fingerprint, avg_bits,
+    score, note, fid."""
+    labels: pd.DataFrame
+    """Every row of the run's store (random, uniform, float and constructed)."""
+    summary: dict
+    active: pd.DataFrame | None = None
+    """The active loop's checkpoints (`qsd.search.active.ActiveResult.checkpoints`), when it ran."""
+
+
+def gnn_name(level: str) -> str:
+    return f"gnn-{level}"
+
+
+def construct(settings: Settings, scores: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Every configuration of step 2: (table of method, budget, name, avg_bits, score, note; name → config)."""
+    def table(target: str, level: str) -> pd.DataFrame:
+        rows = scores[(scores["target"] == target) & (scores["level"] == level)]
+        return rows.reset_index(drop=True)
+
+    rows, configs = [], {}
+    for level in LEVELS:
+        name = f"{gnn_name(level)} rule ({settings.rule_target})"
+        configs[name] = rule_config(table(settings.rule_target, level))
+        rows.append({"method": f"{gnn_name(level)} rule", "budget": np.nan, "name": name, "score": np.nan,
+                     "note": ""})
+    node = table(settings.knapsack_target, "node")
+    sources = {gnn_name(settings.level): table(settings.knapsack_target, settings.level)}
+    if "error" in settings.yardsticks:
+        sources["error"] = error_scores(node)
+    if "ridge" in settings.yardsticks:
+        sources["ridge"] = ridge_scores(node, ridge_coefficients(settings, labels, node))
+    for method, source in sources.items():
+        for budget in settings.budgets:
+            name = f"{method} ≤{budget:.2f} bits"
+            try:
+                built = budget_config(source, budget)
+            except InfeasibleBudgetError as exc:
+                rows.append({"method": method, "budget": budget, "name": name, "score": np.nan, "note": str(exc)})
+                continue
+            configs[name] = built.config
+            rows.append({"method": method, "budget": budget, "name": name, "score": built.solution.score,
+                         "note": built.note})
+    return pd.DataFrame(rows), configs
+
+
+def ridge_coefficients(settings: Settings, labels: pd.DataFrame, node: pd.DataFrame) -> pd.DataFrame:
+    """The ridge regression on one-hot layer choices, fitted on the run's random labels for `knapsack_target`."""
+    random_rows = labels[(labels["kind"] == "random") & labels["fid"].notna()]
+    expression = predictor_stage.Settings(model_id=settings.model_id).targets()[settings.knapsack_target]
+    layers = list(dict.fromkeys(node["layers"]))
+    options = [QuantSpec.parse(k) for k in dict.fromkeys(node["options"])]
+    ridge = RidgeBaseline(layers, options)
+    ridge.fit([QuantConfig.loads(c) for c in random_rows["config"]], expression.evaluate(random_rows))
+    return ridge.coefficients()
+
+
+def run(settings: Settings) -> Result:
+    """Build, label and compare the configurations (see the module docstring)."""
+    settings = settings.effective()
+    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
+    scores = scores_stage.saved_scores(settings.model_id, settings.run_id)
+    labels = label_stage.saved_labels(settings.model_id, settings.run_id)
+    constructions, configs = construct(settings, scores, labels)
+    (directory / "configs").mkdir(exist_ok=True)
+    for name, config in configs.items():
+        config.save(directory / "configs" / f"{_file_name(name)}.json")
+    session = label_stage.Labelling.of_run(settings.model_id, settings.run_id)
+    labels = session.label([LabelJob(config, "constructed", name) for name, config in configs.items()],
+                           progress=settings.progress)
+    by_fingerprint = labels.set_index("fingerprint")
+    constructions["fingerprint"] = [configs[n].fingerprint if n in configs else None for n in constructions["name"]]
+    constructions["avg_bits"] = [session.multiquantizer.cost(configs[n])["avg_bits"] if n in configs else np.nan
+                                 for n in constructions["name"]]
+    constructions["fid"] = [by_fingerprint.loc[f, "fid"] if f is not None else np.nan
+                            for f in constructions["fingerprint"]]
+    constructions.to_csv(directory / "constructions.csv", index=False)
+    active = None
+    if settings.active_rounds > 0:
+        active = active_comparison(settings, session, labels)
+        active.to_csv(directory / "active.csv", index=False)
+        labels = label_stage.saved_labels(settings.model_id, settings.run_id)
+    summary = _summary(settings, constructions, labels) | ({} if active is None else active_summary(active))
+    write_run_record(directory, settings, summary)
+    return Result(settings, directory, constructions, labels, summary, active)
+
+
+def active_comparison(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame) -> pd.DataFrame:
+    """Step 5: the active loop against random labelling on the run's random stream (`qsd.search.active`); the
+    random configurations after the label budget are the held-out set; every new label goes to the store."""
+    active_settings = ActiveSettings(initial=settings.active_initial, rounds=settings.active_rounds,
+                                     per_round=settings.active_per_round, budgets=settings.active_budgets,
+                                     folds=settings.active_folds, level=settings.level, epochs=settings.active_epochs,
+                                     seed=settings.seed)
+    stream = labels[(labels["kind"] == "random") & labels["fid"].notna()].sort_values("sample_index")
+    configs, fids = [QuantConfig.loads(c) for c in stream["config"]], stream["fid"].to_numpy(dtype=float)
+    n = active_settings.label_budget
+    candidates = [session.multiquantizer.sample(np.random.default_rng([settings.seed, POOL_STREAM, i]))
+                  for i in range(settings.active_pool)]
+    pool = Pool(configs[:n], fids[:n], configs[n:], fids[n:], candidates)
+
+    def label(batch: list[QuantConfig], names: list[str]) -> np.ndarray:
+        rows = session.label([LabelJob(c, "constructed", name) for c, name in zip(batch, names, strict=True)],
+                             progress=False).set_index("fingerprint")
+        return rows.loc[[c.fingerprint for c in batch], "fid"].to_numpy(dtype=float)
+
+    graph = scores_stage.load_graph(settings.model_id, settings.run_id)
+    options = scores_stage.load_options(settings.model_id, settings.run_id)
+    return ActiveLoop(graph, options, label, active_settings, settings.progress).run(pool).checkpoints
+
+
+def active_summary(checkpoints: pd.DataFrame) -> dict:
+    """Per arm and round: labels, the frontier's geometric-mean FID over the budgets and the held-out Spearman; and
+    the fewest labels with which the active arm's frontier is at least as good as the random arm's final one."""
+    per_round = (checkpoints.assign(log_fid=np.log(checkpoints["fid"]))
+                 .groupby(["arm", "round"]).agg(labels=("labels", "first"), log_fid=("log_fid", "mean"),
+                                                heldout_spearman=("heldout_spearman", "first")).reset_index())
+    per_round["frontier_gmean_fid"] = np.exp(per_round["log_fid"])
+    arms = {arm: {"labels": rows["labels"].astype(int).tolist(),
+                  "frontier_gmean_fid": [round(float(v), 3) for v in rows["frontier_gmean_fid"]],
+                  "heldout_spearman": [None if np.isnan(v) else round(float(v), 4) for v in rows["heldout_spearman"]]}
+            for arm, rows in per_round.groupby("arm")}
+    random_final = arms["random-arm"]["frontier_gmean_fid"][-1]
+    enough = [n for n, f in zip(arms["active-arm"]["labels"], arms["active-arm"]["frontier_gmean_fid"], strict=True)
+              if f <= random_final]
+    return {"active": arms, "active_final_beats_random": arms["active-arm"]["frontier_gmean_fid"][-1] < random_final,
+            "active_labels_to_match_random": enough[0] if enough else None,
+            "random_label_budget": arms["random-arm"]["labels"][-1]}
+
+
+def _file_name(name: str) -> str:
+    return (name.replace("≤", "le").replace(" ", "_").replace("(", "").replace(")", ""))
+
+
+def _summary(settings: Settings, constructions: pd.DataFrame, labels: pd.DataFrame) -> dict:
+    uniform = labels[labels["kind"] == "uniform"]
+    w4 = uniform[uniform["name"].str.endswith("-4") & (uniform["avg_bits"] <= settings.w4_max_avg_bits)]
+    best_w4 = w4.loc[w4["fid"].idxmin()] if len(w4) else None
+    built = constructions[constructions["fid"].notna()]
+    sub = built[built["avg_bits"] <= SUB_BITS]
+    best_sub = sub.loc[sub["fid"].idxmin()] if len(sub) else None
+    random_rows = labels[(labels["kind"] == "random") & labels["fid"].notna()]
+    frontiers = {}
+    for method, rows in built[built["budget"].notna()].groupby("method", sort=False):
+        share, judged = dominated_fraction(rows["avg_bits"], rows["fid"], random_rows["avg_bits"], random_rows["fid"])
+        frontiers[method] = {"budgets": [float(b) for b in rows["budget"]],
+                             "avg_bits": [round(float(b), 4) for b in rows["avg_bits"]],
+                             "fid": [round(float(f), 4) for f in rows["fid"]],
+                             "dominated_random_share": None if judged == 0 else round(share, 4),
+                             "judged_random": judged}
+    gnn = gnn_name(settings.level)
+    wins = _budget_wins(built, gnn, "error")
+    return {
+        "level": settings.level, "rule_target": settings.rule_target, "knapsack_target": settings.knapsack_target,
+        "constructed": len(built),
+        "best_uniform_w4": None if best_w4 is None else best_w4["name"],
+        "best_uniform_w4_fid": None if best_w4 is None else round(float(best_w4["fid"]), 4),
+        "best_uniform_w4_bits": None if best_w4 is None else round(float(best_w4["avg_bits"]), 4),
+        "best_sub35": None if best_sub is None else best_sub["name"],
+        "best_sub35_fid": None if best_sub is None else round(float(best_sub["fid"]), 4),
+        "best_sub35_bits": None if best_sub is None else round(float(best_sub["avg_bits"]), 4),
+        "sub35_beats_uniform_w4": (None if best_sub is None or best_w4 is None
+                                   else bool(best_sub["fid"] <= best_w4["fid"])),
+        "frontier_dominates_random": bool(frontiers.get(gnn, {}).get("dominated_random_share") == 1.0),
+        "gnn_beats_error_knapsack": None if wins is None else bool(wins > 0.5),
+        "gnn_beats_error_share": None if wins is None else round(wins, 4),
+        "rule": {r["name"]: {"avg_bits": round(float(r["avg_bits"]), 4), "fid": round(float(r["fid"]), 4)}
+                 for _, r in built[built["budget"].isna()].iterrows()},
+        "frontiers": frontiers,
+        "notes": {r["name"]: r["note"] for _, r in constructions.iterrows() if r["note"]},
+    }
+
+
+def _budget_wins(built: pd.DataFrame, method: str, other: str) -> float | None:
+    """Share of the budgets both methods built at which `method`'s FID is lower than `other`'s."""
+    a = built[built["method"] == method].set_index("budget")["fid"]
+    b = built[built["method"] == other].set_index("budget")["fid"]
+    common = a.index.intersection(b.index)
+    return None if common.empty else float((a[common] < b[common]).mean())
+
+
+def summary_text(result: Result) -> str:
+    s = result.summary
+    lines = [f"best uniform W4 (≤ {result.settings.w4_max_avg_bits} bits): {s['best_uniform_w4']} FID "
+             f"{s['best_uniform_w4_fid']:.2f} at {s['best_uniform_w4_bits']:.3f} bits",
+             f"best constructed at ≤ {SUB_BITS} bits: {s['best_sub35']} FID {s['best_sub35_fid']:.2f} at "
+             f"{s['best_sub35_bits']:.3f} bits (beats uniform W4: {s['sub35_beats_uniform_w4']})",
+             f"GNN frontier dominates every random configuration: {s['frontier_dominates_random']}; GNN beats the "
+             f"per-layer-error knapsack at most budgets: {s['gnn_beats_error_knapsack']}"]
+    for name, row in s["rule"].items():
+        lines.append(f"  {name}: {row['avg_bits']:.3f} bits, FID {row['fid']:.2f}")
+    return "\n".join(lines)
+
+
+def budget_table(result: Result) -> pd.DataFrame:
+    """FID per budget (rows) and method (columns), with the achieved average bits."""
+    rows = result.constructions[result.constructions["budget"].notna()]
+    fid = rows.pivot(index="budget", columns="method", values="fid")
+    bits = rows.pivot(index="budget", columns="method", values="avg_bits").add_suffix(" bits")
+    return pd.concat([fid, bits], axis=1).round(3)
+
+
+def active_text(result: Result) -> str:
+    s = result.summary
+    if "active" not in s:
+        return "the active loop did not run (active_rounds = 0)"
+    lines = []
+    for arm, rows in s["active"].items():
+        for n, fid, rho in zip(rows["labels"], rows["frontier_gmean_fid"], rows["heldout_spearman"], strict=True):
+            rho_text = "n/a" if rho is None else f"{rho:.3f}"
+            lines.append(f"{arm:<11} {n:4d} labels: frontier geometric-mean FID {fid:9.2f}, held-out Spearman "
+                         f"{rho_text}")
+    lines.append(f"active arm's final frontier better than random's at {s['random_label_budget']} labels: "
+                 f"{s['active_final_beats_random']}; labels the active arm needed to match it: "
+                 f"{s['active_labels_to_match_random']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- figures
+def plot_pareto(result: Result) -> Figure:
+    """FID vs average bits: random (grey) and uniform rows, the rule configurations and each method's budget
+    frontier (lines), with the random configurations' own Pareto front."""
+    s, labels, built = result.settings, result.labels, result.constructions
+    fig, ax = new_figure(9, 5.2)
+    random_rows = labels[labels["kind"] == "random"]
+    ax.scatter(random_rows["avg_bits"], random_rows["fid"], s=10, color="0.65", alpha=0.7,
+               label=f"random ({len(random_rows)})")
+    front = random_rows.iloc[pareto_front(random_rows["avg_bits"], random_rows["fid"])]
+    ax.step(front["avg_bits"], front["fid"], where="post", color="0.45", lw=0.9, ls=":", label="random Pareto front")
+    uniform = labels[labels["kind"] == "uniform"]
+    ax.scatter(uniform["avg_bits"], uniform["fid"], marker="s", s=36, facecolor="none", edgecolor="crimson",
+               label="uniform")
+    for row in uniform.itertuples():
+        ax.annotate(row.name.removeprefix("uniform "), (row.avg_bits, row.fid), fontsize=6, color="crimson",
+                    textcoords="offset points", xytext=(4, 2))
+    for method, rows in built[built["budget"].notna() & built["fid"].notna()].groupby("method", sort=False):
+        ax.plot(rows["avg_bits"], rows["fid"], marker="o", ms=4, lw=1.4, label=f"{method} knapsack")
+    for row in built[built["budget"].isna() & built["fid"].notna()].itertuples():
+        ax.scatter(row.avg_bits, row.fid, marker="*", s=120, zorder=5, label=row.name)
+    float_fid = labels.loc[labels["kind"] == "float", "fid"]
+    if len(float_fid):
+        ax.axhline(float_fid.iloc[0], color="black", ls="--", lw=0.8, label=f"float ({float_fid.iloc[0]:.1f})")
+    ax.set_yscale("log")
+    ax.set(xlabel="average bits per weight (incl. FP16 overhead)", ylabel="FID (log scale)",
+           title=f"{s.model_id}: constructed configurations vs random and uniform")
+    ax.legend(fontsize=7, frameon=False, bbox_to_anchor=(1.01, 1), loc="upper left")
+    savefig(fig, f"05_pareto_{s.model_id}", s.figures_to(result.directory))
+    return fig
+
+
+def plot_active(result: Result) -> Figure:
+    """Per arm: the frontier's FID at each budget against labels used, and the held-out Spearman against labels."""
+    s, checkpoints = result.settings, result.active
+    if checkpoints is None:
+        raise InvalidSettingError("the active loop did not run (active_rounds = 0): nothing to plot")
+    fig, (left, right) = new_figure(11, 4.2, ncols=2)
+    for (arm, budget), rows in checkpoints.groupby(["arm", "budget"]):
+        left.plot(rows["labels"], rows["fid"], marker="o", ms=3, ls="-" if arm == "active-arm" else "--",
+                  label=f"{arm} ≤{budget:.1f} bits")
+    left.set_yscale("log")
+    left.set(xlabel="labels used", ylabel="FID of the knapsack configuration (log)", title="frontier vs labels")
+    left.legend(fontsize=6, frameon=False, ncols=2)
+    for arm, rows in checkpoints.groupby("arm"):
+        first = rows.groupby("round").first()
+        right.plot(first["labels"], first["heldout_spearman"], marker="o", label=arm)
+    right.set(xlabel="labels used", ylabel="Spearman on held-out random configurations", title="ranking vs labels")
+    right.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"{s.model_id}: predictor-guided vs random labelling")
+    savefig(fig, f"05_active_{s.model_id}", s.figures_to(result.directory))
+    return fig
