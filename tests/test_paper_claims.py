@@ -76,7 +76,9 @@ def labelling(smoke_outputs):
 
 @pytest.fixture(scope="module")
 def labels(smoke_outputs):
-    return pd.read_csv(smoke_outputs / "02_label_configs" / "labels.csv")
+    """Stage 02's own rows (stage 05 adds its constructed configurations to the same store)."""
+    rows = pd.read_csv(smoke_outputs / "02_label_configs" / "labels.csv")
+    return rows[rows["kind"] != "constructed"].reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,13 @@ def frontier_fid(front_bits: np.ndarray, front_fid: np.ndarray, bits: np.ndarray
     return np.where(position >= 0, running[np.maximum(position, 0)], np.inf)
 
 
-def dominated_fraction(front_bits: np.ndarray, front_fid: np.ndarray, bits: np.ndarray, fid: np.ndarray
-                       ) -> tuple[float, int]:
-    """(fraction of the points with at least the frontier's fewest bits that some frontier point weakly dominates,
-    how many points that is). Points with fewer bits than any frontier point cannot be judged and are left out."""
+def dominated_fraction(front_bits: np.ndarray, front_fid: np.ndarray, bits: np.ndarray, fid: np.ndarray,
+                       upto: float = np.inf) -> tuple[float, int]:
+    """(fraction of the points some frontier point weakly dominates, how many points were judged). Judged are the
+    points between the frontier's fewest bits and `upto` (e.g. its largest budget): below, nothing on the frontier
+    can dominate them; above, the frontier was not asked to compete."""
     bits, fid = np.asarray(bits, float), np.asarray(fid, float)
-    judged = bits >= np.min(front_bits)
+    judged = (bits >= np.min(front_bits)) & (bits <= upto)
     if not judged.any():
         return float("nan"), 0
     dominated = frontier_fid(front_bits, front_fid, bits[judged]) <= fid[judged]

@@ -248,7 +248,8 @@ def _summary(settings: Settings, constructions: pd.DataFrame, labels: pd.DataFra
     random_rows = labels[(labels["kind"] == "random") & labels["fid"].notna()]
     frontiers = {}
     for method, rows in built[built["budget"].notna()].groupby("method", sort=False):
-        share, judged = dominated_fraction(rows["avg_bits"], rows["fid"], random_rows["avg_bits"], random_rows["fid"])
+        share, judged = dominated_fraction(rows["avg_bits"], rows["fid"], random_rows["avg_bits"], random_rows["fid"],
+                                           upto=float(rows["budget"].max()))
         frontiers[method] = {"budgets": [float(b) for b in rows["budget"]],
                              "avg_bits": [round(float(b), 4) for b in rows["avg_bits"]],
                              "fid": [round(float(f), 4) for f in rows["fid"]],

@@ -148,6 +148,13 @@ def run(settings: Settings) -> Result:
     return result
 
 
+def top_variants(result: Result, level: str = "subgraph", n: int = 2) -> pd.DataFrame:
+    """The `n` best variants of every unit at `level` (the notebook's table): options, size, summed error, score."""
+    table = result.table(level).sort_values(["unit", "score"], ascending=[True, False], kind="stable")
+    columns = ["unit", "type", "options", "size_bits", "error", "score"]
+    return table.groupby("unit", sort=False).head(n)[columns].reset_index(drop=True)
+
+
 def summary_text(result: Result) -> str:
     s = result.summary
     counts = ", ".join(f"{k}: {v}" for k, v in s["variants_scored"].items())
