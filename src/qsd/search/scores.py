@@ -36,6 +36,7 @@ from qsd.config import QuantConfig, QuantSpec
 from qsd.errors import InvalidSettingError
 from qsd.graph import DenoiserGraph
 from qsd.graph.encode import COLUMN, METHOD_CODES, encode_configs, option_lookup
+from qsd.graph.units import GraphUnit
 from qsd.predictor.model import l1_norms
 from qsd.predictor.training import TrainedPredictor
 
@@ -60,16 +61,10 @@ class FoldScorer:
 
 
 @dataclass(frozen=True)
-class UnitCandidate:
-    """A unit to score: its layers (weight-node names), the node set of its isolated subgraph, anchor and hop."""
+class UnitCandidate(GraphUnit):
+    """A unit to score (`GraphUnit`: layers, type, block, anchor, hop) with the node set of its isolated subgraph."""
 
-    name: str
-    type: str
-    block: int
-    layers: tuple[str, ...]
-    nodes: tuple[int, ...]
-    anchor: int
-    hop: int
+    nodes: tuple[int, ...] = ()
 
 
 def candidates(graph: DenoiserGraph, level: str) -> list[UnitCandidate]:
@@ -78,15 +73,13 @@ def candidates(graph: DenoiserGraph, level: str) -> list[UnitCandidate]:
         raise InvalidSettingError(f"level {level!r} is not one of {LEVELS}")
     if level == "node":
         unit_of = {layer: u for u in graph.units for layer in u.layers}
-        return [UnitCandidate(name, unit_of[name].type, graph.nodes[i].block, (name,), (i,), i, 0)
+        return [UnitCandidate(name, unit_of[name].type, graph.nodes[i].block, (name,), i, 0, nodes=(i,))
                 for name, i in graph.weight_node.items()]
     preds = graph.predecessors()
-    out = []
-    for unit in graph.units:
-        members = [graph.weight_node[layer] for layer in unit.layers]
-        out.append(UnitCandidate(unit.name, unit.type, unit.block, unit.layers,
-                                 tuple(sorted(_between(members, unit.anchor, preds))), unit.anchor, unit.hop))
-    return out
+    return [UnitCandidate(unit.name, unit.type, unit.block, unit.layers, unit.anchor, unit.hop,
+                          nodes=tuple(sorted(_between([graph.weight_node[layer] for layer in unit.layers],
+                                                      unit.anchor, preds))))
+            for unit in graph.units]
 
 
 def _between(sources: list[int], anchor: int, preds: list[set[int]]) -> set[int]:
@@ -123,12 +116,6 @@ def unit_options(options: pd.DataFrame, layer: str) -> list[QuantSpec]:
     if rows.empty:
         raise InvalidSettingError(f"the option table has no rows for layer {layer!r}; was it built for this model?")
     return [QuantSpec.parse(key) for key in rows["option"]]
-
-
-def variant_configs(candidate: UnitCandidate, options: pd.DataFrame) -> list[QuantConfig]:
-    """Every variant of the unit (the Cartesian product of its layers' options), as partial configurations."""
-    per_layer = [unit_options(options, layer) for layer in candidate.layers]
-    return [QuantConfig(dict(zip(candidate.layers, combo, strict=True))) for combo in itertools.product(*per_layer)]
 
 
 class UnitBatch:
