@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from qsd.config import METHODS, QuantConfig, QuantSpec
-from qsd.errors import InvalidSettingError
+from qsd.errors import InfeasibleBudgetError, InvalidSettingError
 from qsd.graph import DenoiserGraph, GraphNode, GraphUnit
 from qsd.graph.encode import encode_configs
 from qsd.predictor.model import PredictorSettings
@@ -22,7 +22,7 @@ from qsd.predictor.training import TrainSettings, train_predictor
 from qsd.search.active import ActiveLoop, ActiveSettings, Pool
 from qsd.search.construct import budget_config, error_scores, ridge_scores, rule_config
 from qsd.search.insights import insights, winners
-from qsd.search.knapsack import InfeasibleBudgetError, pareto_variants, solve_budget
+from qsd.search.knapsack import pareto_variants, solve_budget
 from qsd.search.pareto import dominated_fraction, frontier_fid, pareto_front
 from qsd.search.scores import FoldScorer, UnitBatch, anchor_score, candidates, score_unit, score_variants
 

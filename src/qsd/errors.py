@@ -58,6 +58,10 @@ class ProtocolMismatchError(SettingsMismatchError):
     """Labels made under one protocol were about to be written into a dataset made under another."""
 
 
+class InfeasibleBudgetError(QsdError, ValueError):
+    """No configuration fits a bit budget (it is below the smallest variants of every unit)."""
+
+
 class CorruptFileError(QsdError):
     """A saved file is unreadable or was written by something else."""
 

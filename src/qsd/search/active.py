@@ -25,7 +25,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from qsd.config import QuantConfig
-from qsd.errors import InvalidSettingError
+from qsd.errors import InfeasibleBudgetError, InvalidSettingError
 from qsd.graph import DenoiserGraph
 from qsd.predictor.cross_validation import cross_validate
 from qsd.predictor.folds import kfold_splits
@@ -33,7 +33,6 @@ from qsd.predictor.metrics import spearman
 from qsd.predictor.model import PredictorSettings
 from qsd.predictor.training import TrainSettings
 from qsd.search.construct import BudgetConfig, budget_config
-from qsd.search.knapsack import InfeasibleBudgetError
 from qsd.search.scores import FoldScorer, score_variants
 
 Labeller = Callable[[Sequence[QuantConfig], Sequence[str]], np.ndarray]

@@ -23,13 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from qsd.errors import InvalidSettingError, QsdError
+from qsd.errors import InfeasibleBudgetError, InvalidSettingError, QsdError
 
 TOLERANCE = 1e-9
-
-
-class InfeasibleBudgetError(QsdError, ValueError):
-    """No choice of variants fits the bit budget."""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from qsd.config import QuantConfig, QuantSpec
-from qsd.errors import InvalidSettingError
+from qsd.errors import InfeasibleBudgetError, InvalidSettingError
 from qsd.executors import LabelJob
 from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
@@ -39,7 +39,6 @@ from qsd.predictor.baselines import RidgeBaseline
 from qsd.provenance import write_run_record
 from qsd.search.active import ActiveLoop, ActiveSettings, Pool
 from qsd.search.construct import budget_config, error_scores, ridge_scores, rule_config
-from qsd.search.knapsack import InfeasibleBudgetError
 from qsd.search.pareto import dominated_fraction, pareto_front
 from qsd.search.scores import LEVELS
 from qsd.stages import StageSettings
