@@ -28,6 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 
 from qsd.config import QuantConfig, QuantSpec
@@ -360,9 +361,11 @@ def plot_active(result: Result) -> Figure:
     if checkpoints is None:
         raise InvalidSettingError("the active loop did not run (active_rounds = 0): nothing to plot")
     fig, (left, right) = new_figure(11, 4.2, ncols=2)
+    budgets = sorted(checkpoints["budget"].unique())
+    colours = dict(zip(budgets, sns.color_palette("viridis", len(budgets)), strict=True))
     for (arm, budget), rows in checkpoints.groupby(["arm", "budget"]):
-        left.plot(rows["labels"], rows["fid"], marker="o", ms=3, ls="-" if arm == "active-arm" else "--",
-                  label=f"{arm} ≤{budget:.1f} bits")
+        left.plot(rows["labels"], rows["fid"], marker="o" if arm == "active-arm" else "x", ms=4,
+                  ls="-" if arm == "active-arm" else "--", color=colours[budget], label=f"{arm} ≤{budget:.1f} bits")
     left.set_yscale("log")
     left.set(xlabel="labels used", ylabel="FID of the knapsack configuration (log)", title="frontier vs labels")
     left.legend(fontsize=6, frameon=False, ncols=2)
