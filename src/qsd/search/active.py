@@ -84,6 +84,29 @@ class ActiveResult:
     """The active arm's labelled set at the end: (how it came in, configuration, FID)."""
 
 
+def fit_fold_scorers(graph: DenoiserGraph, options: pd.DataFrame, configs: Sequence[QuantConfig], fids: np.ndarray,
+                     folds: int, epochs: int, hops: int = 4, seed: int = 0) -> list[FoldScorer]:
+    """Cross-validated fold predictors of −FID on (`configs`, `fids`), each with its hops' test Spearman."""
+    graphs = graph.encode(configs, options, hops, targets=-np.asarray(fids, dtype=float))
+    cv = cross_validate(graphs, kfold_splits(len(graphs), folds, seed), PredictorSettings(hops=hops),
+                        TrainSettings(epochs=epochs, seed=seed))
+    return [FoldScorer(predictor, [float(cv.metrics[f"hop{m}_spearman"].iloc[k]) for m in range(hops + 1)])
+            for k, predictor in enumerate(cv.predictors)]
+
+
+def frontier_configs(graph: DenoiserGraph, options: pd.DataFrame, scorers: list[FoldScorer], level: str,
+                     budgets: Sequence[float]) -> dict[float, BudgetConfig]:
+    """The knapsack configuration of `scorers`' scores at every feasible budget."""
+    table = score_variants(graph, scorers, options, level)
+    built = {}
+    for budget in budgets:
+        try:
+            built[budget] = budget_config(table, budget)
+        except InfeasibleBudgetError:
+            continue
+    return built
+
+
 class ActiveLoop:
     """The two arms on one graph and option table (see the module docstring)."""
 
@@ -93,12 +116,7 @@ class ActiveLoop:
 
     def _fit(self, configs: Sequence[QuantConfig], fids: np.ndarray) -> list[FoldScorer]:
         s = self.settings
-        graphs = self.graph.encode(configs, self.options, s.hops, targets=-np.asarray(fids, dtype=float))
-        cv = cross_validate(graphs, kfold_splits(len(graphs), s.folds, s.seed), PredictorSettings(hops=s.hops),
-                            TrainSettings(epochs=s.epochs, seed=s.seed))
-        quality = [[float(cv.metrics[f"hop{m}_spearman"].iloc[k]) for m in range(s.hops + 1)]
-                   for k in range(len(cv.predictors))]
-        return [FoldScorer(p, q) for p, q in zip(cv.predictors, quality, strict=True)]
+        return fit_fold_scorers(self.graph, self.options, configs, fids, s.folds, s.epochs, s.hops, s.seed)
 
     def _predictions(self, scorers: list[FoldScorer], configs: Sequence[QuantConfig]) -> np.ndarray:
         """[folds, configs] standardised predictions of −FID."""
@@ -106,14 +124,7 @@ class ActiveLoop:
         return np.stack([(s.predictor.predict(graphs) - s.predictor.y_mean) / s.predictor.y_std for s in scorers])
 
     def _frontier(self, scorers: list[FoldScorer]) -> dict[float, BudgetConfig]:
-        table = score_variants(self.graph, scorers, self.options, self.settings.level)
-        built = {}
-        for budget in self.settings.budgets:
-            try:
-                built[budget] = budget_config(table, budget)
-            except InfeasibleBudgetError:
-                continue
-        return built
+        return frontier_configs(self.graph, self.options, scorers, self.settings.level, self.settings.budgets)
 
     def _checkpoint(self, arm: str, round_: int, configs: list[QuantConfig], fids: np.ndarray, pool: Pool
                     ) -> tuple[list[FoldScorer], dict[float, QuantConfig], list[dict]]:

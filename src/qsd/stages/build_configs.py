@@ -12,9 +12,13 @@ Steps:
        `knapsack_target`'s scores (FID alone by default: the budget already holds the bits).
   3. Label every constructed configuration under stage 02's protocol into the same store (kind `constructed`,
      the name says how it was built).
-  4. Compare: each construction's frontier against the random configurations and the uniform ones; the summary's
+  4. Beyond the paper: predictor-guided labelling against random labelling at the same label budget
+     (`qsd.search.active`; every label goes to the store).
+  5. Refit (`refit`): the GNN retrained on every labelled row of the run (random, uniform and all constructed ones
+     so far) rebuilds the budget configurations (`gnn-refit`), which are labelled too.
+  6. Compare: each construction's frontier against the random configurations and the uniform ones; the summary's
      headline fields (`best_uniform_w4_fid`, `best_sub35_fid`, `best_sub35_bits`, `frontier_dominates_random`,
-     `gnn_beats_error_knapsack`).
+     `gnn_beats_error_knapsack`, both for `gnn_frontier`: the refit GNN's when it ran, else the stage-03 GNN's).
 
 Outputs in `data/runs/<model_id>/<run_id>/05_build_configs/`: constructions.csv (method, budget, name, avg bits,
 score, FID), configs/<name>.json (each configuration), summary.json; figure `05_pareto_<model_id>.png`.
@@ -38,7 +42,7 @@ from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.predictor.baselines import RidgeBaseline
 from qsd.provenance import write_run_record
-from qsd.search.active import ActiveLoop, ActiveSettings, Pool
+from qsd.search.active import ActiveLoop, ActiveSettings, Pool, fit_fold_scorers, frontier_configs
 from qsd.search.construct import budget_config, error_scores, ridge_scores, rule_config
 from qsd.search.pareto import dominated_fraction, pareto_front
 from qsd.search.scores import LEVELS
@@ -50,6 +54,7 @@ from qsd.stages import train_predictor as predictor_stage
 STAGE = "05_build_configs"
 DEFAULT_BUDGETS = (3.3, 3.4, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0)
 YARDSTICKS = ("error", "ridge")
+REFIT = "gnn-refit"
 POOL_STREAM = 1
 """Seed-stream tag of the active loop's candidate pool (stage 02's random stream is untagged)."""
 SUB_BITS = 3.5
@@ -80,13 +85,19 @@ class Settings(StageSettings):
     active_epochs: int = 50
     active_pool: int = 300
     """Unlabelled random candidates (their own seed stream) the explore step picks from."""
+    refit: bool = True
+    """Last, retrain the GNN (FID target) on every labelled row of the run — random, uniform and every constructed
+    configuration so far — and rebuild the budget configurations from it (method `gnn-refit`)."""
+    refit_folds: int = 5
+    refit_epochs: int = 50
     w4_max_avg_bits: float = 4.5
     """The best uniform 4-bit row is taken among those with at most this many average bits (stage 02's bar)."""
     progress: bool = True
 
     SMOKE: ClassVar[dict[str, object]] = {"budgets": (3.5, 4.0), "active_rounds": 1, "active_initial": 2,
                                           "active_per_round": 1, "active_budgets": (4.0,), "active_folds": 2,
-                                          "active_epochs": 2, "active_pool": 8, "progress": False}
+                                          "active_epochs": 2, "active_pool": 8, "refit_folds": 2,
+                                          "refit_epochs": 2, "progress": False}
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -186,9 +197,32 @@ def run(settings: Settings) -> Result:
         active = active_comparison(settings, session, labels)
         active.to_csv(directory / "active.csv", index=False)
         labels = label_stage.saved_labels(settings.model_id, settings.run_id)
+    if settings.refit:
+        constructions = pd.concat([constructions, refit_frontier(settings, session, labels)], ignore_index=True)
+        constructions.to_csv(directory / "constructions.csv", index=False)
+        labels = label_stage.saved_labels(settings.model_id, settings.run_id)
     summary = _summary(settings, constructions, labels) | ({} if active is None else active_summary(active))
     write_run_record(directory, settings, summary)
     return Result(settings, directory, constructions, labels, summary, active)
+
+
+def refit_frontier(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame) -> pd.DataFrame:
+    """The budget configurations of fold predictors trained on every labelled row of the run, labelled; rows of the
+    constructions table (method `gnn-refit`)."""
+    rows = labels[labels["kind"].isin(["random", "uniform", "constructed"]) & labels["fid"].notna()]
+    graph = scores_stage.load_graph(settings.model_id, settings.run_id)
+    options = scores_stage.load_options(settings.model_id, settings.run_id)
+    scorers = fit_fold_scorers(graph, options, [QuantConfig.loads(c) for c in rows["config"]],
+                               rows["fid"].to_numpy(dtype=float), settings.refit_folds, settings.refit_epochs,
+                               seed=settings.seed)
+    built = frontier_configs(graph, options, scorers, settings.level, settings.budgets)
+    names = {budget: f"{REFIT} ≤{budget:.2f} bits" for budget in built}
+    stored = session.label([LabelJob(b.config, "constructed", names[budget]) for budget, b in built.items()],
+                           progress=False).set_index("fingerprint")
+    return pd.DataFrame([{"method": REFIT, "budget": budget, "name": names[budget], "score": b.solution.score,
+                          "note": b.note, "fingerprint": b.config.fingerprint, "avg_bits": b.solution.avg_bits,
+                          "fid": float(stored.loc[b.config.fingerprint, "fid"]), "trained_on": len(rows)}
+                         for budget, b in built.items()])
 
 
 def active_comparison(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame) -> pd.DataFrame:
@@ -255,7 +289,7 @@ def _summary(settings: Settings, constructions: pd.DataFrame, labels: pd.DataFra
                              "fid": [round(float(f), 4) for f in rows["fid"]],
                              "dominated_random_share": None if judged == 0 else round(share, 4),
                              "judged_random": judged}
-    gnn = gnn_name(settings.level)
+    gnn = REFIT if settings.refit else gnn_name(settings.level)
     wins = _budget_wins(built, gnn, "error")
     return {
         "level": settings.level, "rule_target": settings.rule_target, "knapsack_target": settings.knapsack_target,
@@ -268,6 +302,7 @@ def _summary(settings: Settings, constructions: pd.DataFrame, labels: pd.DataFra
         "best_sub35_bits": None if best_sub is None else round(float(best_sub["avg_bits"]), 4),
         "sub35_beats_uniform_w4": (None if best_sub is None or best_w4 is None
                                    else bool(best_sub["fid"] <= best_w4["fid"])),
+        "gnn_frontier": gnn,
         "frontier_dominates_random": bool(frontiers.get(gnn, {}).get("dominated_random_share") == 1.0),
         "gnn_beats_error_knapsack": None if wins is None else bool(wins > 0.5),
         "gnn_beats_error_share": None if wins is None else round(wins, 4),
@@ -292,8 +327,9 @@ def summary_text(result: Result) -> str:
              f"{s['best_uniform_w4_fid']:.2f} at {s['best_uniform_w4_bits']:.3f} bits",
              f"best constructed at ≤ {SUB_BITS} bits: {s['best_sub35']} FID {s['best_sub35_fid']:.2f} at "
              f"{s['best_sub35_bits']:.3f} bits (beats uniform W4: {s['sub35_beats_uniform_w4']})",
-             f"GNN frontier dominates every random configuration: {s['frontier_dominates_random']}; GNN beats the "
-             f"per-layer-error knapsack at most budgets: {s['gnn_beats_error_knapsack']}"]
+             f"GNN frontier ({s['gnn_frontier']}) dominates every random configuration: "
+             f"{s['frontier_dominates_random']}; beats the per-layer-error knapsack at most budgets: "
+             f"{s['gnn_beats_error_knapsack']}"]
     for name, row in s["rule"].items():
         lines.append(f"  {name}: {row['avg_bits']:.3f} bits, FID {row['fid']:.2f}")
     return "\n".join(lines)
