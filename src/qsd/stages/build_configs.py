@@ -14,8 +14,8 @@ Steps:
      the name says how it was built).
   4. Beyond the paper: predictor-guided labelling against random labelling at the same label budget
      (`qsd.search.active`; every label goes to the store).
-  5. Refit (`refit`): the GNN retrained on every labelled row of the run (random, uniform and all constructed ones
-     so far) rebuilds the budget configurations (`gnn-refit`), which are labelled too.
+  5. Refit (`refit`): the GNN retrained on the run's random and uniform rows and every configuration steps 2-4
+     labelled rebuilds the budget configurations (`gnn-refit`), which are labelled too.
   6. Compare: each construction's frontier against the random configurations and the uniform ones; the summary's
      headline fields (`best_uniform_w4_fid`, `best_sub35_fid`, `best_sub35_bits`, `frontier_dominates_random`,
      `gnn_beats_error_knapsack`, both for `gnn_frontier`: the refit GNN's when it ran, else the stage-03 GNN's).
@@ -86,8 +86,8 @@ class Settings(StageSettings):
     active_pool: int = 300
     """Unlabelled random candidates (their own seed stream) the explore step picks from."""
     refit: bool = True
-    """Last, retrain the GNN (FID target) on every labelled row of the run — random, uniform and every constructed
-    configuration so far — and rebuild the budget configurations from it (method `gnn-refit`)."""
+    """Last, retrain the GNN (FID target) on the run's random and uniform rows and every configuration this stage
+    labelled before, and rebuild the budget configurations from it (method `gnn-refit`)."""
     refit_folds: int = 5
     refit_epochs: int = 50
     w4_max_avg_bits: float = 4.5
@@ -192,13 +192,15 @@ def run(settings: Settings) -> Result:
     constructions["fid"] = [by_fingerprint.loc[f, "fid"] if f is not None else np.nan
                             for f in constructions["fingerprint"]]
     constructions.to_csv(directory / "constructions.csv", index=False)
-    active = None
+    active, labelled_here = None, set(constructions["fingerprint"].dropna())
     if settings.active_rounds > 0:
-        active = active_comparison(settings, session, labels)
+        active, active_fingerprints = active_comparison(settings, session, labels)
         active.to_csv(directory / "active.csv", index=False)
+        labelled_here |= active_fingerprints
         labels = label_stage.saved_labels(settings.model_id, settings.run_id)
     if settings.refit:
-        constructions = pd.concat([constructions, refit_frontier(settings, session, labels)], ignore_index=True)
+        rows = labels[labels["kind"].isin(["random", "uniform"]) | labels["fingerprint"].isin(labelled_here)]
+        constructions = pd.concat([constructions, refit_frontier(settings, session, rows)], ignore_index=True)
         constructions.to_csv(directory / "constructions.csv", index=False)
         labels = label_stage.saved_labels(settings.model_id, settings.run_id)
     summary = _summary(settings, constructions, labels) | ({} if active is None else active_summary(active))
@@ -207,9 +209,10 @@ def run(settings: Settings) -> Result:
 
 
 def refit_frontier(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame) -> pd.DataFrame:
-    """The budget configurations of fold predictors trained on every labelled row of the run, labelled; rows of the
-    constructions table (method `gnn-refit`)."""
-    rows = labels[labels["kind"].isin(["random", "uniform", "constructed"]) & labels["fid"].notna()]
+    """The budget configurations of fold predictors trained on `labels` (the run's random and uniform rows and what
+    this stage labelled before: a re-run trains on the same rows), labelled; rows of the constructions table
+    (method `gnn-refit`)."""
+    rows = labels[labels["fid"].notna()]
     graph = scores_stage.load_graph(settings.model_id, settings.run_id)
     options = scores_stage.load_options(settings.model_id, settings.run_id)
     scorers = fit_fold_scorers(graph, options, [QuantConfig.loads(c) for c in rows["config"]],
@@ -225,9 +228,11 @@ def refit_frontier(settings: Settings, session: label_stage.Labelling, labels: p
                          for budget, b in built.items()])
 
 
-def active_comparison(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame) -> pd.DataFrame:
-    """Step 5: the active loop against random labelling on the run's random stream (`qsd.search.active`); the
-    random configurations after the label budget are the held-out set; every new label goes to the store."""
+def active_comparison(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame
+                      ) -> tuple[pd.DataFrame, set[str]]:
+    """Step 4: the active loop against random labelling on the run's random stream (`qsd.search.active`); the
+    random configurations after the label budget are the held-out set; every new label goes to the store.
+    Returns the checkpoints and the fingerprints of every configuration the loop labelled."""
     active_settings = ActiveSettings(initial=settings.active_initial, rounds=settings.active_rounds,
                                      per_round=settings.active_per_round, budgets=settings.active_budgets,
                                      folds=settings.active_folds, level=settings.level, epochs=settings.active_epochs,
@@ -239,14 +244,17 @@ def active_comparison(settings: Settings, session: label_stage.Labelling, labels
                   for i in range(settings.active_pool)]
     pool = Pool(configs[:n], fids[:n], configs[n:], fids[n:], candidates)
 
+    labelled: set[str] = set()
+
     def label(batch: list[QuantConfig], names: list[str]) -> np.ndarray:
+        labelled.update(c.fingerprint for c in batch)
         rows = session.label([LabelJob(c, "constructed", name) for c, name in zip(batch, names, strict=True)],
                              progress=False).set_index("fingerprint")
         return rows.loc[[c.fingerprint for c in batch], "fid"].to_numpy(dtype=float)
 
     graph = scores_stage.load_graph(settings.model_id, settings.run_id)
     options = scores_stage.load_options(settings.model_id, settings.run_id)
-    return ActiveLoop(graph, options, label, active_settings, settings.progress).run(pool).checkpoints
+    return ActiveLoop(graph, options, label, active_settings, settings.progress).run(pool).checkpoints, labelled
 
 
 def active_summary(checkpoints: pd.DataFrame) -> dict:
