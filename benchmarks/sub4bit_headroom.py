@@ -23,7 +23,6 @@ from qsd.paths import stage_dir
 from qsd.search.construct import budget_config
 from qsd.stages import label_configs as label_stage
 from qsd.stages import multiquantizer as multiquantizer_stage
-from qsd.stages import sensitivity_insights as scores_stage
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     labeller, mq = session.executor.worker.labeller, session.multiquantizer
     damage = pd.read_csv(stage_dir(args.model, args.run, multiquantizer_stage.STAGE) / "layer_damage.csv")
     damage = damage[damage["option"] == "uaq-3"].set_index("unit")["sample_mse"]
-    options = scores_stage.load_options(args.model, args.run)
+    options = multiquantizer_stage.saved_search_space(args.model, args.run)
     table = options[options["method"] == "uaq"].rename(columns={"unit": "layers", "option": "options"})
     table = table.assign(unit=table["layers"],
                          score=[-damage[u] if o == "uaq-3" else 0.0 for u, o in zip(table["layers"], table["options"],

@@ -92,6 +92,16 @@ def saved_path(model_id: str, run_id: str) -> Path:
     return stage_dir(model_id, run_id, STAGE) / FILE_NAME
 
 
+def saved_search_space(model_id: str, run_id: str) -> pd.DataFrame:
+    """The option table (`search_space.csv`) stage 01 wrote for run `run_id` of `model_id`; later stages read it
+    through here (a missing file is an error naming notebook 01)."""
+    path = stage_dir(model_id, run_id, STAGE) / "search_space.csv"
+    if not path.is_file():
+        raise MissingFileError(f"no option table at {path}: run notebooks/01_multiquantizer.ipynb with "
+                               f"model_id={model_id!r}, run_id={run_id!r} first (make reproduce runs them in order)")
+    return pd.read_csv(path)
+
+
 def load_saved(model_id: str, run_id: str, denoiser: torch.nn.Module) -> MultiQuantizer:
     """The multiquantizer stage 01 saved for run `run_id` of `model_id`, for `denoiser`'s weights. Later stages
     read it through here and never rebuild it: a missing or mismatched file is an error naming notebook 01."""

@@ -26,7 +26,6 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from qsd.errors import InvalidSettingError, MissingFileError
-from qsd.graph import DenoiserGraph
 from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.predictor.training import TrainedPredictor
@@ -34,6 +33,7 @@ from qsd.provenance import write_run_record
 from qsd.search.insights import insight_text, insights, round_statistics, winners
 from qsd.search.scores import LEVELS, FoldScorer, score_variants
 from qsd.stages import StageSettings
+from qsd.stages import multiquantizer as multiquantizer_stage
 from qsd.stages import train_predictor as predictor_stage
 
 STAGE = "04_sensitivity_insights"
@@ -95,20 +95,6 @@ def fold_scorers(model_id: str, run_id: str, target: str) -> list[FoldScorer]:
     return scorers
 
 
-def load_graph(model_id: str, run_id: str) -> DenoiserGraph:
-    return DenoiserGraph.load(stage_dir(model_id, run_id, predictor_stage.STAGE) / "graph.json")
-
-
-def load_options(model_id: str, run_id: str) -> pd.DataFrame:
-    """Stage 01's option table (search_space.csv)."""
-    from qsd.stages import multiquantizer as multiquantizer_stage
-
-    path = stage_dir(model_id, run_id, multiquantizer_stage.STAGE) / "search_space.csv"
-    if not path.is_file():
-        raise MissingFileError(f"no option table at {path}: run notebooks/01_multiquantizer.ipynb first")
-    return pd.read_csv(path)
-
-
 def saved_scores(model_id: str, run_id: str) -> pd.DataFrame:
     """The score table stage 04 wrote (stage 05 reads it; never recomputed behind the user's back)."""
     path = stage_dir(model_id, run_id, STAGE) / "scores.parquet"
@@ -122,11 +108,12 @@ def run(settings: Settings) -> Result:
     """Score every variant at both levels for both targets; write the table, the insights and the summary."""
     settings = settings.effective()
     directory = stage_dir(settings.model_id, settings.run_id, STAGE)
-    graph = load_graph(settings.model_id, settings.run_id)
-    options = load_options(settings.model_id, settings.run_id)
-    frames = []
+    graph = predictor_stage.saved_graph(settings.model_id, settings.run_id)
+    options = multiquantizer_stage.saved_search_space(settings.model_id, settings.run_id)
+    frames, folds = [], {}
     for target in TARGETS:
         scorers = fold_scorers(settings.model_id, settings.run_id, target)
+        folds[target] = len(scorers)
         for level in LEVELS:
             frames.append(score_variants(graph, scorers, options, level, settings.progress).assign(target=target))
     scores = pd.concat(frames, ignore_index=True)
@@ -141,7 +128,7 @@ def run(settings: Settings) -> Result:
         "target": settings.target, "units": int(scores.query("level == 'subgraph'")["unit"].nunique()),
         "layers": int(scores.query("level == 'node'")["unit"].nunique()),
         "variants_scored": {f"{t}/{lv}": int(n) for (t, lv), n in counts.items()},
-        "folds": len(fold_scorers(settings.model_id, settings.run_id, settings.target)),
+        "folds": folds[settings.target],
         "insights": {r["topic"]: r["text"] for r in records},
     }
     write_run_record(directory, settings, result.summary)

@@ -128,6 +128,15 @@ class Result:
     summary: dict
 
 
+def saved_graph(model_id: str, run_id: str) -> DenoiserGraph:
+    """The denoiser graph stage 03 traced and saved for run `run_id` of `model_id` (`graph.json`)."""
+    path = stage_dir(model_id, run_id, STAGE) / "graph.json"
+    if not path.is_file():
+        raise MissingFileError(f"no denoiser graph at {path}: run notebooks/03_train_predictor.ipynb with "
+                               f"model_id={model_id!r}, run_id={run_id!r} first (make reproduce runs them in order)")
+    return DenoiserGraph.load(path)
+
+
 def load_dataset(model_id: str, run_id: str, kinds: tuple[str, ...] = ("random",)) -> Dataset:
     """Stage 02's labels of `kinds` with their configurations, stage 01's multiquantizer and the traced graph."""
     labels = label_stage.saved_labels(model_id, run_id)
