@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from qsd.config import QuantConfig, QuantSpec
 from qsd.errors import InfeasibleBudgetError, InvalidSettingError
 from qsd.executors import LabelJob
+from qsd.graph import DenoiserGraph
 from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.predictor.baselines import RidgeBaseline
@@ -48,6 +49,7 @@ from qsd.search.pareto import dominated_fraction, pareto_front
 from qsd.search.scores import LEVELS
 from qsd.stages import StageSettings
 from qsd.stages import label_configs as label_stage
+from qsd.stages import multiquantizer as multiquantizer_stage
 from qsd.stages import sensitivity_insights as scores_stage
 from qsd.stages import train_predictor as predictor_stage
 
@@ -183,53 +185,53 @@ def run(settings: Settings) -> Result:
     for name, config in configs.items():
         config.save(directory / "configs" / f"{_file_name(name)}.json")
     session = label_stage.Labelling.of_run(settings.model_id, settings.run_id)
-    labels = session.label([LabelJob(config, "constructed", name) for name, config in configs.items()],
-                           progress=settings.progress)
-    by_fingerprint = labels.set_index("fingerprint")
+    fids = dict(zip(configs, session.fids([LabelJob(config, "constructed", name) for name, config in configs.items()],
+                                          progress=settings.progress), strict=True))
     constructions["fingerprint"] = [configs[n].fingerprint if n in configs else None for n in constructions["name"]]
     constructions["avg_bits"] = [session.multiquantizer.cost(configs[n])["avg_bits"] if n in configs else np.nan
                                  for n in constructions["name"]]
-    constructions["fid"] = [by_fingerprint.loc[f, "fid"] if f is not None else np.nan
-                            for f in constructions["fingerprint"]]
+    constructions["fid"] = [fids.get(n, np.nan) for n in constructions["name"]]
     constructions.to_csv(directory / "constructions.csv", index=False)
+    graph = predictor_stage.saved_graph(settings.model_id, settings.run_id)
+    options = multiquantizer_stage.saved_search_space(settings.model_id, settings.run_id)
     active, labelled_here = None, set(constructions["fingerprint"].dropna())
     if settings.active_rounds > 0:
-        active, active_fingerprints = active_comparison(settings, session, labels)
+        active, active_fingerprints = active_comparison(settings, session, labels, graph, options)
         active.to_csv(directory / "active.csv", index=False)
         labelled_here |= active_fingerprints
-        labels = label_stage.saved_labels(settings.model_id, settings.run_id)
     if settings.refit:
-        rows = labels[labels["kind"].isin(["random", "uniform"]) | labels["fingerprint"].isin(labelled_here)]
-        constructions = pd.concat([constructions, refit_frontier(settings, session, rows)], ignore_index=True)
-        constructions.to_csv(directory / "constructions.csv", index=False)
         labels = label_stage.saved_labels(settings.model_id, settings.run_id)
+        rows = labels[labels["kind"].isin(["random", "uniform"]) | labels["fingerprint"].isin(labelled_here)]
+        constructions = pd.concat([constructions, refit_frontier(settings, session, rows, graph, options)],
+                                  ignore_index=True)
+        constructions.to_csv(directory / "constructions.csv", index=False)
+    labels = label_stage.saved_labels(settings.model_id, settings.run_id)
     summary = _summary(settings, constructions, labels) | ({} if active is None else active_summary(active))
     write_run_record(directory, settings, summary)
     return Result(settings, directory, constructions, labels, summary, active)
 
 
-def refit_frontier(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame) -> pd.DataFrame:
+def refit_frontier(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame, graph: DenoiserGraph,
+                   options: pd.DataFrame) -> pd.DataFrame:
     """The budget configurations of fold predictors trained on `labels` (the run's random and uniform rows and what
     this stage labelled before: a re-run trains on the same rows), labelled; rows of the constructions table
     (method `gnn-refit`)."""
     rows = labels[labels["fid"].notna()]
-    graph = scores_stage.load_graph(settings.model_id, settings.run_id)
-    options = scores_stage.load_options(settings.model_id, settings.run_id)
     scorers = fit_fold_scorers(graph, options, [QuantConfig.loads(c) for c in rows["config"]],
                                rows["fid"].to_numpy(dtype=float), settings.refit_folds, settings.refit_epochs,
                                seed=settings.seed)
     built = frontier_configs(graph, options, scorers, settings.level, settings.budgets)
     names = {budget: f"{REFIT} ≤{budget:.2f} bits" for budget in built}
-    stored = session.label([LabelJob(b.config, "constructed", names[budget]) for budget, b in built.items()],
-                           progress=False).set_index("fingerprint")
+    fids = session.fids([LabelJob(b.config, "constructed", names[budget]) for budget, b in built.items()],
+                        progress=False)
     return pd.DataFrame([{"method": REFIT, "budget": budget, "name": names[budget], "score": b.solution.score,
                           "note": b.note, "fingerprint": b.config.fingerprint, "avg_bits": b.solution.avg_bits,
-                          "fid": float(stored.loc[b.config.fingerprint, "fid"]), "trained_on": len(rows)}
-                         for budget, b in built.items()])
+                          "fid": fid, "trained_on": len(rows)}
+                         for (budget, b), fid in zip(built.items(), fids, strict=True)])
 
 
-def active_comparison(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame
-                      ) -> tuple[pd.DataFrame, set[str]]:
+def active_comparison(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame,
+                      graph: DenoiserGraph, options: pd.DataFrame) -> tuple[pd.DataFrame, set[str]]:
     """Step 4: the active loop against random labelling on the run's random stream (`qsd.search.active`); the
     random configurations after the label budget are the held-out set; every new label goes to the store.
     Returns the checkpoints and the fingerprints of every configuration the loop labelled."""
@@ -248,12 +250,9 @@ def active_comparison(settings: Settings, session: label_stage.Labelling, labels
 
     def label(batch: list[QuantConfig], names: list[str]) -> np.ndarray:
         labelled.update(c.fingerprint for c in batch)
-        rows = session.label([LabelJob(c, "constructed", name) for c, name in zip(batch, names, strict=True)],
-                             progress=False).set_index("fingerprint")
-        return rows.loc[[c.fingerprint for c in batch], "fid"].to_numpy(dtype=float)
+        return session.fids([LabelJob(c, "constructed", name) for c, name in zip(batch, names, strict=True)],
+                            progress=False)
 
-    graph = scores_stage.load_graph(settings.model_id, settings.run_id)
-    options = scores_stage.load_options(settings.model_id, settings.run_id)
     return ActiveLoop(graph, options, label, active_settings, settings.progress).run(pool).checkpoints, labelled
 
 

@@ -201,6 +201,11 @@ class Labelling:
             store.to_parquet(self.directory / "labels.parquet")
             return store.to_pandas()
 
+    def fids(self, jobs: list[LabelJob], progress: bool | None = None) -> np.ndarray:
+        """`label(jobs)`, then the FID of each job's configuration, in job order."""
+        rows = self.label(jobs, progress).set_index("fingerprint")
+        return rows.loc[[j.config.fingerprint for j in jobs], "fid"].to_numpy(dtype=float)
+
 
 def run(settings: Settings) -> Result:
     """Label the reference rows and `n_configs` random configurations, resuming from the store."""
