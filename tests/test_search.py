@@ -382,7 +382,7 @@ def test_active_loop_grows_its_labels_and_measures_both_arms_alike(graph, option
     first = table[table["round"] == 0].set_index("arm")
     columns = ["fid", "heldout_spearman"]
     assert first.loc["active-arm", columns].tolist() == first.loc["random-arm", columns].tolist()
-    active = result.labelled["active"]
+    active = result.labelled
     assert len(active) == 8 and len({c.fingerprint for _, c, _ in active}) == 8
     assert all(f == pytest.approx(fid(c)) for _, c, f in active)
     assert {name.split(" ")[0] for batch in calls for name in batch} == {"random-arm", "active-arm"}

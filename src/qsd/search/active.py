@@ -80,7 +80,7 @@ class Pool:
 class ActiveResult:
     checkpoints: pd.DataFrame
     """One row per (arm, round, budget): labels, budget, avg_bits, fid, heldout_spearman."""
-    labelled: dict[str, list[tuple[str, QuantConfig, float]]] = field(default_factory=dict)
+    labelled: list[tuple[str, QuantConfig, float]] = field(default_factory=list)
     """The active arm's labelled set at the end: (how it came in, configuration, FID)."""
 
 
@@ -150,15 +150,18 @@ class ActiveLoop:
                                                           strict=True)]
         for round_ in tqdm(range(s.rounds + 1), desc="active labelling", disable=not self.progress):
             n = s.initial + round_ * s.per_round
-            _, _, random_rows = self._checkpoint("random-arm", round_, pool.configs[:n], pool.fids[:n], pool)
-            configs, fids = [c for _, c, _ in active], np.array([f for _, _, f in active])
-            scorers, frontier, active_rows = self._checkpoint("active-arm", round_, configs, fids, pool)
+            scorers, frontier, random_rows = self._checkpoint("random-arm", round_, pool.configs[:n], pool.fids[:n],
+                                                              pool)
+            if round_ == 0:  # both arms hold the same n₀ labels: one measurement serves both
+                active_rows = [row | {"arm": "active-arm"} for row in random_rows]
+            else:
+                configs, fids = [c for _, c, _ in active], np.array([f for _, _, f in active])
+                scorers, frontier, active_rows = self._checkpoint("active-arm", round_, configs, fids, pool)
             rows += random_rows + active_rows
             if round_ == s.rounds:
                 break
             active += self._next_round(scorers, frontier, active_rows, active, pool, round_)
-        table = pd.DataFrame(rows)
-        return ActiveResult(table, {"active": active})
+        return ActiveResult(pd.DataFrame(rows), active)
 
     def _next_round(self, scorers: list[FoldScorer], frontier: dict[float, QuantConfig], frontier_rows: list[dict],
                     active: list, pool: Pool, round_: int) -> list[tuple[str, QuantConfig, float]]:
