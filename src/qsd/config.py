@@ -28,6 +28,8 @@ from qsd.errors import (
 METHODS = ("uaq", "kmeans_c", "kmeans_a")
 """Weight quantizers: uniform asymmetric (UAQ), K-Means per output channel (C) and per tensor (A)."""
 SUPPORTED_W_BITS = tuple(range(2, 9))
+SUPPORTED_A_BITS = tuple(range(2, 9))
+"""Activation bit widths of the token-wise quantizer (`qsd.actquant`); None = float (16-bit) activations."""
 CONFIG_FORMAT_VERSION = 1
 SPEC_ATTRIBUTE = "qsd_specs"
 """Attribute on every quantized module: {unit name: QuantSpec or None} as last applied (the readback)."""
@@ -35,8 +37,8 @@ SPEC_ATTRIBUTE = "qsd_specs"
 
 @dataclass(frozen=True, order=True)
 class QuantSpec:
-    """How one unit is quantized: weight method and bits. `a_bits` (activation bits) is reserved for activation
-    quantization (stage 06) and must be None until it exists: nothing would apply it."""
+    """How one unit is quantized: weight method and bits, and optionally the bits of its input activations
+    (token-wise online quantization, `qsd.actquant`; None = float activations). Average bits count weights only."""
 
     method: str
     w_bits: int
@@ -54,28 +56,40 @@ class QuantSpec:
                 f"unsupported weight bit width {self.w_bits!r} for {self.method}; "
                 f"supported: {SUPPORTED_W_BITS[0]}..{SUPPORTED_W_BITS[-1]} (integers)"
             )
-        if self.a_bits is not None:
-            raise UnsupportedSpecError(
-                f"QuantSpec({self.method!r}, {self.w_bits}, a_bits={self.a_bits!r}): activation quantization is not "
-                "implemented yet (it arrives with stage 06, qsd.actquant), so a_bits would be recorded but never "
-                f"applied; use the weight-only spec QuantSpec({self.method!r}, {self.w_bits})"
-            )
+        check_a_bits(self.a_bits)
+
+    @property
+    def weights_only(self) -> QuantSpec:
+        """This spec without activation bits (the multiquantizer's option it uses)."""
+        return QuantSpec(self.method, self.w_bits)
+
+    def with_a_bits(self, a_bits: int | None) -> QuantSpec:
+        return QuantSpec(self.method, self.w_bits, a_bits)
 
     @property
     def key(self) -> str:
-        """Short option name, e.g. `kmeans_c-3` (the original code's `<method>-<bits>` keys)."""
-        return f"{self.method}-{self.w_bits}"
+        """Short option name, e.g. `kmeans_c-3` (the original code's `<method>-<bits>` keys), `uaq-4-a6` with
+        activation bits."""
+        return f"{self.method}-{self.w_bits}" + ("" if self.a_bits is None else f"-a{self.a_bits}")
 
     @classmethod
     def parse(cls, key: str) -> QuantSpec:
-        """Inverse of `key`: `"uaq-4"` -> `QuantSpec("uaq", 4)`."""
-        method, sep, bits = str(key).rpartition("-")
+        """Inverse of `key`: `"uaq-4"` -> `QuantSpec("uaq", 4)`, `"uaq-4-a6"` -> `QuantSpec("uaq", 4, 6)`."""
+        key = str(key)
+        a_bits = None
+        head, sep, tail = key.rpartition("-a")
+        if sep and tail.isdigit():
+            key, a_bits = head, int(tail)
+        method, sep, bits = key.rpartition("-")
         if not sep or not bits.isdigit():
-            raise UnsupportedSpecError(f"cannot parse option {key!r}; expected '<method>-<bits>', e.g. 'uaq-4'")
-        return cls(method, int(bits))
+            raise UnsupportedSpecError(f"cannot parse option {key!r}; expected '<method>-<bits>[-a<bits>]', e.g. "
+                                       "'uaq-4' or 'uaq-4-a6'")
+        return cls(method, int(bits), a_bits)
 
     def to_json(self) -> dict:
-        return {"method": self.method, "w_bits": self.w_bits}
+        """Weight-only specs keep their original form (and configurations their fingerprints)."""
+        data = {"method": self.method, "w_bits": self.w_bits}
+        return data if self.a_bits is None else data | {"a_bits": self.a_bits}
 
     @classmethod
     def from_json(cls, data: Mapping) -> QuantSpec:
@@ -84,6 +98,14 @@ class QuantSpec:
                 f"a spec must be an object with keys method, w_bits[, a_bits]; got {data!r}"
             )
         return cls(data["method"], data.get("w_bits"), data.get("a_bits"))
+
+
+def check_a_bits(bits: object) -> None:
+    """Refuse activation bit widths outside `SUPPORTED_A_BITS` (None, float activations, passes)."""
+    if bits is not None and (type(bits) is not int or bits not in SUPPORTED_A_BITS):
+        raise UnsupportedSpecError(f"unsupported activation bit width {bits!r}; supported: "
+                                   f"{SUPPORTED_A_BITS[0]}..{SUPPORTED_A_BITS[-1]} (integers), or None for float "
+                                   "(16-bit) activations")
 
 
 class QuantConfig(Mapping[str, QuantSpec | None]):
@@ -149,6 +171,19 @@ class QuantConfig(Mapping[str, QuantSpec | None]):
         if unknown:
             self[unknown[0]]  # raises UnknownLayerError with suggestions
         return QuantConfig({**self._layers, **changes})
+
+    def with_a_bits(self, a_bits: int | None) -> QuantConfig:
+        """A copy whose quantized units all take `a_bits` activation bits (None: float activations); float units
+        stay float."""
+        return QuantConfig({n: None if s is None else s.with_a_bits(a_bits) for n, s in self._layers.items()})
+
+    @property
+    def a_bits(self) -> int | None:
+        """The one activation bit width of all quantized units, None when they are all float; mixed raises."""
+        found = {s.a_bits for s in self._layers.values() if s is not None}
+        if len(found) > 1:
+            raise UnsupportedSpecError(f"this config mixes activation bit widths {sorted(found, key=str)}")
+        return next(iter(found), None)
 
     # Serialisation
     def to_json(self) -> dict:
@@ -231,7 +266,7 @@ class QuantConfig(Mapping[str, QuantSpec | None]):
         if supported is not None:
             allowed = set(supported)
             for name, spec in self._layers.items():
-                if spec is not None and spec not in allowed:
+                if spec is not None and spec.weights_only not in allowed:
                     raise UnsupportedSpecError(
                         f"layer {name!r} asks for {spec.key}, which this multiquantizer did not precompute; "
                         f"available: {', '.join(sorted(s.key for s in allowed))}"

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from qsd.actquant import apply_activation_bits
 from qsd.config import METHODS, QuantConfig, QuantSpec
 from qsd.errors import CorruptFileError, ModelMismatchError, QsdError
 from qsd.files import atomic_write, tensor_digest
@@ -150,14 +151,14 @@ class MultiQuantizer:
             numel = self.quantized[unit.name][self.options[0]].numel
             n += numel
             fp += numel * p
-            size += numel * p if spec is None else self.quantized[unit.name][spec].size_bits(p)
+            size += numel * p if spec is None else self.quantized[unit.name][spec.weights_only].size_bits(p)
         return {"avg_bits": size / n, "quantized_bytes": size / 8, "fp_bytes": fp / 8, "n_weights": n}
 
     def summed_error(self, config: QuantConfig) -> float:
         """Sum of the units' relative errors under `config` (float units add 0)."""
         config.validate(self.unit_names, self.options)
         return float(
-            sum(self.errors[u][s] for u, s in config.items() if s is not None)
+            sum(self.errors[u][s.weights_only] for u, s in config.items() if s is not None)
         )
 
     def uniform(self, spec: QuantSpec | None) -> QuantConfig:
@@ -182,7 +183,8 @@ class MultiQuantizer:
 
     # ------------------------------------------------------------------ applying
     def apply(self, config: QuantConfig) -> None:
-        """Set every unit's weight to its option under `config` (None = float). No re-quantization."""
+        """Set every unit's weight to its option under `config` (None = float), and its input activations to
+        token-wise quantization where the spec has `a_bits` (`qsd.actquant`). No re-quantization."""
         config.validate(self.unit_names, self.options)
         for module_name, units in self._groups:
             float_weight = self._float[module_name]
@@ -192,15 +194,17 @@ class MultiQuantizer:
                 if spec is None:
                     pieces.append(unit.weight_slice(float_weight))
                 else:
-                    option = self.option(unit.name, spec)
+                    option = self.option(unit.name, spec.weights_only)
                     pieces.append(option.dequantize(float_weight.dtype).to(float_weight.device))
             write_weight(self._modules[module_name], pieces, {u.name: config[u.name] for u in units})
+        apply_activation_bits(self.model, config, self.settings.split_concat_inputs)
 
     def restore(self) -> None:
-        """Put the original float weight tensors back (bitwise identical)."""
+        """Put the original float weight tensors back (bitwise identical) and remove activation quantizers."""
         for module_name, units in self._groups:
             module = self._modules[module_name]
             write_weight(module, [self._float[module_name]], {u.name: None for u in units})
+        apply_activation_bits(self.model, self.uniform(None), self.settings.split_concat_inputs)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

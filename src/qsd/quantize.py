@@ -12,6 +12,7 @@ from itertools import groupby
 import torch
 from torch import nn
 
+from qsd.actquant import apply_activation_bits
 from qsd.config import SPEC_ATTRIBUTE, QuantConfig, QuantSpec
 from qsd.errors import AlreadyQuantizedError
 from qsd.layers import Unit, quantizable_units
@@ -31,7 +32,8 @@ def write_weight(module: nn.Module, pieces: Sequence[torch.Tensor], specs: dict[
 
 
 def quantize_(model: nn.Module, config: QuantConfig, settings: QuantizerSettings = QuantizerSettings()) -> nn.Module:
-    """Fake-quantize `model`'s weights as `config` says (None = keep float). Returns `model`."""
+    """Fake-quantize `model`'s weights as `config` says (None = keep float), and quantize the inputs of units with
+    `a_bits` token-wise (`qsd.actquant`). Returns `model`."""
     units = quantizable_units(model, settings.split_concat_inputs)
     config.validate([u.name for u in units])
     modules = dict(model.named_modules())
@@ -52,5 +54,6 @@ def quantize_(model: nn.Module, config: QuantConfig, settings: QuantizerSettings
                 piece = fitted.dequantize(weight.dtype)
             pieces.append(piece)
         write_weight(module, pieces, {u.name: config[u.name] for u in module_units})
+    apply_activation_bits(model, config, settings.split_concat_inputs)
     return model
 

@@ -1,0 +1,158 @@
+"""What every baseline shares: the result it returns, which layers it quantizes, round-to-nearest weights, average
+bits counted as the rest of qsd counts them, and static activation quantizers calibrated on a `CalibrationSet`.
+
+Every baseline works on a copy of the float denoiser (`quantized_copy`): weights are fake-quantized in place of the
+float ones, activation quantizers are attached as in `qsd.actquant`, and the float denoiser is never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from qsd.actquant import SplitInputQuantizer, StaticQuantizer, StepClock, set_input_quantizer
+from qsd.actquant.attach import channel_dim
+from qsd.baselines.calibration import CalibrationSet, denoiser_output
+from qsd.layers import QUANTIZABLE_TYPES, Unit, quantizable_units
+from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
+
+PARAM_BITS = 16
+"""Overhead (scales, zero points) and float layers count at FP16, as everywhere in qsd (paper §3.1)."""
+MIN_MAX = QuantizerSettings(uaq_clip_ratios=(0.0,))
+
+
+@dataclass
+class BaselineResult:
+    """A quantized copy of the denoiser and how it was made."""
+
+    method: str
+    denoiser: nn.Module
+    w_bits: int
+    a_bits: int | None
+    avg_bits: float
+    """Average weight bits over the quantizable layers, overhead and float layers at FP16."""
+    calibration_seconds: float
+    settings: dict = field(default_factory=dict)
+    """Every setting the method used (iteration counts, thresholds, which layers stay float)."""
+
+    def record(self) -> dict:
+        return {"method": self.method, "w_bits": self.w_bits, "a_bits": self.a_bits, "avg_bits": self.avg_bits,
+                "calibration_seconds": self.calibration_seconds, "settings": self.settings}
+
+
+def quantized_copy(denoiser: nn.Module) -> nn.Module:
+    """A deep copy of `denoiser` in eval mode with gradients off (methods switch on what they learn)."""
+    clone = copy.deepcopy(denoiser).eval()
+    clone.requires_grad_(False)
+    return clone
+
+
+def call_order(denoiser: nn.Module, calibration: CalibrationSet) -> list[str]:
+    """Names of the Linear/Conv layers in the order one forward pass calls them (first call counts)."""
+    order: list[str] = []
+    handles = [module.register_forward_pre_hook(lambda m, a, name=name: order.append(name) if name not in order
+                                                else None)
+               for name, module in denoiser.named_modules() if isinstance(module, QUANTIZABLE_TYPES)]
+    try:
+        with torch.no_grad():
+            denoiser_output(denoiser, calibration.inputs(0, torch.arange(1),
+                                                         next(denoiser.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+def first_and_last(denoiser: nn.Module, calibration: CalibrationSet) -> list[str]:
+    """The first and the last layer a forward pass calls (kept float by Q-Diffusion, TFMQ-DM and DMQ)."""
+    order = call_order(denoiser, calibration)
+    return [order[0], order[-1]]
+
+
+def quantized_units(denoiser: nn.Module, keep_float: Iterable[str] = ()) -> list[Unit]:
+    """The units (`qsd.layers`, concatenation-fed layers split) of every layer not in `keep_float`."""
+    keep = set(keep_float)
+    return [u for u in quantizable_units(denoiser) if u.module not in keep]
+
+
+def rtn_weight(weight: torch.Tensor, bits: int) -> QuantizedWeight:
+    """Round-to-nearest per-output-channel asymmetric weights over each channel's full range."""
+    return quantize_weight(weight, "uaq", [bits], MIN_MAX)[bits]
+
+
+def set_weight_units(denoiser: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Write unit weights (unit name → its column block) into their layers."""
+    modules = dict(denoiser.named_modules())
+    for unit in quantizable_units(denoiser):
+        if unit.name in weights:
+            module = modules[unit.module]
+            module.weight.data[:, unit.in_start:unit.in_stop] = weights[unit.name].to(module.weight.dtype)
+
+
+def rtn_weights_(denoiser: nn.Module, units: Sequence[Unit], bits: int) -> None:
+    """Round every unit of `units` to nearest on its own grid, in place."""
+    modules = dict(denoiser.named_modules())
+    set_weight_units(denoiser, {u.name: rtn_weight(u.weight_slice(modules[u.module].weight.detach()), bits)
+                                .dequantize() for u in units})
+
+
+def average_bits(denoiser: nn.Module, units: Sequence[Unit], bits: int) -> float:
+    """Average bits per weight of the quantizable layers when `units` are `bits`-bit per-channel affine (Δ and z per
+    output channel at FP16) and every other unit is FP16."""
+    quantized = {u.name for u in units}
+    modules = dict(denoiser.named_modules())
+    total = weights = 0
+    for unit in quantizable_units(denoiser):
+        piece = unit.weight_slice(modules[unit.module].weight)
+        n, rows = piece.numel(), piece.shape[0]
+        weights += n
+        total += bits * n + 2 * PARAM_BITS * rows if unit.name in quantized else PARAM_BITS * n
+    return total / weights
+
+
+def attach_static(denoiser: nn.Module, units: Sequence[Unit], bits: int, n_sets: int = 1,
+                  clock: StepClock | None = None, momentum: float | None = None) -> dict[str, StaticQuantizer]:
+    """A static input quantizer per unit of `units` (the halves of a concatenation-fed layer separately: split
+    quantization); returns unit name → quantizer, all in observe mode."""
+    modules = dict(denoiser.named_modules())
+    by_module: dict[str, list[Unit]] = {}
+    for unit in quantizable_units(denoiser):
+        by_module.setdefault(unit.module, []).append(unit)
+    wanted = {u.name for u in units}
+    quantizers: dict[str, StaticQuantizer] = {}
+    for module_name, module_units in by_module.items():
+        chosen = [u for u in module_units if u.name in wanted]
+        if not chosen:
+            continue
+        module = modules[module_name]
+        dim = channel_dim(module)
+        parts = [StaticQuantizer(bits, n_sets, clock, dim, momentum=momentum) if u.name in wanted else None
+                 for u in module_units]
+        quantizers.update({u.name: p for u, p in zip(module_units, parts, strict=True) if p is not None})
+        if len(module_units) == 1:
+            set_input_quantizer(module, parts[0])
+        else:
+            set_input_quantizer(module, SplitInputQuantizer([(u.in_start, u.in_stop) for u in module_units], parts,
+                                                            dim))
+    return quantizers
+
+
+def calibrate_ranges(denoiser: nn.Module, quantizers: Iterable[StaticQuantizer], calibration: CalibrationSet,
+                     batch_rows: int = 64) -> None:
+    """Observe every calibration step (in chunks of `batch_rows`) with `quantizers` in observe mode, then fix their
+    ranges (`StaticQuantizer.finalize`)."""
+    quantizers = list(quantizers)
+    for q in quantizers:
+        q.set_mode("observe")
+    device = next(denoiser.parameters()).device
+    with torch.no_grad():
+        for step in range(len(calibration)):
+            for start in range(0, calibration.batch, batch_rows):
+                rows = torch.arange(start, min(calibration.batch, start + batch_rows))
+                denoiser_output(denoiser, calibration.inputs(step, rows, device))
+    for q in quantizers:
+        q.finalize()

@@ -1,0 +1,44 @@
+"""RTN, the floor every baseline must beat: round-to-nearest per-output-channel asymmetric weights over each
+channel's full range, and static per-tensor activation ranges from the min/max over the calibration set (one range
+for all timesteps). The first and last layers stay float, as in the methods it is the floor of (baselines.md §2)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from qsd.baselines.calibration import CalibrationSet
+from qsd.baselines.common import (
+    BaselineResult,
+    attach_static,
+    average_bits,
+    calibrate_ranges,
+    first_and_last,
+    quantized_copy,
+    quantized_units,
+    rtn_weights_,
+)
+
+METHOD = "rtn"
+
+
+@dataclass(frozen=True)
+class Settings:
+    keep_first_last: bool = True
+    """Keep the first and last layer float."""
+
+
+def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, a_bits: int | None = 6,
+             settings: Settings = Settings(), seed: int = 0) -> BaselineResult:
+    """RTN weights and min/max static activations on a copy of `denoiser` (`seed` is unused: RTN is deterministic)."""
+    start = time.perf_counter()
+    keep = first_and_last(denoiser, calibration) if settings.keep_first_last else []
+    model = quantized_copy(denoiser)
+    units = quantized_units(model, keep)
+    rtn_weights_(model, units, w_bits)
+    if a_bits is not None:
+        calibrate_ranges(model, attach_static(model, units, a_bits).values(), calibration)
+    return BaselineResult(METHOD, model, w_bits, a_bits, average_bits(denoiser, units, w_bits),
+                          time.perf_counter() - start, asdict(settings) | {"float_layers": keep})
