@@ -24,17 +24,23 @@ def test_spec_validation_lists_supported_values():
         QuantSpec("uaq", 4.0)
 
 
-def test_activation_bits_are_refused_until_activation_quantization_exists():
-    message = r"activation quantization is not implemented.*QuantSpec\('uaq', 4\)"
-    for a_bits in (6, 8, 3):
-        with pytest.raises(UnsupportedSpecError, match=message):
-            QuantSpec("uaq", 4, a_bits=a_bits)
+def test_activation_bits_round_trip_and_keep_weight_only_fingerprints():
+    spec = QuantSpec("kmeans_c", 3, a_bits=6)
+    assert spec.key == "kmeans_c-3-a6" and QuantSpec.parse(spec.key) == spec
+    assert spec.weights_only == QuantSpec("kmeans_c", 3) and spec.to_json()["a_bits"] == 6
     assert QuantSpec("uaq", 4, a_bits=None) == QuantSpec("uaq", 4)
     assert QuantSpec("uaq", 4).to_json() == {"method": "uaq", "w_bits": 4}
-    data = QuantConfig.uniform(UNITS, QuantSpec("uaq", 4)).to_json()
-    data["layers"][UNITS[1]] = {"method": "kmeans_c", "w_bits": 3, "a_bits": 6}
-    with pytest.raises(UnsupportedSpecError, match=r"a_bits=6.*QuantSpec\('kmeans_c', 3\)"):
-        QuantConfig.from_json(data)
+    config = QuantConfig.uniform(UNITS, QuantSpec("uaq", 4)).with_layers({UNITS[0]: None})
+    activated = config.with_a_bits(6)
+    assert activated[UNITS[0]] is None and activated.a_bits == 6 and config.a_bits is None
+    assert QuantConfig.loads(activated.dumps()) == activated and activated.fingerprint != config.fingerprint
+    assert activated.with_a_bits(None) == config
+    for a_bits in (1, 9, 6.0, 16):
+        with pytest.raises(UnsupportedSpecError, match="activation bit width"):
+            QuantSpec("uaq", 4, a_bits=a_bits)
+    mixed = activated.with_layers({UNITS[1]: QuantSpec("uaq", 4, 8)})
+    with pytest.raises(UnsupportedSpecError, match="mixes activation bit widths"):
+        _ = mixed.a_bits
 
 
 def test_spec_key_roundtrip():

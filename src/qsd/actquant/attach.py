@@ -12,6 +12,7 @@ unit's `QuantSpec.a_bits` is set and removes them elsewhere, so the configuratio
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -19,7 +20,7 @@ from qsd.actquant.attention import PLAIN_PROCESSORS, QuantAttnProcessor
 from qsd.actquant.split import SplitInputQuantizer
 from qsd.actquant.tokenwise import TokenwiseQuantizer
 from qsd.config import QuantConfig
-from qsd.layers import quantizable_units
+from qsd.layers import Unit, quantizable_units
 
 INPUT_QUANTIZER = "act_quantizer"
 
@@ -70,14 +71,17 @@ def set_attention_quantizers(attn: nn.Module, query: nn.Module | None, key: nn.M
     return True
 
 
-def apply_activation_bits(model: nn.Module, config: QuantConfig, split_concat_inputs: bool = True) -> None:
-    """Token-wise activation quantizers where `config` gives a unit `a_bits`, none elsewhere (see module docstring)."""
+def apply_activation_bits(model: nn.Module, config: QuantConfig, split_concat_inputs: bool = True,
+                          units: Sequence[Unit] | None = None) -> None:
+    """Token-wise activation quantizers where `config` gives a unit `a_bits`, none elsewhere (see module docstring).
+    `units` defaults to the model's float layers' units (`qsd.layers.quantizable_units`); a packed model passes its
+    own."""
     from diffusers.models.attention_processor import Attention
 
     modules = dict(model.named_modules())
     a_bits = {name: None if spec is None else spec.a_bits for name, spec in config.items()}
     by_module: dict[str, list] = {}
-    for unit in quantizable_units(model, split_concat_inputs):
+    for unit in quantizable_units(model, split_concat_inputs) if units is None else units:
         by_module.setdefault(unit.module, []).append(unit)
     for module_name, units in by_module.items():
         module, bits = modules[module_name], [a_bits[u.name] for u in units]

@@ -20,10 +20,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from qsd.actquant import apply_activation_bits
 from qsd.config import SPEC_ATTRIBUTE, QuantConfig
 from qsd.errors import AlreadyQuantizedError, CorruptFileError, ModelMismatchError, QsdError
 from qsd.files import atomic_write, tensor_digest
-from qsd.layers import SKIP_SUFFIX, quantizable_units
+from qsd.layers import SKIP_SUFFIX, Unit, quantizable_units
 from qsd.multiquant import MultiQuantizer
 from qsd.packed.format import pack_codes
 from qsd.packed.modules import PackedLayer, QConv, QLinear, Segment, affine_from_table
@@ -80,7 +81,7 @@ def export(denoiser: nn.Module, config: QuantConfig, path: str | Path, model_id:
                 segments.append(Segment(unit.name, unit.in_start, unit.in_stop, None, None, k))
                 continue
             if multiquantizer is not None:
-                qw = multiquantizer.option(unit.name, spec)
+                qw = multiquantizer.option(unit.name, spec.weights_only)
             else:
                 qw = quantize_weight(piece, spec.method, [spec.w_bits], settings)[spec.w_bits]
             kind, packed = _packed_tensors(prefix, qw, getattr(torch, settings.param_dtype))
@@ -159,7 +160,13 @@ def load_quantized(path: str | Path, model_id: str | None = None) -> nn.Module:
     left = [n for n, t in [*denoiser.named_parameters(), *denoiser.named_buffers()] if t.is_meta]
     if left:
         raise CorruptFileError(f"{path} lacks {len(left)} tensors of {meta['denoiser_class']}: {left[:4]}")
-    _record_specs(denoiser, QuantConfig.from_json(meta["quant_config"]), path)
+    config = QuantConfig.from_json(meta["quant_config"])
+    split = any(name.endswith(SKIP_SUFFIX) for name in config)
+    _record_specs(denoiser, config, path)
+    units = [*quantizable_units(denoiser, split),
+             *(Unit(s.unit, name, s.start, s.stop) for name, m in denoiser.named_modules()
+               if isinstance(m, PackedLayer) for s in m.segments)]
+    apply_activation_bits(denoiser, config, units=units)
     return denoiser.eval()
 
 
