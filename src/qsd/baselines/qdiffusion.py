@@ -1,0 +1,95 @@
+"""Q-Diffusion (Li et al., ICCV 2023; baselines.md §2), on a copy of the float denoiser:
+  * time-step-aware calibration: the `CalibrationSet` (the float sampler's inputs at every solver step);
+  * weights: per-output-channel affine grids (the MSE search of the code's 'mse' init) whose rounding BRECQ/AdaRound
+    learns block by block (`qsd.baselines.reconstruction`); activations stay float meanwhile;
+  * split quantization: the two input halves of a concatenation-fed layer have their own weight grid (their own units)
+    and their own activation quantizer (`common.attach_static`);
+  * activations: static per-tensor, one range shared by all time steps, initialised with the min/max over the whole
+    calibration set (or an EMA of per-batch extremes, the code's `--running_stat`), then the steps Δ learned block by
+    block on the reconstruction loss (`learn_activation_steps`);
+  * attention: the act-to-act products' operands Q, K, V and the softmax probabilities are quantized statically too,
+    the probabilities at the same bits (unsigned);
+  * the first and the last layer stay float.
+
+Deviations, for tiny models on CPU: 300 AdaRound iterations per block (20k) and 100 step-size iterations per block
+(5k); the activation ranges start from min–max, not the code's MSE search.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from qsd.actquant import StaticQuantizer, StepClock, set_attention_quantizers
+from qsd.baselines.calibration import CalibrationSet
+from qsd.baselines.common import (
+    BaselineResult,
+    attach_static,
+    average_bits,
+    calibrate_ranges,
+    first_and_last,
+    quantized_copy,
+    quantized_units,
+)
+from qsd.baselines.reconstruction import (
+    ReconstructionSettings,
+    StepSettings,
+    learn_activation_steps,
+    reconstruct_weights,
+)
+from qsd.layers import Unit
+
+METHOD = "qdiffusion"
+SMOKE = {"reconstruction": {"iters": 2, "batch": 4}, "act_steps": {"iters": 2, "batch": 4}}
+"""Overrides of `Settings` in a CI smoke run (nested settings as dicts)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    reconstruction: ReconstructionSettings = ReconstructionSettings()
+    act_steps: StepSettings | None = StepSettings()
+    """Learned activation step sizes (None: keep the calibrated ranges)."""
+    act_momentum: float | None = None
+    """EMA momentum of the range over 64-row batches (the code's running statistics); None: min/max over all."""
+    quantize_attention: bool = True
+    """Quantize Q, K, V and the softmax probabilities of every attention whose projections are quantized."""
+    keep_first_last: bool = True
+
+
+def attach_attention(model: nn.Module, units: Sequence[Unit], bits: int, n_sets: int = 1,
+                     clock: StepClock | None = None, momentum: float | None = None) -> list[StaticQuantizer]:
+    """Static quantizers (observe mode) on Q, K, V and the softmax probabilities (unsigned) of every attention whose
+    to_q, to_k and to_v are all among `units`' layers and whose processor is plain attention; returns them."""
+    from diffusers.models.attention_processor import Attention
+
+    quantized = {u.module for u in units}
+    quantizers: list[StaticQuantizer] = []
+    for name, attn in model.named_modules():
+        if isinstance(attn, Attention) and all(f"{name}.{p}" in quantized for p in ("to_q", "to_k", "to_v")):
+            parts = [StaticQuantizer(bits, n_sets, clock, momentum=momentum) for _ in range(3)]
+            parts.append(StaticQuantizer(bits, n_sets, clock, unsigned=True, momentum=momentum))
+            if set_attention_quantizers(attn, *parts):
+                quantizers += parts
+    return quantizers
+
+
+def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, a_bits: int | None = 6,
+             settings: Settings = Settings(), seed: int = 0) -> BaselineResult:
+    """Q-Diffusion W`w_bits`A`a_bits` (module docstring) on a copy of `denoiser`; deterministic for a `seed`."""
+    start = time.perf_counter()
+    keep = first_and_last(denoiser, calibration) if settings.keep_first_last else []
+    model = quantized_copy(denoiser)
+    units = quantized_units(model, keep)
+    reconstruct_weights(denoiser, model, units, w_bits, calibration, settings.reconstruction, seed)
+    if a_bits is not None:
+        quantizers = list(attach_static(model, units, a_bits, momentum=settings.act_momentum).values())
+        if settings.quantize_attention:
+            quantizers += attach_attention(model, units, a_bits, momentum=settings.act_momentum)
+        calibrate_ranges(model, quantizers, calibration)
+        if settings.act_steps is not None:
+            learn_activation_steps(denoiser, model, calibration, settings.act_steps, seed)
+    return BaselineResult(METHOD, model, w_bits, a_bits, average_bits(denoiser, units, w_bits),
+                          time.perf_counter() - start, asdict(settings) | {"float_layers": keep})

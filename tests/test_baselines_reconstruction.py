@@ -1,0 +1,176 @@
+"""AdaRound, BRECQ block reconstruction and the Q-Diffusion / TFMQ-DM baselines on tiny random-init denoisers."""
+
+import pytest
+import torch
+
+from qsd.actquant import QuantAttnProcessor, StaticQuantizer
+from qsd.baselines import qdiffusion, rtn, tfmqdm
+from qsd.baselines.adaround import AdaRound, annealed_beta, channel_grid
+from qsd.baselines.calibration import CalibrationSet, output_error
+from qsd.baselines.common import attach_static, average_bits, quantized_copy, quantized_units, rtn_weight
+from qsd.baselines.reconstruction import (
+    ReconstructionSettings,
+    StepSettings,
+    reconstruct_weights,
+    reconstruction_blocks,
+)
+from qsd.models.random_init import example_inputs, random_denoiser
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TIMESTEPS = (900, 500, 100)
+FAST = ReconstructionSettings(iters=12, batch=8)
+SETTINGS = {"qdiffusion": qdiffusion.Settings(reconstruction=FAST, act_steps=StepSettings(iters=12, batch=8)),
+            "tfmqdm": tfmqdm.Settings(reconstruction=FAST)}
+METHODS = {"qdiffusion": qdiffusion, "tfmqdm": tfmqdm}
+
+
+def calibration(arch: str, rows: int = 8, seed: int = 0) -> CalibrationSet:
+    steps = []
+    for i, t in enumerate(TIMESTEPS):
+        inputs = example_inputs(arch, rows, seed * 10 + i)
+        inputs["timestep"] = torch.full_like(torch.as_tensor(inputs["timestep"]), t)
+        steps.append(inputs)
+    return CalibrationSet.from_inputs(steps)
+
+
+@pytest.fixture(scope="module")
+def world():
+    """Per architecture: the denoiser, its calibration set, the float outputs and RTN's W4A6 error."""
+    out = {}
+    for arch in ("pixart", "sd15_unet"):
+        denoiser, cal = random_denoiser(arch, 0), calibration(arch)
+        reference = cal.outputs(denoiser)
+        rtn_error = output_error(rtn.quantize(denoiser, cal).denoiser, reference, cal)
+        torch.set_num_threads(1)  # the numba UAQ kernel RTN runs leaves its own thread count behind
+        out[arch] = (denoiser, cal, reference, rtn_error)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(world):
+    """(method, arch) -> W4A6 results with seed 3: two runs on pixart, one on sd15_unet."""
+    return {(name, arch): [module.quantize(world[arch][0], world[arch][1], 4, 6, SETTINGS[name], seed=3)
+                           for _ in range(2 if arch == "pixart" else 1)]
+            for name, module in METHODS.items() for arch in world}
+
+
+@pytest.mark.parametrize("grid", ["minmax", "mse"])
+def test_adaround_rounding_stays_on_the_grid(grid):
+    weight = torch.randn(12, 6, 3, 3, generator=torch.Generator().manual_seed(0))
+    rounding = AdaRound(weight, 4, grid)
+    delta, zero = channel_grid(weight, 4, grid)
+    rounding.hard = True
+    nearest = rounding().detach()
+    if grid == "minmax":  # initial α: round-to-nearest on RTN's grid
+        assert torch.allclose(nearest, rtn_weight(weight, 4).dequantize(), atol=1e-6)
+    with torch.no_grad():
+        rounding.alpha.add_(torch.randn(rounding.alpha.shape, generator=torch.Generator().manual_seed(1)) * 3)
+    rounding.hard = False
+    soft = rounding()
+    soft.sum().backward()
+    assert rounding.alpha.grad.abs().sum() > 0
+    lo, hi = ((-zero) * delta).reshape(-1, 1, 1, 1), ((15 - zero) * delta).reshape(-1, 1, 1, 1)
+    assert bool(((soft >= lo - 1e-6) & (soft <= hi + 1e-6)).all())
+    rounding.hard = True
+    hard = rounding().detach()
+    codes = (hard / delta.reshape(-1, 1, 1, 1) + zero.reshape(-1, 1, 1, 1)).round()
+    assert torch.equal(hard, (codes - zero.reshape(-1, 1, 1, 1)) * delta.reshape(-1, 1, 1, 1))  # exactly grid points
+    assert codes.min() >= 0 and codes.max() <= 15
+    assert not torch.equal(rounding().detach(), nearest)  # the perturbed α moved some weights to the other neighbour
+    floor = torch.floor(weight / delta.reshape(-1, 1, 1, 1))
+    steps = codes - zero.reshape(-1, 1, 1, 1) - floor
+    assert bool(((steps == 0) | (steps == 1) | (codes == 0) | (codes == 15)).all())  # ⌊w/Δ⌋ or +1, or clamped
+
+
+def test_beta_is_annealed_after_the_warmup():
+    assert annealed_beta(0, 100, 0.2, (20.0, 2.0)) is None and annealed_beta(19, 100, 0.2, (20.0, 2.0)) is None
+    assert annealed_beta(20, 100, 0.2, (20.0, 2.0)) == 20.0
+    assert annealed_beta(99, 100, 0.2, (20.0, 2.0)) == pytest.approx(2.0 + 18.0 / 80)
+
+
+def test_reconstruction_blocks_group_transformer_and_resnet_blocks(world):
+    pixart = reconstruction_blocks(world["pixart"][0])
+    assert pixart[1][0] == "transformer_blocks.0.attn1.to_q" and len(pixart[1]) == 10
+    assert {"transformer_blocks.0.attn2.to_k", "transformer_blocks.0.ff.net.2"} <= set(pixart[1])
+    assert ["adaln_single.linear"] in pixart and ["proj_out"] in pixart
+    unet = reconstruction_blocks(world["sd15_unet"][0])
+    resnet = next(g for g in unet if "down_blocks.1.resnets.0.conv1" in g)
+    assert set(resnet) == {f"down_blocks.1.resnets.0.{n}" for n in ("conv1", "time_emb_proj", "conv2", "conv_shortcut")}
+    assert ["down_blocks.0.attentions.0.proj_in"] in unet
+    assert sum(len(g) for g in unet) == len({u.module for u in quantized_units(world["sd15_unet"][0])})
+
+
+def test_reconstruction_lowers_a_blocks_error_below_round_to_nearest(world):
+    denoiser, cal, reference, _ = world["pixart"]
+    model = quantized_copy(denoiser)
+    units = [u for u in quantized_units(model) if u.module.startswith("transformer_blocks.0.")]
+    observers = attach_static(model, units, 6)
+    stats = reconstruct_weights(denoiser, model, units, 4, cal, ReconstructionSettings(iters=150, grid="minmax"))
+    block = stats["transformer_blocks.0"]
+    assert list(stats) == ["transformer_blocks.0"] and len(block["layers"]) == 10
+    assert block["loss_after"] < block["loss_before"]  # before: round-to-nearest on RTN's grid
+    for q in observers.values():  # switched off meanwhile (nothing observed) and restored
+        assert "forward" not in vars(q) and q.mode == "observe" and torch.isinf(q.low).all()
+    weight = model.transformer_blocks[0].ff.net[2].weight
+    delta, zero = channel_grid(denoiser.transformer_blocks[0].ff.net[2].weight, 4, "minmax")
+    codes = (weight / delta[:, None] + zero[:, None]).round()
+    assert torch.equal(weight, (codes - zero[:, None]) * delta[:, None])
+    assert torch.equal(model.proj_out.weight, denoiser.proj_out.weight)  # not among the units
+
+
+def test_temporal_information_block_is_found_from_the_data_flow(world):
+    pixart = tfmqdm.temporal_block(*world["pixart"][:2])
+    assert pixart.layers == ("adaln_single.emb.timestep_embedder.linear_1",
+                             "adaln_single.emb.timestep_embedder.linear_2", "adaln_single.linear")
+    assert pixart.features == ("adaln_single.emb.timestep_embedder.linear_2", "adaln_single.linear")
+    unet = tfmqdm.temporal_block(*world["sd15_unet"][:2])
+    projections = [n for n in unet.layers if n.endswith("time_emb_proj")]
+    assert unet.layers[:2] == ("time_embedding.linear_1", "time_embedding.linear_2") and len(projections) == 8
+    assert unet.features == tuple(projections)
+    assert "conv_in" in unet.latent_layers and not set(unet.layers) & set(unet.latent_layers)
+
+
+@pytest.mark.parametrize("arch", ["pixart", "sd15_unet"])
+@pytest.mark.parametrize("method", ["qdiffusion", "tfmqdm"])
+def test_method_beats_rtn_and_records_its_settings(world, results, method, arch):
+    denoiser, cal, reference, rtn_error = world[arch]
+    first = results[(method, arch)][0]
+    assert output_error(first.denoiser, reference, cal) < rtn_error
+    units = quantized_units(denoiser, first.settings["float_layers"])
+    assert first.method == method and (first.w_bits, first.a_bits) == (4, 6)
+    assert first.avg_bits == average_bits(denoiser, units, 4) and 4 < first.avg_bits < 5
+    assert first.calibration_seconds > 0
+    assert first.settings["reconstruction"] == {"iters": 12, "batch": 8, "lr": 1e-3, "reg_weight": 0.01,
+                                                "warmup": 0.2, "beta": (20.0, 2.0), "grid": "mse"}
+    assert len(first.settings["float_layers"]) == 2
+
+
+@pytest.mark.parametrize("method", ["qdiffusion", "tfmqdm"])
+def test_method_is_deterministic_for_a_seed(world, results, method):
+    cal = world["pixart"][1]
+    first, second = results[(method, "pixart")]
+    assert all(torch.equal(a, b) for a, b in zip(cal.outputs(first.denoiser), cal.outputs(second.denoiser),
+                                                 strict=True))
+
+
+def test_qdiffusion_shares_ranges_and_quantizes_attention(results):
+    model = results[("qdiffusion", "pixart")][0].denoiser
+    quantizers = [m for m in model.modules() if isinstance(m, StaticQuantizer)]
+    assert quantizers and all(q.n_sets == 1 and q.mode == "quantize" for q in quantizers)
+    assert isinstance(model.transformer_blocks[0].attn1.processor, QuantAttnProcessor)
+    assert results[("qdiffusion", "pixart")][0].settings["act_steps"] == {"iters": 12, "batch": 8, "lr": 1e-2}
+
+
+def test_tfmqdm_keeps_a_range_per_step(results, world):
+    result = results[("tfmqdm", "sd15_unet")][0]
+    quantizers = [m for m in result.denoiser.modules() if isinstance(m, StaticQuantizer)]
+    assert quantizers and all(q.n_sets == len(TIMESTEPS) for q in quantizers)
+    assert not torch.equal(quantizers[0].delta[0], quantizers[0].delta[-1])
+    assert "up_blocks.1.resnets.1.time_emb_proj" in result.settings["temporal_features"]
+    assert result.settings["per_step_activations"] == "all"
+
+
+def test_tfmqdm_refuses_an_unknown_per_step_choice():
+    with pytest.raises(Exception, match="per_step_activations"):
+        tfmqdm.Settings(per_step_activations="some")
