@@ -1,0 +1,333 @@
+"""ViDiT-Q (Zhao et al., ICLR 2025; baselines.md §4) in qsd's harness.
+
+  * Weights: per-output-channel min–max round-to-nearest (`rtn_weight`) of the balanced weight.
+  * Activations: dynamic per-token min–max (`TokenwiseQuantizer`) on the input of every quantized layer, and on the
+    attention Q, K, V and softmax probabilities (unsigned) of every attention with a plain processor.
+  * Static-dynamic channel balancing (`qsd.baselines.channel_balance`): a SmoothQuant scale per input channel,
+    calibrated on the high-noise steps of the calibration set and folded into the weights, then an orthogonal
+    rotation of what remains, both simulated exactly (Q(x̃R)·Q(W̃R)ᵀ).
+  * Metric-decoupled mixed precision: the layers fall into two groups by what they affect, "alignment" (every
+    projection of an attention fed by a condition: cross-attention, or joint attention's both streams) and
+    "quality" (all other layers). A layer's sensitivity is the error when it alone is quantized (W/A at the target
+    bits, the rest float) on a subset of the calibration set, measured by its group's own metric: the error of the
+    guidance direction ε_cond − ε_uncond for alignment layers (the ε error where the calibration batch is not
+    guided), the ε error for quality layers. In each group the most sensitive `mp_fraction` of layers is raised to
+    W8A8. (The paper scores groups with CLIPScore / a VQA metric on generated images and also keeps the first
+    quarter of timesteps at W8A8; neither the image metrics nor the timestep-wise part are reproduced here, and its
+    search code is unreleased.)
+
+All layers are quantized by default (ViDiT-Q keeps no layer float); `Settings.keep_first_last` keeps the first and
+last layer float as the U-Net baselines do.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from qsd.actquant import TokenwiseQuantizer, set_attention_quantizers, set_input_quantizer
+from qsd.baselines.calibration import CalibrationSet, denoiser_output
+from qsd.baselines.channel_balance import (
+    ROTATIONS,
+    BalancedInputQuantizer,
+    balanced_weight,
+    channel_dim,
+    input_absmax,
+    rotation_matrix,
+    smoothing_scales,
+    weight_absmax,
+)
+from qsd.baselines.common import PARAM_BITS, BaselineResult, first_and_last, quantized_copy, quantized_units
+from qsd.errors import InvalidSettingError
+from qsd.layers import Unit, quantizable_units
+
+METHOD = "viditq"
+SMOKE: dict = {}
+"""Overrides of `Settings` in a CI smoke run (ViDiT-Q needs no gradient steps: nothing to shrink)."""
+GROUPS = ("alignment", "quality")
+CONDITION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+"""The projections of a condition-fed attention that form the alignment group (those it has)."""
+LATENT_KEYS = ("hidden_states", "sample")
+
+
+@dataclass(frozen=True)
+class Settings:
+    alpha: float = 0.5
+    """Smoothing strength α of s_j = max|X_j|^α / max|W_j|^(1−α)."""
+    smoothing: bool = True
+    """Apply the static (smoothing) part of channel balancing."""
+    balance_fraction: float = 0.25
+    """Share of the calibration steps, highest-noise first, that the smoothing scales are calibrated on."""
+    rotation: str = "hadamard"
+    """The dynamic part: "hadamard" (randomised Hadamard at power-of-two widths, random orthogonal otherwise),
+    "random" (random orthogonal) or "none"."""
+    balance_convs: bool = False
+    """Balance convolutions too (exact for every kernel size). Off: token-wise quantization treats a convolution
+    input per (sample, channel) row, so an input-channel scale leaves its activation rounding unchanged and only
+    re-weights the weight grid; in the DiTs the only convolution is the patch embedding."""
+    mp_fraction: float = 0.0
+    """Share of each group's layers raised to W8A8 (0: plain fixed bits; the paper's W4A8-MP keeps ~15 %)."""
+    mp_w_bits: int = 8
+    mp_a_bits: int = 8
+    mp_steps: int = 4
+    """Calibration steps (evenly spread, first and last included) the sensitivities are measured on."""
+    mp_rows: int = 16
+    """Samples per step for the sensitivities (with guidance: this many of each half, the same samples)."""
+    keep_first_last: bool = False
+    """Keep the first and last layer float (ViDiT-Q quantizes every layer)."""
+    quantize_attention: bool = True
+    """Token-wise quantizers on attention Q, K, V and the softmax probabilities."""
+    batch_rows: int = 64
+    """Rows per forward while calibrating."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise InvalidSettingError(f"alpha must lie in [0, 1], not {self.alpha}")
+        if not 0.0 < self.balance_fraction <= 1.0:
+            raise InvalidSettingError(f"balance_fraction must lie in (0, 1], not {self.balance_fraction}")
+        if self.rotation not in ROTATIONS:
+            raise InvalidSettingError(f"unknown rotation {self.rotation!r}; one of {', '.join(ROTATIONS)}")
+        if not 0.0 <= self.mp_fraction <= 1.0:
+            raise InvalidSettingError(f"mp_fraction must lie in [0, 1], not {self.mp_fraction}")
+        if self.mp_steps < 1 or self.mp_rows < 1 or self.batch_rows < 1:
+            raise InvalidSettingError("mp_steps, mp_rows and batch_rows must be positive")
+
+
+@dataclass
+class LayerPlan:
+    """How one layer is balanced: its quantization units (input blocks), the smoothing scale over its input
+    channels (None: none) and each block's rotation (None: none)."""
+
+    name: str
+    units: list[Unit]
+    smooth: torch.Tensor | None
+    rotations: list[torch.Tensor | None]
+    channel_dim: int
+
+
+def balance_steps(calibration: CalibrationSet, fraction: float) -> list[int]:
+    """The highest-noise `fraction` of the calibration steps (at least one), by timestep."""
+    if not 0.0 < fraction <= 1.0:
+        raise InvalidSettingError(f"balance_fraction must lie in (0, 1], not {fraction}")
+    order = sorted(range(len(calibration)), key=lambda k: -calibration.timesteps[k])
+    return sorted(order[:max(1, round(fraction * len(calibration)))])
+
+
+def plan_balancing(model: nn.Module, units: Sequence[Unit], calibration: CalibrationSet, settings: Settings,
+                   seed: int = 0) -> dict[str, LayerPlan]:
+    """Smoothing scales (from the float `model`'s inputs on the high-noise steps) and rotations for every layer that
+    `units` quantizes; convolutions get neither unless `settings.balance_convs`. One rotation per width, drawn from
+    `seed` in order of width."""
+    modules = dict(model.named_modules())
+    by_module: dict[str, list[Unit]] = {}
+    for unit in units:
+        by_module.setdefault(unit.module, []).append(unit)
+    balanced = [n for n in by_module if settings.balance_convs or isinstance(modules[n], nn.Linear)]
+    act_max = (input_absmax(model, balanced, calibration, balance_steps(calibration, settings.balance_fraction),
+                            settings.batch_rows) if settings.smoothing and balanced else {})
+    generator = torch.Generator().manual_seed(seed)
+    widths = sorted({u.in_stop - u.in_start for n in balanced for u in by_module[n]})
+    rotations = {w: rotation_matrix(w, settings.rotation, generator) for w in widths}
+    plans = {}
+    for name, module_units in by_module.items():
+        module = modules[name]
+        smooth, blocks = None, [None] * len(module_units)
+        if name in balanced:
+            if name in act_max:
+                smooth = smoothing_scales(act_max[name], weight_absmax(module.weight), settings.alpha)
+            blocks = [rotations[u.in_stop - u.in_start] for u in module_units]
+        plans[name] = LayerPlan(name, module_units, smooth, blocks, channel_dim(module))
+    return plans
+
+
+def apply_layer_(module: nn.Module, plan: LayerPlan, float_weight: torch.Tensor, w_bits: int | None,
+                 a_bits: int | None) -> None:
+    """Write the balanced, `w_bits`-quantized weight (from `float_weight`) into `module` and give it the balanced
+    token-wise input quantizer at `a_bits` (None: no quantization of that side)."""
+    weight = float_weight.detach().clone()
+    quantizers = []
+    for unit, rotation in zip(plan.units, plan.rotations, strict=True):
+        block = slice(unit.in_start, unit.in_stop)
+        smooth = None if plan.smooth is None else plan.smooth[block]
+        weight[:, block] = balanced_weight(float_weight[:, block], smooth, rotation, w_bits).to(weight.dtype)
+        quantizers.append(None if a_bits is None else TokenwiseQuantizer(a_bits))
+    module.weight.data.copy_(weight)
+    bounds = [(u.in_start, u.in_stop) for u in plan.units]
+    set_input_quantizer(module, BalancedInputQuantizer(plan.smooth, bounds, plan.rotations, quantizers,
+                                                       plan.channel_dim))
+
+
+def restore_layer_(module: nn.Module, float_weight: torch.Tensor) -> None:
+    """Put `module` back to float: its float weight, no input quantizer."""
+    module.weight.data.copy_(float_weight)
+    set_input_quantizer(module, None)
+
+
+def condition_fed_layers(model: nn.Module) -> list[str]:
+    """The alignment group: every `CONDITION_PROJECTIONS` layer of an attention fed by a condition (cross-attention,
+    or joint attention with an added condition stream)."""
+    from diffusers.models.attention_processor import Attention
+
+    modules = dict(model.named_modules())
+    names = []
+    for name, attn in modules.items():
+        if isinstance(attn, Attention) and (attn.is_cross_attention or getattr(attn, "add_k_proj", None) is not None):
+            names += [f"{name}.{p}" for p in CONDITION_PROJECTIONS if f"{name}.{p}" in modules]
+    return names
+
+
+def attach_attention_quantizers(model: nn.Module, a_bits: Mapping[str, int | None]) -> list[str]:
+    """Token-wise quantizers on the Q, K, V of every attention at the input bits of its `to_q`, `to_k`, `to_v`
+    (`a_bits`: layer name → bits; absent or None: float) and on its probabilities (unsigned) at `to_q`'s. Returns
+    the attentions whose processor is not plain attention, which stay float."""
+    from diffusers.models.attention_processor import Attention
+
+    left_float = []
+    for name, attn in model.named_modules():
+        if not isinstance(attn, Attention):
+            continue
+        bits = [a_bits.get(f"{name}.{p}") for p in ("to_q", "to_k", "to_v")]
+        query, key, value = (None if b is None else TokenwiseQuantizer(b) for b in bits)
+        probs = None if bits[0] is None else TokenwiseQuantizer(bits[0], unsigned=True)
+        if not set_attention_quantizers(attn, query, key, value, probs):
+            left_float.append(name)
+    return left_float
+
+
+def is_guided(calibration: CalibrationSet) -> bool:
+    """Whether every batch holds classifier-free-guidance halves: an even batch whose two halves share latents and
+    timesteps (`qsd.sampling` feeds both halves the same latents)."""
+    if calibration.batch % 2:
+        return False
+    half = calibration.batch // 2
+    for step in calibration.steps:
+        latent = next((step[k] for k in LATENT_KEYS if isinstance(step.get(k), torch.Tensor)), None)
+        timestep = torch.as_tensor(step["timestep"]).reshape(-1)
+        if latent is None or not torch.equal(latent[:half], latent[half:]):
+            return False
+        if timestep.numel() == calibration.batch and not torch.equal(timestep[:half], timestep[half:]):
+            return False
+    return True
+
+
+def sensitivity_subset(calibration: CalibrationSet, settings: Settings) -> tuple[list[int], torch.Tensor, bool]:
+    """The steps and rows the sensitivities are measured on, and whether the rows are guided pairs (the first half
+    unconditional, the second the same samples conditional)."""
+    k = len(calibration)
+    steps = sorted({round(i * (k - 1) / max(1, settings.mp_steps - 1)) for i in range(min(k, settings.mp_steps))})
+    guided = is_guided(calibration)
+    if guided:
+        half = calibration.batch // 2
+        n = min(settings.mp_rows, half)
+        rows = torch.cat([torch.arange(n), torch.arange(n) + half])
+    else:
+        rows = torch.arange(min(settings.mp_rows, calibration.batch))
+    return steps, rows, guided
+
+
+def subset_outputs(model: nn.Module, calibration: CalibrationSet, steps: Sequence[int],
+                   rows: torch.Tensor) -> list[torch.Tensor]:
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return [denoiser_output(model, calibration.inputs(s, rows, device)).float().cpu() for s in steps]
+
+
+def eps_error(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+    """Mean squared error of the denoiser outputs, averaged over steps."""
+    return float(sum(((o - r) ** 2).mean() for o, r in zip(outputs, reference, strict=True)) / len(outputs))
+
+
+def guidance_error(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+    """Mean squared error of the guidance direction ε_cond − ε_uncond (second half minus first half of each
+    output), averaged over steps."""
+    def direction(o: torch.Tensor) -> torch.Tensor:
+        uncond, cond = o.chunk(2)
+        return cond - uncond
+    return eps_error([direction(o) for o in outputs], [direction(r) for r in reference])
+
+
+def layer_sensitivities(model: nn.Module, plans: Mapping[str, LayerPlan], groups: Mapping[str, str],
+                        calibration: CalibrationSet, w_bits: int, a_bits: int | None,
+                        settings: Settings) -> tuple[dict[str, float], dict[str, str]]:
+    """Each layer's error when it alone is balanced and quantized at (`w_bits`, `a_bits`) in the float `model`,
+    by its group's metric (`groups`: layer → group); returns (layer → sensitivity, group → metric used)."""
+    steps, rows, guided = sensitivity_subset(calibration, settings)
+    metrics = {"alignment": guidance_error if guided else eps_error, "quality": eps_error}
+    reference = subset_outputs(model, calibration, steps, rows)
+    modules = dict(model.named_modules())
+    sensitivity = {}
+    for name, plan in plans.items():
+        module = modules[name]
+        float_weight = module.weight.detach().clone()
+        apply_layer_(module, plan, float_weight, w_bits, a_bits)
+        try:
+            sensitivity[name] = metrics[groups[name]](subset_outputs(model, calibration, steps, rows), reference)
+        finally:
+            restore_layer_(module, float_weight)
+    return sensitivity, {g: metrics[g].__name__ for g in GROUPS}
+
+
+def most_sensitive(sensitivity: Mapping[str, float], members: Sequence[str], fraction: float) -> list[str]:
+    """The round(`fraction`·|members|) most sensitive `members` (at least one when `fraction` > 0), in layer order."""
+    if not members or fraction <= 0:
+        return []
+    count = min(len(members), max(1, math.floor(fraction * len(members) + 0.5)))
+    ranked = sorted(members, key=lambda n: -sensitivity[n])
+    chosen = set(ranked[:count])
+    return [n for n in members if n in chosen]
+
+
+def mixed_average_bits(denoiser: nn.Module, unit_bits: Mapping[str, int]) -> float:
+    """Average bits per weight of the quantizable layers when each unit in `unit_bits` is that many bits per-channel
+    affine (Δ and z per output channel at FP16) and every other unit FP16 (`common.average_bits`, per unit)."""
+    modules = dict(denoiser.named_modules())
+    total = weights = 0
+    for unit in quantizable_units(denoiser):
+        piece = unit.weight_slice(modules[unit.module].weight)
+        n, rows = piece.numel(), piece.shape[0]
+        weights += n
+        bits = unit_bits.get(unit.name)
+        total += PARAM_BITS * n if bits is None else bits * n + 2 * PARAM_BITS * rows
+    return total / weights
+
+
+def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, a_bits: int | None = 6,
+             settings: Settings = Settings(), seed: int = 0) -> BaselineResult:
+    """ViDiT-Q on a copy of `denoiser` (see module docstring); `seed` draws the rotations."""
+    start = time.perf_counter()
+    keep = first_and_last(denoiser, calibration) if settings.keep_first_last else []
+    model = quantized_copy(denoiser)
+    units = quantized_units(model, keep)
+    plans = plan_balancing(model, units, calibration, settings, seed)
+    alignment = set(condition_fed_layers(model))
+    groups = {name: "alignment" if name in alignment else "quality" for name in plans}
+    raised: dict[str, list[str]] = {g: [] for g in GROUPS}
+    record: dict = {}
+    if settings.mp_fraction > 0:
+        sensitivity, metrics = layer_sensitivities(model, plans, groups, calibration, w_bits, a_bits, settings)
+        for group in GROUPS:
+            raised[group] = most_sensitive(sensitivity, [n for n in plans if groups[n] == group], settings.mp_fraction)
+        record = {"mp_metrics": metrics, "mp_sensitivity": sensitivity}
+    high = {n for names in raised.values() for n in names}
+    modules = dict(model.named_modules())
+    layer_bits = {n: (settings.mp_w_bits, None if a_bits is None else settings.mp_a_bits) if n in high
+                  else (w_bits, a_bits) for n in plans}
+    for name, plan in plans.items():
+        apply_layer_(modules[name], plan, modules[name].weight.detach().clone(), *layer_bits[name])
+    float_attention = []
+    if settings.quantize_attention and a_bits is not None:
+        float_attention = attach_attention_quantizers(model, {n: b[1] for n, b in layer_bits.items()})
+    unit_bits = {u.name: layer_bits[u.module][0] for u in units}
+    return BaselineResult(METHOD, model, w_bits, a_bits, mixed_average_bits(denoiser, unit_bits),
+                          time.perf_counter() - start,
+                          asdict(settings) | {"float_layers": keep, "w8a8_layers": raised,
+                                              "group_sizes": {g: sum(v == g for v in groups.values())
+                                                              for g in GROUPS},
+                                              "guided_calibration": is_guided(calibration),
+                                              "smoothing_steps": balance_steps(calibration, settings.balance_fraction),
+                                              "float_attention": float_attention} | record)
