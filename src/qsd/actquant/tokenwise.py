@@ -37,11 +37,14 @@ def fake_quantize_rows(rows: torch.Tensor, bits: int, unsigned: bool = False) ->
     low = torch.zeros_like(high) if unsigned else data.amin(dim=1, keepdim=True)
     delta = (high - low) / levels
     constant = delta == 0
-    delta = torch.where(constant, torch.ones_like(delta), delta)
+    delta[constant] = 1.0
     zero = torch.round(-low / delta)
-    codes = torch.clamp(torch.round(data / delta) + zero, 0, levels)
-    quantized = torch.where(constant, data, (codes - zero) * delta).to(rows.dtype)
-    return rows + (quantized - rows).detach()
+    codes = torch.div(data, delta).round_().add_(zero).clamp_(0, levels)  # in place: a few passes over the data
+    quantized = codes.sub_(zero).mul_(delta)
+    if constant.any():
+        quantized = torch.where(constant, data, quantized)
+    quantized = quantized.to(rows.dtype)
+    return rows + (quantized - rows).detach() if rows.requires_grad else quantized
 
 
 def fake_quantize_tokens(x: torch.Tensor, bits: int, unsigned: bool = False) -> torch.Tensor:

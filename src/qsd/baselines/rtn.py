@@ -22,6 +22,8 @@ from qsd.baselines.common import (
 )
 
 METHOD = "rtn"
+SMOKE: dict = {}
+"""Overrides of `Settings` in a CI smoke run (RTN has nothing to shrink)."""
 
 
 @dataclass(frozen=True)
