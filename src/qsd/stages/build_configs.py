@@ -21,11 +21,13 @@ Steps:
      `gnn_beats_error_knapsack`, both for `gnn_frontier`: the refit GNN's when it ran, else the stage-03 GNN's).
 
 Outputs in `data/runs/<model_id>/<run_id>/05_build_configs/`: constructions.csv (method, budget, name, avg bits,
-score, FID), configs/<name>.json (each configuration), summary.json; figure `05_pareto_<model_id>.png`.
+score, FID), configs/<name>.json (each configuration, the refit's included; `frontier_config` reads the one stages 06
+and 07 use), summary.json; figure `05_pareto_<model_id>.png`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -36,7 +38,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from qsd.config import QuantConfig, QuantSpec
-from qsd.errors import InfeasibleBudgetError, InvalidSettingError
+from qsd.errors import InfeasibleBudgetError, InvalidSettingError, MissingFileError
 from qsd.executors import LabelJob
 from qsd.graph import DenoiserGraph
 from qsd.paths import stage_dir
@@ -222,6 +224,9 @@ def refit_frontier(settings: Settings, session: label_stage.Labelling, labels: p
                                seed=settings.seed)
     built = frontier_configs(graph, options, scorers, settings.level, settings.budgets)
     names = {budget: f"{REFIT} ≤{budget:.2f} bits" for budget in built}
+    configs = stage_dir(settings.model_id, settings.run_id, STAGE) / "configs"
+    for budget, b in built.items():
+        b.config.save(configs / f"{_file_name(names[budget])}.json")
     fids = session.fids([LabelJob(b.config, "constructed", names[budget]) for budget, b in built.items()],
                         progress=False)
     return pd.DataFrame([{"method": REFIT, "budget": budget, "name": names[budget], "score": b.solution.score,
@@ -273,6 +278,23 @@ def active_summary(checkpoints: pd.DataFrame) -> dict:
     return {"active": arms, "active_final_beats_random": arms["active-arm"]["frontier_gmean_fid"][-1] < random_final,
             "active_labels_to_match_random": enough[0] if enough else None,
             "random_label_budget": arms["random-arm"]["labels"][-1]}
+
+
+def frontier_config(model_id: str, run_id: str, budget: float) -> tuple[QuantConfig, dict]:
+    """The Qua²SeDiMo configuration stage 05 built at `budget` bits (the summary's `gnn_frontier` method: the refit
+    GNN's when it ran), or at the largest built budget below it (the smallest when none is): (config, its row of
+    constructions.csv with `path`). A missing stage 05 is an error naming notebook 05, never a rebuild."""
+    directory = stage_dir(model_id, run_id, STAGE)
+    if not (directory / "summary.json").is_file():
+        raise MissingFileError(f"no stage-05 configurations in {directory}: run notebooks/05_build_configs.ipynb with "
+                               f"model_id={model_id!r}, run_id={run_id!r} first (make reproduce runs them in order)")
+    method = json.loads((directory / "summary.json").read_text())["gnn_frontier"]
+    rows = pd.read_csv(directory / "constructions.csv")
+    rows = rows[(rows["method"] == method) & rows["budget"].notna()].sort_values("budget")
+    below = rows[rows["budget"] <= budget + 1e-9]
+    row = (below.iloc[-1] if len(below) else rows.iloc[0]).to_dict()
+    path = directory / "configs" / f"{_file_name(row['name'])}.json"
+    return QuantConfig.load(path), row | {"path": str(path)}
 
 
 def _file_name(name: str) -> str:

@@ -1,9 +1,9 @@
 """Stage 07: real low-bit weights for a mixed-precision configuration (notebook 07_kernels_and_export).
 
 Steps:
-  1. The configuration: `config_path` if given (a `QuantConfig` JSON, e.g. a W3.x built by stage 05), else the
-     best-FID random configuration of stage 02 whose average bits are at most `max_avg_bits` (the lowest-bit
-     one if none is); which one was taken is recorded in the summary.
+  1. The configuration: `config_path` if given (any `QuantConfig` JSON), else the W3.x configuration stage 05 built
+     at `w3x_budget` average bits (`build_configs.frontier_config`: the GNN frontier's, the refit's when it ran);
+     which one was taken is recorded in the summary.
   2. `qsd.export` writes it packed (codes at exactly b bits + tables); `qsd.load_quantized` rebuilds the
      denoiser from that file alone, with `QLinear`/`QConv` layers that never hold the float weights.
   3. The same images (common random numbers) are sampled from the float model, the fake-quantized model and
@@ -28,7 +28,6 @@ import torch
 from matplotlib.figure import Figure
 
 from qsd.config import QuantConfig
-from qsd.errors import MissingFileError
 from qsd.models import get_entry, load_model
 from qsd.packed import cpu as cpu_kernels
 from qsd.packed import export, load_quantized, memory_report
@@ -36,8 +35,7 @@ from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.sampling import SamplingProtocol, generate
-from qsd.stages import SamplingSettings
-from qsd.stages import label_configs as label_stage
+from qsd.stages import SamplingSettings, build_configs
 from qsd.stages import multiquantizer as multiquantizer_stage
 
 STAGE = "07_kernels_and_export"
@@ -47,9 +45,9 @@ GRID_IMAGES = 8
 @dataclass(frozen=True)
 class Settings(SamplingSettings):
     config_path: str | None = None
-    """A QuantConfig JSON to export; None = pick one from stage 02's labels (see `max_avg_bits`)."""
-    max_avg_bits: float = 4.0
-    """Stage-02 pick: the best-FID random configuration with at most this many average bits."""
+    """A QuantConfig JSON to export; None = stage 05's W3.x configuration at `w3x_budget`."""
+    w3x_budget: float = 3.7
+    """Which of stage 05's budget configurations to export (the largest built budget at most this)."""
     SMOKE: ClassVar[dict[str, object]] = {"n_images": 8, "steps": 4}
 
 
@@ -65,18 +63,11 @@ class Result:
 
 
 def choose_config(settings: Settings) -> tuple[QuantConfig, str]:
-    """(configuration, where it came from) per `Settings.config_path` / `max_avg_bits`."""
+    """(configuration, where it came from) per `Settings.config_path` / `w3x_budget`."""
     if settings.config_path is not None:
         return QuantConfig.load(settings.config_path), f"file {settings.config_path}"
-    labels = label_stage.saved_labels(settings.model_id, settings.run_id)
-    rows = labels[labels["kind"] == "random"]
-    if rows.empty:
-        raise MissingFileError(f"stage 02 of run {settings.run_id!r} holds no random configurations yet: run notebook "
-                               "02 to label some, or pass config_path")
-    within = rows[rows["avg_bits"] <= settings.max_avg_bits]
-    row = within.loc[within["fid"].idxmin()] if len(within) else rows.loc[rows["avg_bits"].idxmin()]
-    rule = f"best FID with avg bits <= {settings.max_avg_bits}" if len(within) else "lowest avg bits (none within)"
-    return QuantConfig.loads(row["config"]), f"stage 02 {row['name']} ({rule})"
+    config, row = build_configs.frontier_config(settings.model_id, settings.run_id, settings.w3x_budget)
+    return config, f"stage 05 {row['name']} (measured FID {row['fid']:.1f})"
 
 
 def timed_generate(model, protocol: SamplingProtocol) -> tuple[torch.Tensor, float]:

@@ -1,0 +1,444 @@
+"""Stage 06: the final comparison — Qua²SeDiMo's W3.x configurations with activation quantization against the
+published baselines at W4A8 and W4A6 (paper §6, Fig. 1 and the W4A6 tables; notebook 06_final_comparison).
+
+Steps:
+  1. Read stage 02's sampling protocol and stage 01's multiquantizer; read stage 05's Qua²SeDiMo configurations at
+     `budgets` (`build_configs.frontier_config`: the GNN frontier's, the refit GNN's when it ran). Nothing upstream
+     is re-run.
+  2. Calibration set for the baselines: the float model's own inputs at every solver step while it samples
+     `calibration_samples` images (noise seed `calibration_seed`, never an evaluation seed).
+  3. Rows, each sampled under stage 02's protocol (eagerly: activation quantizers are hooks) at `noise_seeds` noise
+     seeds (the protocol's seed and the next ones), FID and prompt accuracy (CLIP score with stage 02's CLIP) per
+     seed:
+     * the float model;
+     * every baseline (`qsd.baselines`) at W4 with each of `baseline_a_bits`;
+     * each Qua²SeDiMo configuration with each of `qsd_a_bits` (16 = float activations; otherwise the paper's
+       token-wise online quantizer, `QuantSpec.a_bits`);
+     * each Qua²SeDiMo configuration's weights with DMQ's activation treatment (per-step static ranges + power-of-two
+       channel scaling) at each of `dmq_a_bits`.
+  4. Real low-bit weights: each Qua²SeDiMo configuration at the lowest of `qsd_a_bits` exported packed
+     (`qsd.export`), reloaded and sampled through the packed kernels at the first noise seed; its FID, resident weight
+     bytes and sampling seconds against the float model's, timed in the same process.
+  5. The headline (`summary.json`): the Qua²SeDiMo configuration at `w3x_budget` with A6 against the best W4A6
+     baseline, and whether it wins beyond the seed spread (its mean + std below the baseline's mean − std).
+
+Rows are saved as they finish (`rows/<key>.json` and their grid images) and a re-run with the same settings and
+protocol resumes from them. Outputs in `data/runs/<model_id>/<run_id>/06_final_comparison/`: comparison.csv,
+packed.csv, summary.json; figures `06_grid_<model_id>.png` (Fig. 1 style: same prompts and noise for every method)
+and `06_fid_a6_<model_id>.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from qsd.baselines import BASELINES, baseline, baseline_settings
+from qsd.baselines.calibration import CalibrationSet
+from qsd.baselines.common import quantized_copy
+from qsd.config import QuantConfig
+from qsd.errors import InvalidSettingError, MissingFileError
+from qsd.files import atomic_write, write_json
+from qsd.labelling import Labeller
+from qsd.models import load_model
+from qsd.models.base import DiffusionModel
+from qsd.multiquant import MultiQuantizer
+from qsd.packed import export, load_quantized, memory_report
+from qsd.paths import stage_dir
+from qsd.plotting import new_figure, savefig
+from qsd.provenance import write_run_record
+from qsd.sampling import SamplingProtocol, generate
+from qsd.stages import StageSettings, build_configs
+from qsd.stages import label_configs as label_stage
+from qsd.stages import multiquantizer as multiquantizer_stage
+
+STAGE = "06_final_comparison"
+FLOAT_ACTIVATIONS = 16
+"""`qsd_a_bits` entry meaning float (16-bit) activations."""
+W_BITS = 4
+"""The baselines' weight bits (the paper compares its W3.x with W4 baselines)."""
+HEADLINE_A_BITS = 6
+
+
+@dataclass(frozen=True)
+class Settings(StageSettings):
+    budgets: tuple[float, ...] = (4.0, 3.7, 3.4)
+    """Average-bit budgets of the Qua²SeDiMo configurations taken from stage 05 (the largest built budget up to
+    each)."""
+    w3x_budget: float = 3.7
+    """The headline W3.x configuration (fixed before anything is measured)."""
+    baselines: tuple[str, ...] = tuple(BASELINES)
+    baseline_a_bits: tuple[int, ...] = (8, 6)
+    qsd_a_bits: tuple[int, ...] = (FLOAT_ACTIVATIONS, 8, 6)
+    """Activation bits of the Qua²SeDiMo rows (16 = float activations)."""
+    dmq_a_bits: tuple[int, ...] = (6,)
+    """Activation bits of the rows with Qua²SeDiMo weights and DMQ's activation treatment (empty: none)."""
+    noise_seeds: int = 3
+    """Every FID is the mean over this many noise seeds (its spread is in the table)."""
+    calibration_samples: int = 32
+    """Images whose sampling trajectories calibrate the baselines (both guidance halves, every step)."""
+    calibration_seed: int = 1000
+    """Noise seed of the calibration trajectories (not an evaluation seed)."""
+    baseline_settings: dict = field(default_factory=dict)
+    """Per baseline, overrides of its `Settings` (e.g. {"qdiffusion": {"iters": 100}})."""
+    grid_images: int = 8
+    packed: bool = True
+    """Export, reload and sample the Qua²SeDiMo configurations packed (step 4)."""
+    progress: bool = True
+
+    SMOKE: ClassVar[dict[str, object]] = {"noise_seeds": 2, "calibration_samples": 2, "grid_images": 4,
+                                          "progress": False}
+
+    def __post_init__(self) -> None:
+        if unknown := set(self.baselines) - set(BASELINES):
+            raise InvalidSettingError(f"unknown baseline(s) {sorted(unknown)}; known: {', '.join(BASELINES)}")
+        if self.noise_seeds < 1:
+            raise InvalidSettingError(f"noise_seeds must be at least 1, got {self.noise_seeds}")
+        for bits in (*self.baseline_a_bits, *self.qsd_a_bits, *self.dmq_a_bits):
+            if bits != FLOAT_ACTIVATIONS and not 2 <= bits <= 8:
+                raise InvalidSettingError(f"activation bits must be 2-8 or {FLOAT_ACTIVATIONS} (float); got {bits}")
+
+
+@dataclass
+class Result:
+    settings: Settings
+    directory: Path
+    table: pd.DataFrame
+    """One row per method: family, method, avg_bits, size_mib, a_bits, fid_mean, fid_std, fid per seed, prompt
+    accuracy (and CLIP score), calibration seconds."""
+    packed: pd.DataFrame
+    grid: dict[str, torch.Tensor]
+    summary: dict
+
+
+@dataclass
+class Context:
+    """What every row is measured with."""
+
+    settings: Settings
+    directory: Path
+    model: DiffusionModel
+    multiquantizer: MultiQuantizer
+    protocol: SamplingProtocol
+    labeller: Labeller
+    batch_size: int
+    record: dict
+    """What a saved row depends on (settings, protocol); rows saved under another record are measured again."""
+
+
+def evaluation_protocol(model_id: str, run_id: str) -> tuple[label_stage.Settings, SamplingProtocol]:
+    """Stage 02's settings and its protocol, sampled eagerly (activation quantizers are forward hooks)."""
+    path = stage_dir(model_id, run_id, label_stage.STAGE) / "settings.json"
+    if not path.is_file():
+        raise MissingFileError(f"no stage-02 settings at {path}: run notebooks/02_label_configs.ipynb with "
+                               f"model_id={model_id!r}, run_id={run_id!r} first (make reproduce runs them in order)")
+    labelling = label_stage.Settings(**json.loads(path.read_text())).effective()
+    return labelling, dataclasses.replace(label_stage.sampling_protocol(labelling), compile=False)
+
+
+def row_key(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def measure(context: Context, name: str, variant: Callable[[], tuple[DiffusionModel, dict]]) -> dict:
+    """The row `name`: `variant()` builds the model to sample and the row's fixed columns; FID and prompt accuracy
+    at every noise seed. A row saved under the same record is read back instead."""
+    rows = context.directory / "rows"
+    key = row_key(name)
+    saved = rows / f"{key}.json"
+    if saved.is_file():
+        row = json.loads(saved.read_text())
+        if row.get("record") == context.record:
+            return row
+    model, columns = variant()
+    scores, images = [], None
+    for i in range(context.settings.noise_seeds):
+        protocol = dataclasses.replace(context.protocol, seed=context.protocol.seed + i)
+        generated = generate(model, protocol, batch_size=context.batch_size, progress=False)
+        scores.append(context.labeller.score(generated))
+        images = generated[:context.settings.grid_images] if images is None else images
+    fids = [s["fid"] for s in scores]
+    row = {"name": name, **columns, "fid_mean": float(np.mean(fids)), "fid_std": float(np.std(fids, ddof=1))
+           if len(fids) > 1 else 0.0, "fid_seeds": fids}
+    for metric in ("prompt_accuracy", "clip_score"):
+        if metric in scores[0]:
+            row[metric] = float(np.mean([s[metric] for s in scores]))
+    row["record"] = context.record
+    rows.mkdir(exist_ok=True)
+    atomic_write(rows / f"{key}.safetensors", lambda tmp: save_file({"images": images.contiguous()}, str(tmp)))
+    write_json(saved, row)
+    return row
+
+
+def grid_images(context: Context, name: str) -> torch.Tensor:
+    return load_file(str(context.directory / "rows" / f"{row_key(name)}.safetensors"))["images"]
+
+
+def qsd_name(config_row: dict, a_bits: int) -> str:
+    return f"Qua²SeDiMo W{config_row['avg_bits']:.2f}A{a_bits}"
+
+
+def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
+         calibration: Callable[[], CalibrationSet]) -> list[tuple[str, Callable[[], tuple[DiffusionModel, dict]]]]:
+    """Every row to measure, in table order: (name, builder of its model and fixed columns)."""
+    s, model, mq = context.settings, context.model, context.multiquantizer
+    n_weights = mq.cost(mq.uniform(None))["n_weights"]
+
+    def columns(family: str, method: str, avg_bits: float, a_bits: int, seconds: float, **extra) -> dict:
+        return {"family": family, "method": method, "avg_bits": avg_bits, "a_bits": a_bits,
+                "size_mib": avg_bits * n_weights / 8 / 2**20, "calibration_s": seconds, **extra}
+
+    def float_row() -> tuple[DiffusionModel, dict]:
+        return model, columns("float", "float", 16.0, FLOAT_ACTIVATIONS, 0.0)
+
+    def baseline_row(name: str, a_bits: int):
+        def build() -> tuple[DiffusionModel, dict]:
+            module = baseline(name)
+            overrides = (module.SMOKE if s.smoke else {}) | s.baseline_settings.get(name, {})
+            result = module.quantize(model.denoiser, calibration(), W_BITS, a_bits,
+                                     baseline_settings(name, overrides), seed=s.seed)
+            return model.with_denoiser(result.denoiser), columns(
+                "baseline", BASELINES[name], result.avg_bits, a_bits, result.calibration_seconds,
+                settings=result.settings)
+        return build
+
+    def qsd_row(config: QuantConfig, config_row: dict, a_bits: int):
+        def build() -> tuple[DiffusionModel, dict]:
+            mq.restore()
+            mq.apply(config.with_a_bits(None if a_bits == FLOAT_ACTIVATIONS else a_bits))
+            return model, columns("qsd", "Qua²SeDiMo", mq.cost(config)["avg_bits"], a_bits, 0.0,
+                                  config=config_row["name"])
+        return build
+
+    def qsd_dmq_row(config: QuantConfig, config_row: dict, a_bits: int):
+        def build() -> tuple[DiffusionModel, dict]:
+            mq.restore()
+            mq.apply(config)
+            denoiser = quantized_copy(model.denoiser)
+            mq.restore()
+            start = time.perf_counter()
+            dmq = baseline("dmq")
+            overrides = (dmq.SMOKE if s.smoke else {}) | s.baseline_settings.get("dmq", {})
+            treatment = dmq.activation_treatment(denoiser, calibration(), a_bits, baseline_settings("dmq", overrides))
+            return model.with_denoiser(denoiser), columns(
+                "qsd+dmq", "Qua²SeDiMo + DMQ act.", mq.cost(config)["avg_bits"], a_bits, time.perf_counter() - start,
+                config=config_row["name"], settings=treatment)
+        return build
+
+    rows = [("float", float_row)]
+    rows += [(f"{BASELINES[name]} W{W_BITS}A{a}", baseline_row(name, a)) for a in s.baseline_a_bits
+             for name in s.baselines]
+    for config, config_row in configs.values():
+        rows += [(qsd_name(config_row, a), qsd_row(config, config_row, a)) for a in s.qsd_a_bits]
+        rows += [(qsd_name(config_row, a) + " + DMQ act.", qsd_dmq_row(config, config_row, a)) for a in s.dmq_a_bits]
+    return rows
+
+
+def stage_configs(settings: Settings) -> dict[str, tuple[QuantConfig, dict]]:
+    """Stage 05's configurations at `budgets` plus `w3x_budget`, keyed by name (budgets mapping to the same built
+    configuration appear once)."""
+    configs = {}
+    for budget in sorted({*settings.budgets, settings.w3x_budget}, reverse=True):
+        config, row = build_configs.frontier_config(settings.model_id, settings.run_id, budget)
+        configs.setdefault(row["name"], (config, row | {"avg_bits": float(row["avg_bits"])}))
+    return configs
+
+
+def run(settings: Settings) -> Result:
+    """Measure every row (see the module docstring), resuming from saved rows."""
+    settings = settings.effective()
+    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
+    labelling, protocol = evaluation_protocol(settings.model_id, settings.run_id)
+    configs = stage_configs(settings)
+    model = load_model(settings.model_id, device=labelling.device)
+    mq = multiquantizer_stage.load_saved(settings.model_id, settings.run_id, model.denoiser)
+    labeller = Labeller(model, protocol, labelling.n_probe, labelling.batch_size, progress=False,
+                        clip_dir=labelling.clip_dir)
+    record = {"settings": json.loads(json.dumps(dataclasses.asdict(settings), default=list)),
+              "protocol": dataclasses.asdict(protocol)}
+    context = Context(settings, directory, model, mq, protocol, labeller, labelling.batch_size, record)
+    cache: list[CalibrationSet] = []
+
+    def calibration() -> CalibrationSet:
+        if not cache:
+            cache.append(CalibrationSet.from_model(model, protocol, settings.calibration_samples,
+                                                   settings.calibration_seed))
+        return cache[0]
+
+    rows = plan(context, configs, calibration)
+    measured = []
+    for name, build in tqdm(rows, desc="final comparison", unit="row", disable=not settings.progress):
+        try:
+            measured.append(measure(context, name, build))
+        finally:
+            mq.restore()
+    table = pd.DataFrame([{k: v for k, v in row.items() if k != "record"} for row in measured])
+    table.drop(columns=[c for c in ("settings",) if c in table]).to_csv(directory / "comparison.csv", index=False)
+    packed = packed_rows(context, configs) if settings.packed else pd.DataFrame()
+    if len(packed):
+        packed.to_csv(directory / "packed.csv", index=False)
+    grid = {name: grid_images(context, name) for name, _ in rows}
+    summary = _summary(settings, table, configs, packed)
+    write_run_record(directory, settings, summary)
+    return Result(settings, directory, table, packed, grid, summary)
+
+
+def timed_generate(model: DiffusionModel, protocol: SamplingProtocol, batch_size: int) -> tuple[torch.Tensor, float]:
+    """The protocol's images and their wall seconds, after a one-image warm-up."""
+    generate(model, protocol, batch_size=batch_size, progress=False, n_images=1)
+    start = time.perf_counter()
+    images = generate(model, protocol, batch_size=batch_size, progress=False)
+    return images, time.perf_counter() - start
+
+
+def packed_rows(context: Context, configs: dict[str, tuple[QuantConfig, dict]]) -> pd.DataFrame:
+    """Step 4: each configuration at the lowest Qua²SeDiMo activation bits, exported, reloaded and sampled packed at
+    the first noise seed, against the float model sampled in the same process (rows saved and resumed as in
+    `measure`)."""
+    s, model, mq = context.settings, context.model, context.multiquantizer
+    a_bits = min(s.qsd_a_bits)
+    float_seconds: list[float] = []
+    rows = []
+    for name, (config, config_row) in configs.items():
+        saved = context.directory / "rows" / f"packed-{row_key(name)}.json"
+        if saved.is_file() and (row := json.loads(saved.read_text())).get("record") == context.record:
+            rows.append(row)
+            continue
+        if not float_seconds:
+            float_seconds.append(timed_generate(model, context.protocol, context.batch_size)[1])
+        activated = config.with_a_bits(None if a_bits == FLOAT_ACTIVATIONS else a_bits)
+        path = export(model.denoiser, activated, context.directory / f"{Path(config_row['path']).stem}.safetensors",
+                      model_id=s.model_id, multiquantizer=mq)
+        packed = model.with_denoiser(load_quantized(path, s.model_id))
+        images, seconds = timed_generate(packed, context.protocol, context.batch_size)
+        memory = memory_report(packed.denoiser)
+        row = {"name": qsd_name(config_row, a_bits), "config": name, "avg_bits": mq.cost(config)["avg_bits"],
+               "a_bits": a_bits, "fid_packed": context.labeller.score(images)["fid"],
+               "packed_layers_mib": memory["packed_layers_bytes"] / 2**20,
+               "fp16_layers_mib": memory["packed_layers_fp16_bytes"] / 2**20,
+               "denoiser_mib": memory["denoiser_bytes"] / 2**20,
+               "float_denoiser_mib": memory["denoiser_fp32_bytes"] / 2**20, "file_mib": path.stat().st_size / 2**20,
+               "seconds_packed": seconds, "seconds_float": float_seconds[0], "record": context.record}
+        saved.parent.mkdir(exist_ok=True)
+        write_json(saved, row)
+        rows.append(row)
+    return pd.DataFrame([{k: v for k, v in row.items() if k != "record"} for row in rows])
+
+
+def _summary(settings: Settings, table: pd.DataFrame, configs: dict, packed: pd.DataFrame) -> dict:
+    a6 = table[table["a_bits"] == HEADLINE_A_BITS]
+    baselines = a6[a6["family"] == "baseline"]
+    _, w3x_row = build_configs.frontier_config(settings.model_id, settings.run_id, settings.w3x_budget)
+    headline = a6[(a6["family"] == "qsd") & (a6["config"] == w3x_row["name"])] if "config" in a6 else a6.iloc[:0]
+    summary = {"float_fid": float(table.loc[table["family"] == "float", "fid_mean"].iloc[0]),
+               "noise_seeds": settings.noise_seeds,
+               "rows": {r["name"]: {"avg_bits": round(r["avg_bits"], 4), "fid_mean": round(r["fid_mean"], 3),
+                                    "fid_std": round(r["fid_std"], 3)} for _, r in table.iterrows()}}
+    if len(headline) and len(baselines):
+        q, best = headline.iloc[0], baselines.loc[baselines["fid_mean"].idxmin()]
+        beaten = [r["name"] for _, r in baselines.iterrows()
+                  if q["fid_mean"] + q["fid_std"] < r["fid_mean"] - r["fid_std"]]
+        summary |= {"qsd_w3x_a6_fid": round(float(q["fid_mean"]), 3), "qsd_w3x_a6_fid_std": round(float(q["fid_std"]),
+                                                                                                   3),
+                    "qsd_w3x_a6_bits": round(float(q["avg_bits"]), 4), "qsd_w3x_config": w3x_row["name"],
+                    "best_baseline_w4a6_fid": round(float(best["fid_mean"]), 3),
+                    "best_baseline_w4a6_fid_std": round(float(best["fid_std"]), 3),
+                    "best_baseline_w4a6": best["method"],
+                    "qsd_w3x_a6_beats_every_w4a6_baseline_beyond_spread": len(beaten) == len(baselines),
+                    "w4a6_baselines_beaten_beyond_spread": beaten}
+    if len(packed):
+        summary["packed"] = {r["name"]: {"fid_packed": round(r["fid_packed"], 3),
+                                         "packed_layers_vs_fp16": round(r["packed_layers_mib"] / r["fp16_layers_mib"],
+                                                                        4),
+                                         "seconds_packed": round(r["seconds_packed"], 3),
+                                         "seconds_float": round(r["seconds_float"], 3)} for _, r in packed.iterrows()}
+    return summary
+
+
+def comparison_table(result: Result) -> pd.DataFrame:
+    """The table as printed: one row per method, FID as mean ± std over the noise seeds."""
+    t = result.table
+    shown = pd.DataFrame({"avg bits": t["avg_bits"].round(2), "A": t["a_bits"].map(lambda a: f"A{a}"),
+                          "size MiB": t["size_mib"].round(4),
+                          "FID": [f"{m:.1f} ± {s:.1f}" for m, s in zip(t["fid_mean"], t["fid_std"], strict=True)]})
+    for metric, label in (("prompt_accuracy", "prompt acc."), ("clip_score", "CLIP")):
+        if metric in t:
+            shown[label] = t[metric].round(3)
+    shown["calibration s"] = t["calibration_s"].round(1)
+    return shown.set_axis(t["name"].to_numpy())
+
+
+def summary_text(result: Result) -> str:
+    s = result.summary
+    lines = [f"float FID {s['float_fid']:.1f} (mean over {s['noise_seeds']} noise seeds)"]
+    if "qsd_w3x_a6_fid" in s:
+        verdict = ("beats every W4A6 baseline beyond the seed spread"
+                   if s["qsd_w3x_a6_beats_every_w4a6_baseline_beyond_spread"] else
+                   f"beats {len(s['w4a6_baselines_beaten_beyond_spread'])} W4A6 baseline(s) beyond the seed spread")
+        lines.append(f"Qua²SeDiMo {s['qsd_w3x_config']} at A6: {s['qsd_w3x_a6_bits']:.2f} bits, FID "
+                     f"{s['qsd_w3x_a6_fid']:.1f} ± {s['qsd_w3x_a6_fid_std']:.1f}; best W4A6 baseline "
+                     f"{s['best_baseline_w4a6']}: {s['best_baseline_w4a6_fid']:.1f} ± "
+                     f"{s['best_baseline_w4a6_fid_std']:.1f}; the W3.x {verdict}")
+    return "\n".join(lines)
+
+
+def packed_table(result: Result) -> pd.DataFrame:
+    p = result.packed
+    return pd.DataFrame({"avg bits": p["avg_bits"].round(2), "FID packed (seed 0)": p["fid_packed"].round(1),
+                         "layers MiB packed": p["packed_layers_mib"].round(4), "layers MiB fp16":
+                         p["fp16_layers_mib"].round(4), "s packed": p["seconds_packed"].round(2),
+                         "s float": p["seconds_float"].round(2)}).set_axis(p["name"].to_numpy())
+
+
+def plot_grid(result: Result) -> Figure:
+    """Fig. 1 style: the same prompts and noise (first noise seed) for the float model and every A6 row."""
+    t = result.table
+    names = ["float", *t.loc[t["a_bits"] == HEADLINE_A_BITS, "name"]]
+    rows = [result.grid[n][:, 0].numpy() for n in names]
+    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    fig, ax = new_figure(1.0 * len(rows[0]) + 4.5, 0.75 * len(rows) + 0.8)
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
+    height = rows[0].shape[1]
+    fids = dict(zip(t["name"], t["fid_mean"], strict=True))
+    ax.set_yticks([height * (i + 0.5) for i in range(len(names))], [f"{n} (FID {fids[n]:.0f})" for n in names],
+                  fontsize=7)
+    ax.set_xticks([])
+    ax.grid(False)
+    ax.set_title(f"{result.settings.model_id}: same prompts and noise,\nA6 activations", fontsize=9)
+    savefig(fig, f"06_grid_{result.settings.model_id}", result.settings.figures_to(result.directory))
+    return fig
+
+
+def plot_fid_a6(result: Result) -> Figure:
+    """FID (mean ± std over the noise seeds, log scale) of every A6 row, the float model as a line."""
+    t = result.table
+    a6 = t[t["a_bits"] == HEADLINE_A_BITS].reset_index(drop=True)
+    fig, ax = new_figure(8, 0.35 * len(a6) + 1.4)
+    colours = {"baseline": "#999999", "qsd": "#d1495b", "qsd+dmq": "#5b8fd1"}
+    for i, r in a6.iterrows():
+        ax.errorbar(r["fid_mean"], i, xerr=r["fid_std"], fmt="o", color=colours[r["family"]], capsize=3)
+        ax.annotate(f"{r['fid_mean']:.1f}", (r["fid_mean"], i), xytext=(6, 3), textcoords="offset points", fontsize=7)
+    ax.axvline(float(t.loc[t["family"] == "float", "fid_mean"].iloc[0]), color="black", ls="--", lw=1, label="float")
+    ax.set_yticks(range(len(a6)), [f"{n} ({b:.2f} bits)" for n, b in zip(a6["name"], a6["avg_bits"], strict=True)],
+                  fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(f"FID (mean ± std over {result.settings.noise_seeds} noise seeds; log scale)")
+    ax.set_title(f"{result.settings.model_id}, A6: baselines at W4 (grey), Qua²SeDiMo (red),\n"
+                 "Qua²SeDiMo weights with DMQ's activations (blue)", fontsize=9)
+    ax.legend(fontsize=8)
+    savefig(fig, f"06_fid_a6_{result.settings.model_id}", result.settings.figures_to(result.directory))
+    return fig
