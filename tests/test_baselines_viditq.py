@@ -20,7 +20,7 @@ from qsd.baselines.channel_balance import (
     rotation_matrix,
     smoothing_scales,
 )
-from qsd.baselines.common import average_bits, quantized_copy, quantized_units, rtn_weight
+from qsd.baselines.common import average_bits, mixed_average_bits, quantized_copy, quantized_units, rtn_weight
 from qsd.errors import InvalidSettingError
 from qsd.models.random_init import example_inputs, random_denoiser
 
@@ -185,7 +185,7 @@ def test_mixed_precision_raises_layers_of_both_groups(pixart):
     assert mixed.avg_bits > plain.avg_bits
     unit_bits = {u.name: 8 if u.module in {*raised["alignment"], *raised["quality"]} else 4
                  for u in quantized_units(model)}
-    assert mixed.avg_bits == pytest.approx(viditq.mixed_average_bits(model, unit_bits))
+    assert mixed.avg_bits == pytest.approx(mixed_average_bits(model, unit_bits))
     modules = dict(mixed.denoiser.named_modules())
     for name in raised["alignment"] + raised["quality"]:
         assert all(q.bits == 8 for q in input_quantizer(modules[name]).quantizers)

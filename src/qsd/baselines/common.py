@@ -8,7 +8,7 @@ float ones, activation quantizers are attached as in `qsd.actquant`, and the flo
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -100,18 +100,23 @@ def rtn_weights_(denoiser: nn.Module, units: Sequence[Unit], bits: int) -> None:
                                 .dequantize() for u in units})
 
 
-def average_bits(denoiser: nn.Module, units: Sequence[Unit], bits: int) -> float:
-    """Average bits per weight of the quantizable layers when `units` are `bits`-bit per-channel affine (Δ and z per
-    output channel at FP16) and every other unit is FP16."""
-    quantized = {u.name for u in units}
+def mixed_average_bits(denoiser: nn.Module, unit_bits: Mapping[str, int]) -> float:
+    """Average bits per weight of the quantizable layers when each unit in `unit_bits` is that many bits per-channel
+    affine (Δ and z per output channel at FP16) and every other unit is FP16."""
     modules = dict(denoiser.named_modules())
     total = weights = 0
     for unit in quantizable_units(denoiser):
         piece = unit.weight_slice(modules[unit.module].weight)
         n, rows = piece.numel(), piece.shape[0]
         weights += n
-        total += bits * n + 2 * PARAM_BITS * rows if unit.name in quantized else PARAM_BITS * n
+        bits = unit_bits.get(unit.name)
+        total += PARAM_BITS * n if bits is None else bits * n + 2 * PARAM_BITS * rows
     return total / weights
+
+
+def average_bits(denoiser: nn.Module, units: Sequence[Unit], bits: int) -> float:
+    """`mixed_average_bits` with every unit of `units` at `bits`."""
+    return mixed_average_bits(denoiser, {u.name: bits for u in units})
 
 
 def attach_static(denoiser: nn.Module, units: Sequence[Unit], bits: int, n_sets: int = 1,

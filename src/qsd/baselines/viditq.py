@@ -42,9 +42,15 @@ from qsd.baselines.channel_balance import (
     smoothing_scales,
     weight_absmax,
 )
-from qsd.baselines.common import PARAM_BITS, BaselineResult, first_and_last, quantized_copy, quantized_units
+from qsd.baselines.common import (
+    BaselineResult,
+    first_and_last,
+    mixed_average_bits,
+    quantized_copy,
+    quantized_units,
+)
 from qsd.errors import InvalidSettingError
-from qsd.layers import Unit, quantizable_units
+from qsd.layers import Unit
 
 METHOD = "viditq"
 SMOKE: dict = {}
@@ -280,20 +286,6 @@ def most_sensitive(sensitivity: Mapping[str, float], members: Sequence[str], fra
     ranked = sorted(members, key=lambda n: -sensitivity[n])
     chosen = set(ranked[:count])
     return [n for n in members if n in chosen]
-
-
-def mixed_average_bits(denoiser: nn.Module, unit_bits: Mapping[str, int]) -> float:
-    """Average bits per weight of the quantizable layers when each unit in `unit_bits` is that many bits per-channel
-    affine (Δ and z per output channel at FP16) and every other unit FP16 (`common.average_bits`, per unit)."""
-    modules = dict(denoiser.named_modules())
-    total = weights = 0
-    for unit in quantizable_units(denoiser):
-        piece = unit.weight_slice(modules[unit.module].weight)
-        n, rows = piece.numel(), piece.shape[0]
-        weights += n
-        bits = unit_bits.get(unit.name)
-        total += PARAM_BITS * n if bits is None else bits * n + 2 * PARAM_BITS * rows
-    return total / weights
 
 
 def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, a_bits: int | None = 6,
