@@ -155,3 +155,15 @@ def test_packed_model_carries_activation_bits(tmp_path):
     inputs = example_inputs("pixart", batch=FUSED_MAX_ROWS + 1)  # dense path: bit for bit
     with torch.no_grad():
         assert torch.equal(packed(**inputs, return_dict=False)[0], fake(**inputs, return_dict=False)[0])
+
+
+def test_a_deep_copy_drives_its_own_step_clock():
+    model = random_denoiser("pixart")
+    clock = StepClock([900, 100])
+    clock.attach(model)
+    copied = copy.deepcopy((model, clock))
+    inputs = example_inputs("pixart")
+    inputs["timestep"] = torch.full((2,), 120.0)
+    with torch.no_grad():
+        copied[0](**inputs)
+    assert copied[1].index == 1 and clock.index == 0

@@ -11,8 +11,8 @@ that reads the timestep the denoiser is called with. On top of the per-tensor st
 Notation: levels L = 2^b − 1; Δ = (max − min)/L; z = round(−min/Δ); x̂ = (clamp(round(x/Δ_c) + z, 0, L) − z)·Δ_c.
 
 Modes: "observe" records min/max of what passes (running extremes, or an EMA with `momentum`, DMQ's 0.95) and
-returns it unchanged; "quantize" applies the fixed ranges; "dynamic" takes min/max of each batch (DMQ's LES
-training); `finalize()` turns what was observed into Δ and z.
+returns it unquantized (divided by γ when smoothing); "quantize" applies the fixed ranges; "dynamic" takes min/max
+of each batch (DMQ's LES training); `finalize()` turns what was observed into Δ and z.
 """
 
 from __future__ import annotations
@@ -46,12 +46,14 @@ class StepClock:
         self.index = int(torch.argmin((self.timesteps - t).abs()))
 
     def attach(self, denoiser: nn.Module):
-        """Hook `denoiser` so that each call sets the clock; returns the hook handle."""
-        def hook(module, args, kwargs):
-            if "timestep" not in kwargs:
-                raise QsdError("per-step activation quantizers need the denoiser called with timestep=...")
-            self.set_timestep(kwargs["timestep"])
-        return denoiser.register_forward_pre_hook(hook, with_kwargs=True)
+        """Hook `denoiser` so that each call sets the clock; returns the hook handle. The hook is this clock's bound
+        method, so a deep copy of the denoiser drives the copied clock its copied quantizers read."""
+        return denoiser.register_forward_pre_hook(self.on_forward, with_kwargs=True)
+
+    def on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if "timestep" not in kwargs:
+            raise QsdError("per-step activation quantizers need the denoiser called with timestep=...")
+        self.set_timestep(kwargs["timestep"])
 
 
 class StaticQuantizer(nn.Module):
@@ -129,7 +131,7 @@ class StaticQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":
             self.observe(x)
-            return x
+            return self.scaled(x)  # the layer holds W·γ: the float function is (x/γ)·(Wγ)
         if self.mode == "dynamic":
             data = self.scaled(x).detach()
             low = torch.zeros((), device=x.device) if self.unsigned else data.min().clamp(max=0)
