@@ -46,7 +46,7 @@ def test_activation_bits_round_trip_and_keep_weight_only_fingerprints():
 def test_spec_key_roundtrip():
     assert QuantSpec.parse("kmeans_a-3") == QuantSpec("kmeans_a", 3)
     assert QuantSpec("uaq", 4).key == "uaq-4"
-    with pytest.raises(UnsupportedSpecError, match="expected '<method>-<bits>'"):
+    with pytest.raises(UnsupportedSpecError, match="expected '<method>-<bits>"):
         QuantSpec.parse("uaq4")
 
 
