@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -156,9 +158,13 @@ def test_dmq_is_deterministic_for_a_seed(pixart):
     settings = dmq.Settings(les_iters=4, les_rows_per_step=4, recon_iters=4, recon_batch=4, act_batch=4)
     first = dmq.quantize(model, calibration, settings=settings, seed=3)
     second = dmq.quantize(model, calibration, settings=settings, seed=3)
-    for a, b in zip(calibration.outputs(first.denoiser), calibration.outputs(second.denoiser), strict=True):
+    outputs = calibration.outputs(first.denoiser)
+    for a, b in zip(outputs, calibration.outputs(second.denoiser), strict=True):
         assert torch.equal(a, b)
     assert first.settings["les"]["stats"] == second.settings["les"]["stats"]
+    # a deep copy drives its own step clock: its quantizers still pick the set of the step they run at
+    for a, b in zip(outputs, calibration.outputs(copy.deepcopy(first.denoiser)), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_activation_treatment_on_other_weights(unet):

@@ -6,13 +6,14 @@ Pipeline (baselines.md §1.2), on a copy of the float denoiser:
   2. LES (`qsd.baselines.les`): a learned per-input-channel γ per quantized layer, trained layer by layer with both
      weights and activations dynamically quantized and the adaptive timestep weighting; W·γ is stored in the layer
      and the layer's input quantizer divides by γ (`ScaledStaticQuantizer`);
-  3. the weight grid is re-initialised on W·γ by an MSE search (per output channel, `grid_ratios` clipping ratios
-     1 % apart, scored by the L`grid_p` error: DMQ's 80 ratios and L2.4);
+  3. the weight grid is re-initialised on W·γ by an MSE search per output channel;
   4. weight reconstruction (BRECQ/AdaRound, `qsd.baselines.reconstruction`) against the float network's block
-     outputs, activation quantization off; it re-initialises the grid itself (step 3) from the float W·γ it is
-     given. With `recon_iters = 0` steps 3-4 are round-to-nearest on step 3's grid instead;
+     outputs, activation quantization off (the quantizers still divide by γ). It performs step 3 itself on the float
+     W·γ it is given, with its "mse" grid: qsd's UAQ clipping search, ratios 0, 0.1, …, 0.9 scored by the L2.4 error
+     (DMQ searches 80 ratios 1 % apart). With `recon_iters = 0` steps 3-4 are round-to-nearest on a grid searched
+     over `grid_ratios` ratios 1 % apart by the L`grid_p` error (DMQ's 80 and L2.4) instead;
   5. per-step static activation ranges (one set per calibration step, EMA 0.95 over batches of 16, chosen at run time
-     by a `StepClock` attached to the copy) and PTS voting on the `pts_layers` (`qsd.baselines.pts`).
+     by a step clock hooked to the copy) and PTS voting on the `pts_layers` (`qsd.baselines.pts`).
 
 What stays float (DMQ's choices, followed): the timestep-embedding layers (U-Net `time_embedding.*` and every
 ResBlock's `time_emb_proj`, DMQ's `time_embed`/`emb_layers`, and their transformer analogues, see
@@ -25,8 +26,9 @@ halves; here the modules whose name contains "conv_shortcut" (diffusers' name fo
 such layer (their residual additions are unquantized), so PTS applies to none there unless `pts_layers` names
 layers or is "all"; the record says which units it applied to.
 
-Scaled-down defaults for the tiny models (the paper's values in `PAPER`): LES 100 iterations per layer over a pool
-of 16 rows per calibration step, reconstruction `recon_iters` per block.
+Scaled-down defaults for the tiny models (the paper's values in `PAPER`): LES 100 iterations per layer (learning
+rate unchanged) over a pool of 16 rows per calibration step, reconstruction 300 iterations per block. Without
+activation quantization (a_bits None) LES is skipped: it exists to trade range between activations and weights.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qsd.actquant.attach import channel_dim
-from qsd.actquant.static import MODES, StaticQuantizer, round_ste
+from qsd.actquant.static import StaticQuantizer, round_ste
 from qsd.baselines.calibration import CalibrationSet, denoiser_output
 from qsd.errors import InvalidSettingError, QsdError
 
@@ -293,5 +293,3 @@ class ScaledStaticQuantizer(StaticQuantizer):
             return self.scaled(x)
         return super().forward(x)
 
-
-SCALED_MODES = (*MODES, "float")
