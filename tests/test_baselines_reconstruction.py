@@ -7,7 +7,14 @@ from qsd.actquant import QuantAttnProcessor, StaticQuantizer
 from qsd.baselines import qdiffusion, rtn, tfmqdm
 from qsd.baselines.adaround import AdaRound, annealed_beta, channel_grid
 from qsd.baselines.calibration import CalibrationSet, output_error
-from qsd.baselines.common import attach_static, average_bits, quantized_copy, quantized_units, rtn_weight
+from qsd.baselines.common import (
+    attach_static,
+    average_bits,
+    calibrate_ranges,
+    quantized_copy,
+    quantized_units,
+    rtn_weight,
+)
 from qsd.baselines.reconstruction import (
     ReconstructionSettings,
     StepSettings,
@@ -174,3 +181,23 @@ def test_tfmqdm_keeps_a_range_per_step(results, world):
 def test_tfmqdm_refuses_an_unknown_per_step_choice():
     with pytest.raises(Exception, match="per_step_activations"):
         tfmqdm.Settings(per_step_activations="some")
+
+
+class _Probe(torch.nn.Module):
+    """A denoiser that only feeds its latent through an activation quantizer."""
+
+    def __init__(self, quantizer: StaticQuantizer) -> None:
+        super().__init__()
+        self.quantizer, self.weight = quantizer, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, hidden_states, timestep):
+        return self.quantizer(hidden_states)
+
+
+def test_ema_ranges_see_both_guidance_halves():
+    """Rows are [unconditional | conditional]; read in order, an EMA range would be almost the first half's alone."""
+    steps = [{"hidden_states": torch.cat([torch.rand(16, 4), 10 * torch.rand(16, 4)]), "timestep": torch.tensor(t)}
+             for t in TIMESTEPS]
+    quantizer = StaticQuantizer(8, momentum=0.95)
+    calibrate_ranges(_Probe(quantizer), [quantizer], CalibrationSet.from_inputs(steps), batch_rows=8, seed=0)
+    assert quantizer.high[0] > 5

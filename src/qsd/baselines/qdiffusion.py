@@ -88,7 +88,7 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
         quantizers = list(attach_static(model, units, a_bits, momentum=settings.act_momentum).values())
         if settings.quantize_attention:
             quantizers += attach_attention(model, units, a_bits, momentum=settings.act_momentum)
-        calibrate_ranges(model, quantizers, calibration)
+        calibrate_ranges(model, quantizers, calibration, seed=seed)
         if settings.act_steps is not None:
             learn_activation_steps(denoiser, model, calibration, settings.act_steps, seed)
     return BaselineResult(METHOD, model, w_bits, a_bits, average_bits(denoiser, units, w_bits),

@@ -284,7 +284,7 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
         if settings.quantize_attention:
             quantizers += attach_attention(model, units, a_bits, sets if every else 1, clock if every else None,
                                            settings.act_momentum)
-        calibrate_ranges(model, quantizers, calibration, settings.act_batch_rows)
+        calibrate_ranges(model, quantizers, calibration, settings.act_batch_rows, seed)
     return BaselineResult(METHOD, model, w_bits, a_bits, average_bits(denoiser, units, w_bits),
                           time.perf_counter() - start,
                           asdict(settings) | {"float_layers": keep, "temporal_layers": list(block.layers),
