@@ -79,6 +79,15 @@ def quantized_units(denoiser: nn.Module, keep_float: Iterable[str] = ()) -> list
     return [u for u in quantizable_units(denoiser) if u.module not in keep]
 
 
+def prepared_copy(denoiser: nn.Module, calibration: CalibrationSet,
+                  keep_first_last: bool) -> tuple[nn.Module, list[Unit], list[str]]:
+    """What a baseline starts from: a `quantized_copy` of `denoiser`, the units it quantizes, and the layers it keeps
+    float (the first and the last one called, when `keep_first_last`)."""
+    keep = first_and_last(denoiser, calibration) if keep_first_last else []
+    model = quantized_copy(denoiser)
+    return model, quantized_units(model, keep), keep
+
+
 def rtn_weight(weight: torch.Tensor, bits: int) -> QuantizedWeight:
     """Round-to-nearest per-output-channel asymmetric weights over each channel's full range."""
     return quantize_weight(weight, "uaq", [bits], MIN_MAX)[bits]

@@ -15,9 +15,7 @@ from qsd.baselines.common import (
     attach_static,
     average_bits,
     calibrate_ranges,
-    first_and_last,
-    quantized_copy,
-    quantized_units,
+    prepared_copy,
     rtn_weights_,
 )
 
@@ -36,9 +34,7 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
              settings: Settings = Settings(), seed: int = 0) -> BaselineResult:
     """RTN weights and min/max static activations on a copy of `denoiser` (`seed` is unused: RTN is deterministic)."""
     start = time.perf_counter()
-    keep = first_and_last(denoiser, calibration) if settings.keep_first_last else []
-    model = quantized_copy(denoiser)
-    units = quantized_units(model, keep)
+    model, units, keep = prepared_copy(denoiser, calibration, settings.keep_first_last)
     rtn_weights_(model, units, w_bits)
     if a_bits is not None:
         calibrate_ranges(model, attach_static(model, units, a_bits).values(), calibration)

@@ -45,9 +45,7 @@ from qsd.baselines.common import (
     attach_static,
     average_bits,
     calibrate_ranges,
-    first_and_last,
-    quantized_copy,
-    quantized_units,
+    prepared_copy,
 )
 from qsd.baselines.qdiffusion import attach_attention
 from qsd.baselines.reconstruction import (
@@ -267,9 +265,7 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
              settings: Settings = Settings(), seed: int = 0) -> BaselineResult:
     """TFMQ-DM W`w_bits`A`a_bits` (module docstring) on a copy of `denoiser`; deterministic for a `seed`."""
     start = time.perf_counter()
-    keep = first_and_last(denoiser, calibration) if settings.keep_first_last else []
-    model = quantized_copy(denoiser)
-    units = quantized_units(model, keep)
+    model, units, keep = prepared_copy(denoiser, calibration, settings.keep_first_last)
     block = temporal_block(denoiser, calibration)
     reconstruct_temporal(denoiser, model, block, units, w_bits, calibration, settings.reconstruction, seed)
     reconstruct_weights(denoiser, model, units, w_bits, calibration, settings.reconstruction, seed, frozen=block.layers)

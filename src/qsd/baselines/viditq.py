@@ -42,13 +42,7 @@ from qsd.baselines.channel_balance import (
     smoothing_scales,
     weight_absmax,
 )
-from qsd.baselines.common import (
-    BaselineResult,
-    first_and_last,
-    mixed_average_bits,
-    quantized_copy,
-    quantized_units,
-)
+from qsd.baselines.common import BaselineResult, mixed_average_bits, prepared_copy
 from qsd.errors import InvalidSettingError
 from qsd.layers import Unit
 
@@ -292,9 +286,7 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
              settings: Settings = Settings(), seed: int = 0) -> BaselineResult:
     """ViDiT-Q on a copy of `denoiser` (see module docstring); `seed` draws the rotations."""
     start = time.perf_counter()
-    keep = first_and_last(denoiser, calibration) if settings.keep_first_last else []
-    model = quantized_copy(denoiser)
-    units = quantized_units(model, keep)
+    model, units, keep = prepared_copy(denoiser, calibration, settings.keep_first_last)
     plans = plan_balancing(model, units, calibration, settings, seed)
     alignment = set(condition_fed_layers(model))
     groups = {name: "alignment" if name in alignment else "quality" for name in plans}
