@@ -13,7 +13,6 @@ from qsd.baselines import dmq, rtn
 from qsd.baselines.calibration import CalibrationSet, output_error
 from qsd.baselines.common import quantized_copy, quantized_units
 from qsd.baselines.les import (
-    ScaledStaticQuantizer,
     adaptive_weights,
     fold_scales_,
     learn_scales,
@@ -115,8 +114,8 @@ def test_les_fold_keeps_the_float_function(unet):
         torch.testing.assert_close(calibration.outputs(copy)[1], reference[1], rtol=1e-4, atol=1e-5)
 
 
-def test_scaled_quantizer_observe_and_float_modes():
-    q = ScaledStaticQuantizer(6, channel_dim=1)
+def test_smoothed_quantizer_observe_and_float_modes():
+    q = StaticQuantizer(6, channel_dim=1)
     q.smooth = torch.tensor([2.0, 4.0])
     x = torch.ones(3, 2, 5)
     assert torch.equal(q(x), x / torch.tensor([2.0, 4.0])[None, :, None])

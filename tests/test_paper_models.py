@@ -4,13 +4,13 @@ import sys
 import pytest
 import tiny_fixtures
 import torch
+from tiny_fixtures import CAPTIONS, load_tiny_paper
 
 from qsd.errors import CorruptFileError, ModelNotAvailableError, UnsupportedSpecError
 from qsd.models import paper
 from qsd.models.base import SamplerSettings
 
 ENTRIES = {entry.model_id: entry for entry in paper.ENTRIES}
-CAPTIONS = ["A cat sitting on the table", "Two dogs in the street", "a red bus"]
 SCHEDULERS = {"pixart_alpha": "DPMSolverMultistepScheduler", "pixart_sigma": "DPMSolverMultistepScheduler",
               "hunyuan_dit": "DDPMScheduler", "sdxl": "EulerDiscreteScheduler", "sdv15": "PNDMScheduler",
               "dit_xl2": "DPMSolverMultistepScheduler"}  # the tiny DiT ships DDIM: the protocol replaces it
@@ -20,16 +20,6 @@ SCHEDULERS = {"pixart_alpha": "DPMSolverMultistepScheduler", "pixart_sigma": "DP
 def _no_qsd_env(monkeypatch):
     for name in (paper.MODELS_DIR_ENV, paper.CAPTIONS_ENV, *(paper.model_dir_env(m) for m in ENTRIES)):
         monkeypatch.delenv(name, raising=False)
-
-
-def _load(model_id, tmp_path, **kwargs):
-    """The tiny copy of `model_id` through its registry entry, 16×16 images (4×8×8 latents), 2 steps."""
-    root = tiny_fixtures.tiny_paper_dir(model_id, tmp_path / model_id)
-    captions = tmp_path / "captions.txt"
-    captions.write_text("\n".join(CAPTIONS) + "\n")
-    entry = ENTRIES[model_id]
-    tiny = SamplerSettings(entry.sampler.scheduler, 2, entry.sampler.guidance, 16)
-    return entry.loader(entry, root, captions=captions, sampler=tiny, **kwargs)
 
 
 def test_protocol_settings_follow_the_paper_scripts():
@@ -48,7 +38,7 @@ def test_protocol_settings_follow_the_paper_scripts():
 
 @pytest.mark.parametrize("model_id", list(ENTRIES))
 def test_tiny_copy_loads_conditions_predicts_and_decodes(model_id, tmp_path):
-    model = _load(model_id, tmp_path)
+    model = load_tiny_paper(model_id, tmp_path)
     assert model.latent_shape == (4, 8, 8) and model.entry.sampler.resolution == 16
     prompts, targets = model.protocol_prompts(2)
     if model.entry.conditioning == "class":
@@ -71,7 +61,7 @@ def test_tiny_copy_loads_conditions_predicts_and_decodes(model_id, tmp_path):
 
 
 def test_pixart_caption_length_and_lowercasing(tmp_path):
-    alpha, sigma = _load("pixart_alpha", tmp_path), _load("pixart_sigma", tmp_path)
+    alpha, sigma = load_tiny_paper("pixart_alpha", tmp_path), load_tiny_paper("pixart_sigma", tmp_path)
     assert alpha.condition(["a cat"])["encoder_hidden_states"].shape[1] == 120
     assert sigma.condition(["a cat"])["encoder_hidden_states"].shape[1] == 300
     upper, lower = alpha.condition(["  A CAT on the Table "]), alpha.condition(["a cat on the table"])
@@ -81,7 +71,7 @@ def test_pixart_caption_length_and_lowercasing(tmp_path):
 
 
 def test_sdxl_null_condition_is_zero_and_time_ids_are_the_image_size(tmp_path):
-    model = _load("sdxl", tmp_path)
+    model = load_tiny_paper("sdxl", tmp_path)
     null, cond = model.null_condition(2), model.condition(CAPTIONS[:2])
     assert not null["encoder_hidden_states"].any() and not null["text_embeds"].any()
     assert cond["encoder_hidden_states"].shape == (2, 77, 32) and cond["text_embeds"].abs().sum() > 0
@@ -94,7 +84,7 @@ def test_v_prediction_is_returned_as_epsilon(tmp_path):
     x_t, v = a.sqrt() * x0 + (1 - a).sqrt() * noise, a.sqrt() * noise - (1 - a).sqrt() * x0
     assert torch.allclose(paper.epsilon_from_v(v, x_t, alpha_bar), noise, atol=1e-5)
 
-    model = _load("hunyuan_dit", tmp_path)  # its tiny scheduler is v-prediction, like the real one
+    model = load_tiny_paper("hunyuan_dit", tmp_path)  # its tiny scheduler is v-prediction, like the real one
     assert model.prediction_type == "v_prediction"
     cond, t = model.condition(CAPTIONS[:1]), torch.tensor([500])
     raw = model.forward(x_t[:1], t.float(), cond)

@@ -156,6 +156,23 @@ def tiny_paper_dir(model_id: str, directory, seed: int = 0):
     return directory
 
 
+CAPTIONS = ["A cat sitting on the table", "Two dogs in the street", "a red bus"]
+
+
+def load_tiny_paper(model_id: str, tmp_path, **kwargs):
+    """The tiny copy of paper model `model_id` loaded through its registry entry (written under `tmp_path`, with a
+    three-line captions file): 16×16 images (4×8×8 latents), 2 solver steps."""
+    from qsd.models import paper
+    from qsd.models.base import SamplerSettings
+
+    root = tiny_paper_dir(model_id, tmp_path / model_id)
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(CAPTIONS) + "\n")
+    entry = {e.model_id: e for e in paper.ENTRIES}[model_id]
+    tiny = SamplerSettings(entry.sampler.scheduler, 2, entry.sampler.guidance, 16)
+    return entry.loader(entry, root, captions=captions, sampler=tiny, **kwargs)
+
+
 def tiny_clip_dir(directory, seed: int = 0):
     """Write a tiny random-init `transformers` CLIPModel + CLIPProcessor (32×32 images, word-level
     tokenizer, PIL image processor: no torchvision) into `directory`; returns it as a Path."""

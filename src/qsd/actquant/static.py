@@ -12,20 +12,23 @@ Notation: levels L = 2^b − 1; Δ = (max − min)/L; z = round(−min/Δ); x̂ 
 
 Modes: "observe" records min/max of what passes (running extremes, or an EMA with `momentum`, DMQ's 0.95) and
 returns it unquantized (divided by γ when smoothing); "quantize" applies the fixed ranges; "dynamic" takes min/max
-of each batch (DMQ's LES training); `finalize()` turns what was observed into Δ and z.
+of each batch (DMQ's LES training); "float" passes x (divided by γ) on unquantized, the float function; `finalize()`
+turns what was observed into Δ and z.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from qsd.config import check_a_bits
 from qsd.errors import QsdError
+from qsd.models.base import denoiser_arguments
 
-MODES = ("observe", "quantize", "dynamic")
+MODES = ("observe", "quantize", "dynamic", "float")
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -51,9 +54,10 @@ class StepClock:
         return denoiser.register_forward_pre_hook(self.on_forward, with_kwargs=True)
 
     def on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if "timestep" not in kwargs:
-            raise QsdError("per-step activation quantizers need the denoiser called with timestep=...")
-        self.set_timestep(kwargs["timestep"])
+        arguments = denoiser_arguments(module, args, kwargs)
+        if arguments.get("timestep") is None:
+            raise QsdError("per-step activation quantizers need the denoiser called with a timestep")
+        self.set_timestep(arguments["timestep"])
 
 
 class StaticQuantizer(nn.Module):
@@ -131,6 +135,7 @@ class StaticQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":
             self.observe(x)
+        if self.mode in ("observe", "float"):
             return self.scaled(x)  # the layer holds W·γ: the float function is (x/γ)·(Wγ)
         if self.mode == "dynamic":
             data = self.scaled(x).detach()
@@ -144,3 +149,20 @@ class StaticQuantizer(nn.Module):
         extras = [f"sets={self.n_sets}"] if self.n_sets > 1 else []
         extras += ["power-of-two channels"] * (self.shifts is not None) + ["smoothed"] * (self.smooth is not None)
         return ", ".join([f"A{self.bits}", self.mode, *extras])
+
+
+def finalize_observed(quantizers: Iterable[StaticQuantizer]) -> int:
+    """`finalize()` every quantizer that observed something; the others (their layer is never called as a module:
+    HunyuanDiT's attention pooling reads its projections' weights directly) pass their input on in "float" mode, with
+    a warning. Returns how many stayed float."""
+    unseen = 0
+    for q in quantizers:
+        if torch.isfinite(q.low).any():
+            q.finalize()
+        else:
+            q.set_mode("float")
+            unseen += 1
+    if unseen:
+        warnings.warn(f"{unseen} activation quantizer(s) saw no input during calibration (their layer is never "
+                      f"called as a module): they stay float", stacklevel=2)
+    return unseen

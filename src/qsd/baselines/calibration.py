@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from qsd.errors import QsdError
-from qsd.models.base import DiffusionModel
+from qsd.models.base import DiffusionModel, denoiser_arguments
 from qsd.sampling import SamplingProtocol, generate
 
 
@@ -85,7 +85,7 @@ class CalibrationSet:
         steps: list[dict] = []
 
         def record(module, args, kwargs):
-            steps.append(detached(kwargs))
+            steps.append(detached(denoiser_arguments(module, args, kwargs)))
 
         handle = model.denoiser.register_forward_pre_hook(record, with_kwargs=True)
         try:

@@ -16,6 +16,7 @@ from torch import nn
 
 from qsd.actquant import SplitInputQuantizer, StaticQuantizer, StepClock, set_input_quantizer
 from qsd.actquant.attach import channel_dim
+from qsd.actquant.static import finalize_observed
 from qsd.baselines.calibration import CalibrationSet, denoiser_output
 from qsd.layers import QUANTIZABLE_TYPES, Unit, quantizable_units
 from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
@@ -175,5 +176,4 @@ def calibrate_ranges(denoiser: nn.Module, quantizers: Iterable[StaticQuantizer],
         for i in torch.randperm(len(batches), generator=generator).tolist():
             step, rows = batches[i]
             denoiser_output(denoiser, calibration.inputs(step, rows.sort().values, device))
-    for q in quantizers:
-        q.finalize()
+    finalize_observed(quantizers)

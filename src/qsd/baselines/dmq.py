@@ -5,7 +5,7 @@ Pipeline (baselines.md §1.2), on a copy of the float denoiser:
   1. calibration set: the float model's inputs at every solver step (`CalibrationSet`, given);
   2. LES (`qsd.baselines.les`): a learned per-input-channel γ per quantized layer, trained layer by layer with both
      weights and activations dynamically quantized and the adaptive timestep weighting; W·γ is stored in the layer
-     and the layer's input quantizer divides by γ (`ScaledStaticQuantizer`);
+     and the layer's input quantizer divides by γ (`StaticQuantizer.smooth`);
   3. the weight grid is re-initialised on W·γ by an MSE search per output channel;
   4. weight reconstruction (BRECQ/AdaRound, `qsd.baselines.reconstruction`) against the float network's block
      outputs, activation quantization off (the quantizers still divide by γ). It performs step 3 itself on the float
@@ -41,7 +41,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from qsd.actquant import SplitInputQuantizer, StepClock, set_attention_quantizers, set_input_quantizer
+from qsd.actquant import (
+    SplitInputQuantizer,
+    StaticQuantizer,
+    StepClock,
+    set_attention_quantizers,
+    set_input_quantizer,
+)
 from qsd.actquant.attach import channel_dim, input_quantizer
 from qsd.baselines.calibration import CalibrationSet
 from qsd.baselines.common import (
@@ -52,7 +58,7 @@ from qsd.baselines.common import (
     quantized_units,
     set_weight_units,
 )
-from qsd.baselines.les import ScaledStaticQuantizer, fold_scales_, learn_scales
+from qsd.baselines.les import fold_scales_, learn_scales
 from qsd.baselines.pts import PtsPart, calibrate_steps
 from qsd.errors import InvalidSettingError
 from qsd.layers import Unit, quantizable_units
@@ -156,8 +162,8 @@ def pts_units(units: Sequence[Unit], pts_layers: str) -> list[Unit]:
 
 def attach_scaled(denoiser: nn.Module, units: Sequence[Unit], bits: int, n_sets: int, clock: StepClock | None,
                   momentum: float | None, gammas: dict[str, torch.Tensor] | None = None
-                  ) -> dict[str, ScaledStaticQuantizer]:
-    """A `ScaledStaticQuantizer` on the input of every unit of `units` (split layers: one per half), carrying its
+                  ) -> dict[str, StaticQuantizer]:
+    """A `StaticQuantizer` on the input of every unit of `units` (split layers: one per half), carrying its
     slice of the layer's γ where `gammas` has one; replaces any input quantizer the layers had. Returns unit name →
     quantizer, in observe mode."""
     modules = dict(denoiser.named_modules())
@@ -165,19 +171,19 @@ def attach_scaled(denoiser: nn.Module, units: Sequence[Unit], bits: int, n_sets:
     for unit in quantizable_units(denoiser):
         by_module.setdefault(unit.module, []).append(unit)
     wanted = {u.name for u in units}
-    quantizers: dict[str, ScaledStaticQuantizer] = {}
+    quantizers: dict[str, StaticQuantizer] = {}
     for module_name, module_units in by_module.items():
         if not any(u.name in wanted for u in module_units):
             continue
         module = modules[module_name]
         dim = channel_dim(module)
         gamma = None if gammas is None else gammas.get(module_name)
-        parts: list[ScaledStaticQuantizer | None] = []
+        parts: list[StaticQuantizer | None] = []
         for u in module_units:
             if u.name not in wanted:
                 parts.append(None)
                 continue
-            q = ScaledStaticQuantizer(bits, n_sets, clock, dim, momentum=momentum)
+            q = StaticQuantizer(bits, n_sets, clock, dim, momentum=momentum)
             if gamma is not None:
                 q.smooth = gamma[u.in_start:u.in_stop].clone()
             quantizers[u.name] = q
@@ -222,7 +228,7 @@ def _pts_parts(denoiser: nn.Module, chosen: Sequence[Unit], quantizers: dict) ->
 
 def _activations(model: nn.Module, units: Sequence[Unit], calibration: CalibrationSet, a_bits: int,
                  settings: Settings, gammas: dict[str, torch.Tensor] | None
-                 ) -> tuple[dict[str, ScaledStaticQuantizer], list[Unit]]:
+                 ) -> tuple[dict[str, StaticQuantizer], list[Unit]]:
     """Attach the per-step static quantizers (and the `StepClock` choosing their set) to `model`; returns them and
     the PTS units."""
     n_sets = len(calibration) if settings.per_step_ranges else 1

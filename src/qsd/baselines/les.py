@@ -24,7 +24,7 @@ Steps (`learn_scales`):
   2. per layer, separately: γ = 1, Adam(lr) with cosine decay to 0 over `iters` mini-batches of `batch` samples
      drawn from the pool (all steps mixed), loss above (or uniform: λ = 1);
   3. return γ per layer. `fold_scales_` then stores W·γ in the layer; its input must be divided by γ from then on
-     (`ScaledStaticQuantizer`, which also carries γ into the static activation quantizer).
+     (the layer's `StaticQuantizer` carries γ as its `smooth` divisors).
 
 Ranges are taken from detached values, so γ gets its gradient through the rounding's straight-through path only.
 The paper trains 6,000 iterations per layer (4,000 for LSUN-Churches) with batch 32 over 5,120 pool samples; for the
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qsd.actquant.attach import channel_dim
-from qsd.actquant.static import StaticQuantizer, round_ste
+from qsd.actquant.static import round_ste
 from qsd.baselines.calibration import CalibrationSet, denoiser_output
 from qsd.errors import InvalidSettingError, QsdError
 
@@ -191,15 +191,20 @@ def pool_rows(calibration: CalibrationSet, rows_per_step: int, generator: torch.
 
 def record_inputs(denoiser: nn.Module, names: Sequence[str], calibration: CalibrationSet,
                   rows: Sequence[torch.Tensor], chunk: int = 64) -> dict[str, torch.Tensor]:
-    """The input of every module in `names` over `rows[k]` of every step k (steps concatenated in order); the forward
-    stops after the last wanted module."""
+    """The input of every module in `names` over `rows[k]` of every step k (steps concatenated in order), one sample
+    per row of dim 0: a Linear fed batch and tokens flattened together (HunyuanDiT's T5 projection) gets them apart
+    again. The forward stops after the last wanted module."""
     modules = dict(denoiser.named_modules())
     wanted = set(names)
     recorded: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     seen: set[str] = set()
+    samples = [0]
 
     def hook(module, args, name):
-        recorded[name].append(args[0].detach().clone())
+        x = args[0].detach().clone()
+        if isinstance(module, nn.Linear) and x.shape[0] != samples[0] and x.shape[0] % samples[0] == 0:
+            x = x.reshape(samples[0], -1, *x.shape[1:])
+        recorded[name].append(x)
         seen.add(name)
         if seen == wanted:
             raise _Stop
@@ -211,6 +216,7 @@ def record_inputs(denoiser: nn.Module, names: Sequence[str], calibration: Calibr
             for step, step_rows in enumerate(rows):
                 for start in range(0, len(step_rows), chunk):
                     seen.clear()
+                    samples[0] = len(step_rows[start:start + chunk])
                     try:
                         denoiser_output(denoiser, calibration.inputs(step, step_rows[start:start + chunk], device))
                     except _Stop:
@@ -230,12 +236,12 @@ def learn_scales(denoiser: nn.Module, layers: dict[str, Sequence[tuple[int, int]
                  order: Sequence[str] | None = None, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     """γ for every layer of `layers` (module name → its units' input-channel blocks) of the float `denoiser` (not
     changed); returns γ per module and per-module statistics. `order`: the modules in call order (groups of
-    recorded inputs follow it)."""
+    recorded inputs follow it); a layer of `layers` missing from it is never called as a module (HunyuanDiT's
+    attention pooling reads its projections' weights directly) and gets no γ."""
     generator = torch.Generator().manual_seed(seed)
     rows = pool_rows(calibration, rows_per_step, generator)
     steps = torch.cat([torch.full((len(r),), k, dtype=torch.long) for k, r in enumerate(rows)])
-    names = [n for n in (order or layers) if n in layers]
-    names += [n for n in layers if n not in names]
+    names = [n for n in (layers if order is None else order) if n in layers]
     modules = dict(denoiser.named_modules())
     sizes = _input_sizes(denoiser, names, calibration)
     gammas: dict[str, torch.Tensor] = {}
@@ -270,26 +276,3 @@ def fold_scales_(denoiser: nn.Module, gammas: dict[str, torch.Tensor]) -> None:
     for name, gamma in gammas.items():
         weight = modules[name].weight
         weight.data.mul_(gamma.to(weight.dtype).reshape(channel_shape(weight.ndim, 1)))
-
-
-# ---- the static quantizer that carries γ --------------------------------------------------------------------------
-
-class ScaledStaticQuantizer(StaticQuantizer):
-    """A `StaticQuantizer` whose layer holds W·γ: every mode passes x/γ on. Adds to the parent:
-      * "observe" returns x/γ (the parent returns x unchanged, right only while `smooth` is None);
-      * "float" returns x/γ unquantized (activation quantization off, the float function kept)."""
-
-    def set_mode(self, mode: str) -> None:
-        if mode == "float":
-            self.mode = mode
-            return
-        super().set_mode(mode)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "float":
-            return self.scaled(x)
-        if self.mode == "observe":
-            self.observe(x)
-            return self.scaled(x)
-        return super().forward(x)
-

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qsd.actquant.static import StaticQuantizer
+from qsd.actquant.static import StaticQuantizer, finalize_observed
 from qsd.baselines.calibration import CalibrationSet, denoiser_output
 
 
@@ -137,8 +137,7 @@ def calibrate_steps(model: nn.Module, quantizers: Sequence[StaticQuantizer], pts
         with torch.no_grad():
             for rows in [first, *torch.arange(n).split(batch)]:
                 denoiser_output(model, calibration.inputs(step, rows, device))
-        for q in quantizers:
-            q.finalize()
+        finalize_observed(quantizers)
         if pts:
             rows = torch.randperm(n, generator=generator)[:pts_rows].sort().values if pts_rows else torch.arange(n)
             for unit, s in vote_pass(model, pts, calibration, step, rows, max_shift, kappa).items():

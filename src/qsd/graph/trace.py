@@ -17,7 +17,6 @@ of a concatenation is the sum of the two halves' maps).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -27,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from qsd.errors import QsdError
 from qsd.layers import Unit, quantizable_units
+from qsd.models.base import denoiser_arguments
 from qsd.quantize import units_by_module
 
 COMBINE_OPS = {
@@ -192,8 +192,7 @@ def trace_dataflow(denoiser: nn.Module, run: Callable[[], object], split_concat_
             return
         calls.append(None)
         recorder.__enter__()
-        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
-        for name, tensor in _tensors(dict(bound)):
+        for name, tensor in _tensors(denoiser_arguments(module, args, kwargs)):
             if not recorder.frontier(tensor):
                 recorder.set_frontier(tensor, frozenset({recorder.add_node("input", name, frozenset())}))
 

@@ -5,6 +5,7 @@ its conditioning, noise prediction, scheduler and decoder)."""
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +16,17 @@ from qsd.quantizers import QuantizerSettings
 
 Condition = dict[str, torch.Tensor]
 """Denoiser keyword arguments batched along dim 0 (so guidance concatenates them)."""
+
+
+def denoiser_arguments(denoiser: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """The arguments of one `denoiser(*args, **kwargs)` call by parameter name (the paper models' wrappers pass the
+    latents, some the timestep too, by position), as a forward pre-hook with kwargs sees them."""
+    signature = inspect.signature(denoiser.forward)
+    named = {}
+    for name, value in signature.bind_partial(*args, **kwargs).arguments.items():
+        rest = signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD
+        named.update(value if rest else {name: value})
+    return named
 
 
 @dataclass(frozen=True)
