@@ -395,6 +395,20 @@ def test_final_summary_names_the_headline(final):
                 "qsd_w3x_a6_beats_every_w4a6_baseline_beyond_spread"):
         assert key in final
     assert final["qsd_w3x_a6_bits"] < 16
+    paired = final["w4a6_paired_fid_differences"]
+    assert set(final["w4a6_baselines_beaten_paired"]) <= set(paired) and len(paired) >= 5
+    for d in paired.values():
+        assert len(d["per_seed"]) == final["noise_seeds"]
+        assert d["mean"] == pytest.approx(sum(d["per_seed"]) / len(d["per_seed"]), abs=2e-3)
+
+
+def test_paired_difference_by_hand():
+    from qsd.stages.final_comparison import paired_difference
+
+    d = paired_difference([30.0, 34.0, 26.0], [27.0, 30.0, 24.0])  # differences 3, 4, 2: mean 3, std 1
+    assert d == {"mean": 3.0, "std": 1.0, "per_seed": [3.0, 4.0, 2.0], "beaten": True}
+    assert not paired_difference([30.0, 34.0, 26.0], [27.0, 35.0, 24.0])["beaten"]  # worse at one seed
+    assert not paired_difference([30.0, 34.0, 26.0], [29.5, 30.0, 25.5])["beaten"]  # mean 1.67 < std 2.02
 
 
 # Beyond the paper (stage 07): the average bits become real bytes ----------------------------------------------------
