@@ -1,0 +1,82 @@
+"""Benchmark: how much of the gap between stage 05's W3.x configurations and the W4 baselines (stage 06) the two end
+layers explain.
+
+The baselines keep the first and the last layer a forward pass calls in float (Q-Diffusion's convention; on the
+embedded transformers the 2×2 patch embedding and the final projection to pixels); Qua²SeDiMo's search space, like
+the paper's, quantizes every layer, so its configurations hold them at 3-4 bits. Measured here with stage 06's
+protocol (stage 02's prompts and solver, 3 noise seeds, float activations):
+  * RTN W4 (min-max per channel) with the end layers float and at 4 bits;
+  * stage 05's configurations at 4.0 and 3.7 bits as built, and with their end layers set to float (the added bits
+    are the end layers' FP16 weights, counted as everywhere: `MultiQuantizer.cost`).
+The run's stages 00-05 must exist (`make reproduce`); nothing is re-run.
+
+Run:  .venv/bin/python benchmarks/w3x_end_layers.py [--model_id tiny_pixart] [--run_id default]
+The last stdout line is one JSON object; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import numpy as np
+
+from qsd.baselines import rtn
+from qsd.baselines.calibration import CalibrationSet
+from qsd.baselines.common import first_and_last
+from qsd.config import QuantConfig
+from qsd.labelling import Labeller
+from qsd.models import load_model
+from qsd.sampling import generate
+from qsd.stages import build_configs
+from qsd.stages import final_comparison as stage
+from qsd.stages import multiquantizer as multiquantizer_stage
+
+BUDGETS = (4.0, 3.7)
+SEEDS = 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_id", default="tiny_pixart")
+    parser.add_argument("--run_id", default="default")
+    args = parser.parse_args()
+    labelling, protocol = stage.evaluation_protocol(args.model_id, args.run_id)
+    model = load_model(args.model_id, device=labelling.device)
+    mq = multiquantizer_stage.load_saved(args.model_id, args.run_id, model.denoiser)
+    labeller = Labeller(model, protocol, labelling.n_probe, labelling.batch_size, progress=False,
+                        clip_dir=labelling.clip_dir)
+
+    def fids(sampled) -> dict:
+        values = [labeller.score(generate(sampled, dataclasses.replace(protocol, seed=protocol.seed + i),
+                                          batch_size=labelling.batch_size, progress=False))["fid"]
+                  for i in range(SEEDS)]
+        return {"fid_mean": round(float(np.mean(values)), 2), "fid_std": round(float(np.std(values, ddof=1)), 2),
+                "fid_seeds": [round(v, 2) for v in values]}
+
+    calibration = CalibrationSet.from_model(model, protocol, 1, seed=1000)  # one image: call order and RTN only
+    ends = first_and_last(model.denoiser, calibration)
+    rows = {}
+    for keep in (True, False):
+        result = rtn.quantize(model.denoiser, calibration, 4, None, rtn.Settings(keep_first_last=keep))
+        name = f"RTN W4, end layers {'float' if keep else '4-bit'}"
+        rows[name] = {"avg_bits": round(result.avg_bits, 3)} | fids(model.with_denoiser(result.denoiser))
+        print(name, rows[name], file=sys.stderr, flush=True)
+    for budget in BUDGETS:
+        config, row = build_configs.frontier_config(args.model_id, args.run_id, budget)
+        float_ends = QuantConfig({n: None if n.split(":")[0] in ends else config[n] for n in config})
+        for label, chosen in (("as built", config), ("end layers float", float_ends)):
+            mq.restore()
+            mq.apply(chosen)
+            name = f"{row['name']}, {label}"
+            rows[name] = {"avg_bits": round(mq.cost(chosen)["avg_bits"], 3)} | fids(model)
+            print(name, rows[name], file=sys.stderr, flush=True)
+        mq.restore()
+    print(json.dumps({"model_id": args.model_id, "run_id": args.run_id, "end_layers": ends, "noise_seeds": SEEDS,
+                      "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
