@@ -17,19 +17,16 @@ The last stdout line is one JSON object; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-
-import numpy as np
 
 from qsd.baselines import rtn
 from qsd.baselines.calibration import CalibrationSet
 from qsd.baselines.common import first_and_last
 from qsd.config import QuantConfig
 from qsd.labelling import Labeller
+from qsd.layers import quantizable_units
 from qsd.models import load_model
-from qsd.sampling import generate
 from qsd.stages import build_configs
 from qsd.stages import final_comparison as stage
 from qsd.stages import multiquantizer as multiquantizer_stage
@@ -50,14 +47,13 @@ def main() -> None:
                         clip_dir=labelling.clip_dir)
 
     def fids(sampled) -> dict:
-        values = [labeller.score(generate(sampled, dataclasses.replace(protocol, seed=protocol.seed + i),
-                                          batch_size=labelling.batch_size, progress=False))["fid"]
-                  for i in range(SEEDS)]
-        return {"fid_mean": round(float(np.mean(values)), 2), "fid_std": round(float(np.std(values, ddof=1)), 2),
-                "fid_seeds": [round(v, 2) for v in values]}
+        scores, _ = stage.seed_scores(sampled, protocol, labeller, SEEDS, labelling.batch_size)
+        return {"fid_mean": round(scores["fid_mean"], 2), "fid_std": round(scores["fid_std"], 2),
+                "fid_seeds": [round(v, 2) for v in scores["fid_seeds"]]}
 
     calibration = CalibrationSet.from_model(model, protocol, 1, seed=1000)  # one image: call order and RTN only
     ends = first_and_last(model.denoiser, calibration)
+    end_units = {u.name for u in quantizable_units(model.denoiser) if u.module in ends}
     rows = {}
     for keep in (True, False):
         result = rtn.quantize(model.denoiser, calibration, 4, None, rtn.Settings(keep_first_last=keep))
@@ -66,7 +62,7 @@ def main() -> None:
         print(name, rows[name], file=sys.stderr, flush=True)
     for budget in BUDGETS:
         config, row = build_configs.frontier_config(args.model_id, args.run_id, budget)
-        float_ends = QuantConfig({n: None if n.split(":")[0] in ends else config[n] for n in config})
+        float_ends = QuantConfig({n: None if n in end_units else config[n] for n in config})
         for label, chosen in (("as built", config), ("end layers float", float_ends)):
             mq.restore()
             mq.apply(chosen)

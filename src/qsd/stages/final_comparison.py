@@ -153,6 +153,25 @@ def row_key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
+def seed_scores(model: DiffusionModel, protocol: SamplingProtocol, labeller: Labeller, noise_seeds: int,
+                batch_size: int, keep_images: int = 0) -> tuple[dict, torch.Tensor]:
+    """`model` sampled at noise seeds protocol.seed + 0 … noise_seeds − 1: FID mean, std (ddof 1) and per seed, the
+    mean prompt accuracy (and CLIP score) over the seeds; and the first seed's first `keep_images` images."""
+    scores, images = [], None
+    for i in range(noise_seeds):
+        generated = generate(model, dataclasses.replace(protocol, seed=protocol.seed + i), batch_size=batch_size,
+                             progress=False)
+        scores.append(labeller.score(generated))
+        images = generated[:keep_images] if images is None else images
+    fids = [s["fid"] for s in scores]
+    columns = {"fid_mean": float(np.mean(fids)), "fid_std": float(np.std(fids, ddof=1)) if len(fids) > 1 else 0.0,
+               "fid_seeds": fids}
+    for metric in ("prompt_accuracy", "clip_score"):
+        if metric in scores[0]:
+            columns[metric] = float(np.mean([s[metric] for s in scores]))
+    return columns, images
+
+
 def measure(context: Context, name: str, variant: Callable[[], tuple[DiffusionModel, dict]]) -> dict:
     """The row `name`: `variant()` builds the model to sample and the row's fixed columns; FID and prompt accuracy
     at every noise seed. A row saved under the same record is read back instead."""
@@ -164,19 +183,9 @@ def measure(context: Context, name: str, variant: Callable[[], tuple[DiffusionMo
         if row.get("record") == context.record:
             return row
     model, columns = variant()
-    scores, images = [], None
-    for i in range(context.settings.noise_seeds):
-        protocol = dataclasses.replace(context.protocol, seed=context.protocol.seed + i)
-        generated = generate(model, protocol, batch_size=context.batch_size, progress=False)
-        scores.append(context.labeller.score(generated))
-        images = generated[:context.settings.grid_images] if images is None else images
-    fids = [s["fid"] for s in scores]
-    row = {"name": name, **columns, "fid_mean": float(np.mean(fids)), "fid_std": float(np.std(fids, ddof=1))
-           if len(fids) > 1 else 0.0, "fid_seeds": fids}
-    for metric in ("prompt_accuracy", "clip_score"):
-        if metric in scores[0]:
-            row[metric] = float(np.mean([s[metric] for s in scores]))
-    row["record"] = context.record
+    scores, images = seed_scores(model, context.protocol, context.labeller, context.settings.noise_seeds,
+                                 context.batch_size, context.settings.grid_images)
+    row = {"name": name, **columns, **scores, "record": context.record}
     rows.mkdir(exist_ok=True)
     atomic_write(rows / f"{key}.safetensors", lambda tmp: save_file({"images": images.contiguous()}, str(tmp)))
     write_json(saved, row)
