@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -130,3 +131,17 @@ def test_fake_quantized_denoiser_is_not_exported(tmp_path):
     quantize_(model, config)
     with pytest.raises(AlreadyQuantizedError):
         export(model, config, tmp_path / "x.safetensors")
+
+
+def test_denoiser_loaded_from_a_local_directory_exports(tmp_path):
+    # diffusers records the directory a model was loaded from as a Path in its config (`_name_or_path`)
+    from diffusers import PixArtTransformer2DModel
+
+    random_denoiser("pixart", seed=0).save_pretrained(tmp_path / "transformer")
+    loaded = PixArtTransformer2DModel.from_pretrained(tmp_path / "transformer").eval()
+    assert any(isinstance(v, os.PathLike) for v in loaded.config.values())
+    config = mixed_config([u.name for u in quantizable_units(loaded)], seed=1)
+    packed = load_quantized(export(loaded, config, tmp_path / "p.safetensors", model_id="pixart_alpha"))
+    meta, _ = read_export(tmp_path / "p.safetensors")
+    assert meta["denoiser_config"]["_name_or_path"] == str(tmp_path / "transformer")
+    assert QuantConfig.from_model(packed) == config

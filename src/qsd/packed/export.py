@@ -97,8 +97,14 @@ def export(denoiser: nn.Module, config: QuantConfig, path: str | Path, model_id:
         "denoiser_class": type(denoiser).__name__, "denoiser_config": dict(denoiser.config),
         "quant_config": config.to_json(), "layers": layers, "sha256": tensor_digest(sorted(tensors.items())),
     }
-    metadata = {"qsd": json.dumps(meta, default=list)}
+    metadata = {"qsd": json.dumps(meta, default=_json_value)}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def _json_value(value):
+    """JSON form of what a diffusers config may hold besides JSON types: paths (`_name_or_path` of a model loaded
+    from a local directory) as strings, other containers as lists."""
+    return str(value) if isinstance(value, Path) else list(value)
 
 
 def read_export(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
