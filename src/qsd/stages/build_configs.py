@@ -420,11 +420,12 @@ def plot_pareto(result: Result) -> Figure:
     return fig
 
 
-def plot_active(result: Result) -> Figure:
-    """Per arm: the frontier's FID at each budget against labels used, and the held-out Spearman against labels."""
+def plot_active(result: Result) -> Figure | None:
+    """Per arm: the frontier's FID at each budget against labels used, and the held-out Spearman against labels
+    (None: the active loop did not run, `active_rounds` = 0)."""
     s, checkpoints = result.settings, result.active
     if checkpoints is None:
-        raise InvalidSettingError("the active loop did not run (active_rounds = 0): nothing to plot")
+        return None
     fig, (left, right) = new_figure(11, 4.2, ncols=2)
     budgets = sorted(checkpoints["budget"].unique())
     colours = dict(zip(budgets, sns.color_palette("viridis", len(budgets)), strict=True))
