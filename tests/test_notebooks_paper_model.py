@@ -20,6 +20,7 @@ from test_real_metrics import random_inception
 
 from qsd.models import registry
 from qsd.packed.export import read_export
+from qsd.stages.final_comparison import plot_grid
 
 MODEL_ID = "pixart_alpha"
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -87,6 +88,8 @@ def test_every_notebook_runs_on_a_paper_model_directory(paper_weights):
     assert final.table["clip_score"].notna().all() and final.table["fid_mean"].notna().all()
     assert final.summary["best_baseline_w4a6"] in {"RTN", "DMQ"} and (final.directory / "comparison.csv").is_file()
     assert len(final.packed) == 1
+    grid = plot_grid(final).axes[0].images[0].get_array()
+    assert grid.shape[-1] == 3 and np.ptp(grid[..., 0] - grid[..., 2]) > 0  # RGB samples drawn in colour
     assert final.packed["packed_layers_mib"].iloc[0] < final.packed["fp16_layers_mib"].iloc[0]
     exported = results["07"]
     meta, _ = read_export(exported.directory / f"{MODEL_ID}_packed.safetensors")

@@ -432,10 +432,11 @@ def plot_grid(result: Result) -> Figure:
     """Fig. 1 style: the same prompts and noise (first noise seed) for the float model and every A6 row."""
     t = result.table
     names = ["float", *t.loc[t["a_bits"] == HEADLINE_A_BITS, "name"]]
-    rows = [result.grid[n][:, 0].numpy() for n in names]
+    rows = [result.grid[n].permute(0, 2, 3, 1).numpy() for n in names]  # [images, H, W, C] in [0, 1]
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
-    fig, ax = new_figure(1.0 * len(rows[0]) + 4.5, 0.75 * len(rows) + 0.8)
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
+    fig, ax = new_figure(0.75 * len(rows[0]) + 3.2, 0.75 * len(rows) + 0.8)
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    ax.set_anchor("E")  # the slack an equal-aspect image leaves goes to the row labels
     height = rows[0].shape[1]
     fids = dict(zip(t["name"], t["fid_mean"], strict=True))
     ax.set_yticks([height * (i + 0.5) for i in range(len(names))], [f"{n} (FID {fids[n]:.0f})" for n in names],
