@@ -58,7 +58,7 @@ def main() -> None:
     protocol = SamplingProtocol(n_images=args.images, steps=model.entry.sampler.steps,
                                 guidance=model.entry.sampler.guidance, compute_dtype="bfloat16", compile=True)
     labeller = Labeller(model, protocol, progress=False)
-    float_fids = labeller.float_fid_spread(3)
+    float_fids = labeller.seed_scores(3)[0]["fid_seeds"]
     print(f"float FID over 3 seeds: {float_fids}", flush=True)
     keep = [k for k in args.keep_float.split(",") if k]
     builds = {rule: (settings, [QuantSpec("uaq", 4), QuantSpec("uaq", 3)]) for rule, settings in RULES.items()}

@@ -8,6 +8,7 @@ protocol (stage 02's prompts and solver, 3 noise seeds, float activations):
   * RTN W4 (min-max per channel) with the end layers float and at 4 bits;
   * stage 05's configurations at 4.0 and 3.7 bits as built, and with their end layers set to float (the added bits
     are the end layers' FP16 weights, counted as everywhere: `MultiQuantizer.cost`).
+Each row also gives its first noise seed's pixel MSE to the float model's images (`sample_mse_vs_float`).
 The run's stages 00-05 must exist (`make reproduce`); nothing is re-run.
 
 Run:  .venv/bin/python benchmarks/w3x_end_layers.py [--model_id tiny_pixart] [--run_id default]
@@ -47,9 +48,10 @@ def main() -> None:
                         clip_dir=labelling.clip_dir)
 
     def fids(sampled) -> dict:
-        scores, _ = stage.seed_scores(sampled, protocol, labeller, SEEDS, labelling.batch_size)
+        scores, _ = labeller.seed_scores(SEEDS, sampled)
         return {"fid_mean": round(scores["fid_mean"], 2), "fid_std": round(scores["fid_std"], 2),
-                "fid_seeds": [round(v, 2) for v in scores["fid_seeds"]]}
+                "fid_seeds": [round(v, 2) for v in scores["fid_seeds"]],
+                "sample_mse_vs_float": round(scores["sample_mse"], 5)}
 
     calibration = CalibrationSet.from_model(model, protocol, 1, seed=1000)  # one image: call order and RTN only
     ends = first_and_last(model.denoiser, calibration)

@@ -131,3 +131,22 @@ def test_labeller_float_is_its_own_reference_and_quantized_is_worse(pixart, back
     assert labels["sample_mse"] > 0 and labels["eps_error"] > 0 and 3 < labels["avg_bits"] < 4
     assert labeller.label_config(mq, w3)["fid"] == labels["fid"]
     assert labeller.label()["sample_mse"] == 0  # the float weights are back after labelling
+
+
+def test_seed_scores_reuse_the_float_images_and_step_the_noise_seed(pixart, backend, tmp_path):
+    protocol = SamplingProtocol(n_images=24, steps=6, guidance=3.0)
+    labeller = Labeller(pixart, protocol, n_probe=4, progress=False, backend=backend, cache_dir=tmp_path)
+    reused, kept = labeller.seed_scores(2, keep_images=3)
+    sampled, _ = labeller.seed_scores(2, pixart)  # the same float model, every seed sampled afresh
+    assert reused["fid_seeds"] == sampled["fid_seeds"]
+    assert reused["sample_mse"] == sampled["sample_mse"] == 0.0
+    assert torch.equal(kept, labeller.float_images[:3])
+    assert reused["fid_seeds"][0] != reused["fid_seeds"][1]  # another seed is other noise
+    assert reused["fid_std"] > 0 and 0 <= reused["prompt_accuracy"] <= 1
+    assert labeller.seed_scores(1)[0]["fid_std"] == 0.0
+    mq = MultiQuantizer.build(pixart.denoiser, progress=False)
+    mq.apply(mq.uniform(QuantSpec("uaq", 3)))
+    try:
+        assert labeller.seed_scores(1, pixart)[0]["sample_mse"] > 0
+    finally:
+        mq.restore()

@@ -13,6 +13,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from qsd.config import QuantConfig
@@ -62,12 +63,30 @@ class Labeller:
         return generate(self.model, protocol or self.protocol, batch_size=self.batch_size, progress=self.progress,
                         trajectory=trajectory)
 
-    def float_fid_spread(self, n_seeds: int = 3) -> list[float]:
-        """FID of the float model under the protocol's noise seed and the next `n_seeds` - 1 seeds (the float
-        weights must be in place): how much FID moves with the noise alone, the yardstick of label differences."""
-        others = [self.generate(dataclasses.replace(self.protocol, seed=self.protocol.seed + i))
-                  for i in range(1, n_seeds)]
-        return [self.fid(images) for images in (self.float_images, *others)]
+    def seed_scores(self, noise_seeds: int, model: DiffusionModel | None = None,
+                    keep_images: int = 0) -> tuple[dict, torch.Tensor]:
+        """`model` sampled at noise seeds protocol.seed + 0 … `noise_seeds` − 1 (None: the labeller's model with its
+        float weights in place, whose images at the first seed are the float images sampled once): FID mean, std
+        (ddof 1) and per seed, the mean prompt accuracy (and CLIP score) over the seeds, the first seed's pixel MSE to
+        the float images (`sample_mse`, as in a label), and the first seed's first `keep_images` images. How much FID
+        moves with the noise alone is the yardstick of FID differences; the MSE shows whether a lower FID comes with
+        images closer to the float model's."""
+        scores, first = [], None
+        for i in range(noise_seeds):
+            protocol = dataclasses.replace(self.protocol, seed=self.protocol.seed + i)
+            if model is None:
+                images = self.float_images if i == 0 else self.generate(protocol)
+            else:
+                images = generate(model, protocol, batch_size=self.batch_size, progress=self.progress)
+            scores.append(self.score(images))
+            first = images if first is None else first
+        fids = [s["fid"] for s in scores]
+        columns = {"fid_mean": float(np.mean(fids)), "fid_std": float(np.std(fids, ddof=1)) if len(fids) > 1 else 0.0,
+                   "fid_seeds": fids, "sample_mse": sample_mse(first, self.float_images)}
+        for metric in ("prompt_accuracy", "clip_score"):
+            if metric in scores[0]:
+                columns[metric] = float(np.mean([s[metric] for s in scores]))
+        return columns, first[:keep_images]
 
     def score(self, images: torch.Tensor) -> dict[str, float]:
         """FID, (where the model has a classifier) prompt accuracy and (given a CLIP) CLIP score of `images`."""

@@ -112,6 +112,10 @@ class Settings(StageSettings):
                 raise InvalidSettingError(f"activation bits must be 2-8 or {FLOAT_ACTIVATIONS} (float); got {bits}")
 
 
+RowBuilder = Callable[[], tuple[DiffusionModel | None, dict]]
+"""Builds a row's model (None: the float model) and its fixed columns."""
+
+
 @dataclass
 class Result:
     settings: Settings
@@ -153,28 +157,10 @@ def row_key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
-def seed_scores(model: DiffusionModel, protocol: SamplingProtocol, labeller: Labeller, noise_seeds: int,
-                batch_size: int, keep_images: int = 0) -> tuple[dict, torch.Tensor]:
-    """`model` sampled at noise seeds protocol.seed + 0 … noise_seeds − 1: FID mean, std (ddof 1) and per seed, the
-    mean prompt accuracy (and CLIP score) over the seeds; and the first seed's first `keep_images` images."""
-    scores, images = [], None
-    for i in range(noise_seeds):
-        generated = generate(model, dataclasses.replace(protocol, seed=protocol.seed + i), batch_size=batch_size,
-                             progress=False)
-        scores.append(labeller.score(generated))
-        images = generated[:keep_images] if images is None else images
-    fids = [s["fid"] for s in scores]
-    columns = {"fid_mean": float(np.mean(fids)), "fid_std": float(np.std(fids, ddof=1)) if len(fids) > 1 else 0.0,
-               "fid_seeds": fids}
-    for metric in ("prompt_accuracy", "clip_score"):
-        if metric in scores[0]:
-            columns[metric] = float(np.mean([s[metric] for s in scores]))
-    return columns, images
-
-
-def measure(context: Context, name: str, variant: Callable[[], tuple[DiffusionModel, dict]]) -> dict:
-    """The row `name`: `variant()` builds the model to sample and the row's fixed columns; FID and prompt accuracy
-    at every noise seed. A row saved under the same record is read back instead."""
+def measure(context: Context, name: str, variant: RowBuilder) -> dict:
+    """The row `name`: `variant()` builds the model to sample (None: the float model, whose first-seed images the
+    labeller holds) and the row's fixed columns; FID and prompt accuracy at every noise seed. A row saved under the
+    same record is read back instead."""
     rows = context.directory / "rows"
     key = row_key(name)
     saved = rows / f"{key}.json"
@@ -183,8 +169,7 @@ def measure(context: Context, name: str, variant: Callable[[], tuple[DiffusionMo
         if row.get("record") == context.record:
             return row
     model, columns = variant()
-    scores, images = seed_scores(model, context.protocol, context.labeller, context.settings.noise_seeds,
-                                 context.batch_size, context.settings.grid_images)
+    scores, images = context.labeller.seed_scores(context.settings.noise_seeds, model, context.settings.grid_images)
     row = {"name": name, **columns, **scores, "record": context.record}
     rows.mkdir(exist_ok=True)
     atomic_write(rows / f"{key}.safetensors", lambda tmp: save_file({"images": images.contiguous()}, str(tmp)))
@@ -201,7 +186,7 @@ def qsd_name(config_row: dict, a_bits: int) -> str:
 
 
 def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
-         calibration: Callable[[], CalibrationSet]) -> list[tuple[str, Callable[[], tuple[DiffusionModel, dict]]]]:
+         calibration: Callable[[], CalibrationSet]) -> list[tuple[str, RowBuilder]]:
     """Every row to measure, in table order: (name, builder of its model and fixed columns)."""
     s, model, mq = context.settings, context.model, context.multiquantizer
     n_weights = mq.cost(mq.uniform(None))["n_weights"]
@@ -210,8 +195,8 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
         return {"family": family, "method": method, "avg_bits": avg_bits, "a_bits": a_bits,
                 "size_mib": avg_bits * n_weights / 8 / 2**20, "calibration_s": seconds, **extra}
 
-    def float_row() -> tuple[DiffusionModel, dict]:
-        return model, columns("float", "float", 16.0, FLOAT_ACTIVATIONS, 0.0)
+    def float_row() -> tuple[None, dict]:
+        return None, columns("float", "float", 16.0, FLOAT_ACTIVATIONS, 0.0)
 
     def baseline_row(name: str, a_bits: int):
         def build() -> tuple[DiffusionModel, dict]:
@@ -391,7 +376,8 @@ def paired_difference(baseline_fids: Sequence[float], qsd_fids: Sequence[float])
 
 
 def comparison_table(result: Result) -> pd.DataFrame:
-    """The table as printed: one row per method, FID as mean ± std over the noise seeds."""
+    """The table as printed: one row per method, FID as mean ± std over the noise seeds, the first seed's pixel MSE to
+    the float model's images."""
     t = result.table
     shown = pd.DataFrame({"avg bits": t["avg_bits"].round(2), "A": t["a_bits"].map(lambda a: f"A{a}"),
                           "size MiB": t["size_mib"].round(4),
@@ -399,6 +385,8 @@ def comparison_table(result: Result) -> pd.DataFrame:
     for metric, label in (("prompt_accuracy", "prompt acc."), ("clip_score", "CLIP")):
         if metric in t:
             shown[label] = t[metric].round(3)
+    if "sample_mse" in t:  # rows saved before the column existed show NaN
+        shown["MSE to float"] = t["sample_mse"].map(lambda v: f"{v:.2e}")
     shown["calibration s"] = t["calibration_s"].round(1)
     return shown.set_axis(t["name"].to_numpy())
 

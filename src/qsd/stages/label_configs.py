@@ -239,7 +239,7 @@ def float_seed_fids(directory: Path, record: dict, settings: Settings, executor,
         labeller = executor.worker.labeller
     else:
         labeller = Labeller(model, sampling_protocol(settings), settings.n_probe, settings.batch_size, progress=False)
-    fids = labeller.float_fid_spread(settings.float_seeds)
+    fids = labeller.seed_scores(settings.float_seeds)[0]["fid_seeds"]
     write_json(path, {"protocol": record, "fids": fids})
     return fids
 
