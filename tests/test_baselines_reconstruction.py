@@ -18,6 +18,7 @@ from qsd.baselines.common import (
 from qsd.baselines.reconstruction import (
     ReconstructionSettings,
     StepSettings,
+    learn_activation_steps,
     reconstruct_weights,
     reconstruction_blocks,
 )
@@ -166,7 +167,28 @@ def test_qdiffusion_shares_ranges_and_quantizes_attention(results):
     quantizers = [m for m in model.modules() if isinstance(m, StaticQuantizer)]
     assert quantizers and all(q.n_sets == 1 and q.mode == "quantize" for q in quantizers)
     assert isinstance(model.transformer_blocks[0].attn1.processor, QuantAttnProcessor)
-    assert results[("qdiffusion", "pixart")][0].settings["act_steps"] == {"iters": 12, "batch": 8, "lr": 1e-2}
+    settings = results[("qdiffusion", "pixart")][0].settings
+    assert settings["act_steps"] == {"iters": 12, "batch": 8, "lr": 3e-3}
+    assert settings["learned_steps_kept"] or settings["learned_steps_reverted"]
+
+
+def test_learned_steps_never_raise_a_blocks_loss(world):
+    """Step learning far too fast for its hundred-odd iterations: each block ends no worse than its calibrated steps,
+    and a reverted block holds exactly the calibrated Δ."""
+    denoiser, cal, _, _ = world["pixart"]
+    model = quantized_copy(denoiser)
+    quantizers = list(attach_static(model, quantized_units(model), 6).values())
+    calibrate_ranges(model, quantizers, cal)
+    calibrated = [q.delta.detach().clone() for q in quantizers]
+    stats = learn_activation_steps(denoiser, model, cal, StepSettings(iters=12, batch=8, lr=1.0))
+    assert stats and all(s["loss_after"] <= s["loss_before"] for s in stats.values())
+    reverted = [b for b, s in stats.items() if not s["learned_kept"]]
+    assert reverted  # Δ moved by up to 100 % a step: some block got worse and was put back
+    modules = dict(model.named_modules())
+    kept_calibrated = {id(q) for b in reverted for q in modules[b].modules() if isinstance(q, StaticQuantizer)}
+    for q, delta in zip(quantizers, calibrated, strict=True):
+        if id(q) in kept_calibrated:
+            assert torch.equal(q.delta.detach(), delta)
 
 
 def test_tfmqdm_keeps_a_range_per_step(results, world):

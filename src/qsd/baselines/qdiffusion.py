@@ -12,7 +12,8 @@
   * the first and the last layer stay float.
 
 Deviations, for tiny models on CPU: 300 AdaRound iterations per block (20k) and 100 step-size iterations per block
-(5k); the activation ranges start from min–max, not the code's MSE search.
+(5k), kept only where they lowered the block's loss; the activation ranges start from min–max, not the code's MSE
+search.
 """
 
 from __future__ import annotations
@@ -80,12 +81,15 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
     start = time.perf_counter()
     model, units, keep = prepared_copy(denoiser, calibration, settings.keep_first_last)
     reconstruct_weights(denoiser, model, units, w_bits, calibration, settings.reconstruction, seed)
+    record = asdict(settings) | {"float_layers": keep}
     if a_bits is not None:
         quantizers = list(attach_static(model, units, a_bits, momentum=settings.act_momentum).values())
         if settings.quantize_attention:
             quantizers += attach_attention(model, units, a_bits, momentum=settings.act_momentum)
         calibrate_ranges(model, quantizers, calibration, seed=seed)
         if settings.act_steps is not None:
-            learn_activation_steps(denoiser, model, calibration, settings.act_steps, seed)
+            steps = learn_activation_steps(denoiser, model, calibration, settings.act_steps, seed)
+            record["learned_steps_kept"] = sorted(block for block, s in steps.items() if s["learned_kept"])
+            record["learned_steps_reverted"] = sorted(block for block, s in steps.items() if not s["learned_kept"])
     return BaselineResult(METHOD, model, w_bits, a_bits, average_bits(denoiser, units, w_bits),
-                          time.perf_counter() - start, asdict(settings) | {"float_layers": keep})
+                          time.perf_counter() - start, record)
