@@ -157,20 +157,27 @@ def row_key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
-def measure(context: Context, name: str, variant: RowBuilder) -> dict:
+def row_record(context: Context, depends_on: dict | None) -> dict:
+    """What a saved row must have been measured under: the run's record plus what the row alone depends on."""
+    return json.loads(json.dumps(context.record | {"row": depends_on or {}}, default=list))
+
+
+def measure(context: Context, name: str, variant: RowBuilder, depends_on: dict | None = None) -> dict:
     """The row `name`: `variant()` builds the model to sample (None: the float model, whose first-seed images the
     labeller holds) and the row's fixed columns; FID and prompt accuracy at every noise seed. A row saved under the
-    same record is read back instead."""
+    same record (the run's, plus what this row alone `depends_on`: a method's effective settings, a configuration's
+    fingerprint) is read back instead."""
     rows = context.directory / "rows"
     key = row_key(name)
     saved = rows / f"{key}.json"
+    record = row_record(context, depends_on)
     if saved.is_file():
         row = json.loads(saved.read_text())
-        if row.get("record") == context.record:
+        if row.get("record") == record:
             return row
     model, columns = variant()
     scores, images = context.labeller.seed_scores(context.settings.noise_seeds, model, context.settings.grid_images)
-    row = {"name": name, **columns, **scores, "record": context.record}
+    row = {"name": name, **columns, **scores, "record": record}
     rows.mkdir(exist_ok=True)
     atomic_write(rows / f"{key}.safetensors", lambda tmp: save_file({"images": images.contiguous()}, str(tmp)))
     write_json(saved, row)
@@ -186,8 +193,9 @@ def qsd_name(config_row: dict, a_bits: int) -> str:
 
 
 def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
-         calibration: Callable[[], CalibrationSet]) -> list[tuple[str, RowBuilder]]:
-    """Every row to measure, in table order: (name, builder of its model and fixed columns)."""
+         calibration: Callable[[], CalibrationSet]) -> list[tuple[str, RowBuilder, dict]]:
+    """Every row to measure, in table order: (name, builder of its model and fixed columns, what the row depends on
+    beyond the run's record)."""
     s, model, mq = context.settings, context.model, context.multiquantizer
     n_weights = mq.cost(mq.uniform(None))["n_weights"]
 
@@ -198,12 +206,14 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
     def float_row() -> tuple[None, dict]:
         return None, columns("float", "float", 16.0, FLOAT_ACTIVATIONS, 0.0)
 
+    def method_settings(name: str):
+        overrides = (baseline(name).SMOKE if s.smoke else {}) | s.baseline_settings.get(name, {})
+        return baseline_settings(name, overrides)
+
     def baseline_row(name: str, a_bits: int):
         def build() -> tuple[DiffusionModel, dict]:
-            module = baseline(name)
-            overrides = (module.SMOKE if s.smoke else {}) | s.baseline_settings.get(name, {})
-            result = module.quantize(model.denoiser, calibration(), W_BITS, a_bits,
-                                     baseline_settings(name, overrides), seed=s.seed)
+            result = baseline(name).quantize(model.denoiser, calibration(), W_BITS, a_bits, method_settings(name),
+                                             seed=s.seed)
             return model.with_denoiser(result.denoiser), columns(
                 "baseline", BASELINES[name], result.avg_bits, a_bits, result.calibration_seconds,
                 settings=result.settings)
@@ -224,20 +234,23 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
             denoiser = quantized_copy(model.denoiser)
             mq.restore()
             start = time.perf_counter()
-            dmq = baseline("dmq")
-            overrides = (dmq.SMOKE if s.smoke else {}) | s.baseline_settings.get("dmq", {})
-            treatment = dmq.activation_treatment(denoiser, calibration(), a_bits, baseline_settings("dmq", overrides))
+            treatment = baseline("dmq").activation_treatment(denoiser, calibration(), a_bits, method_settings("dmq"))
             return model.with_denoiser(denoiser), columns(
                 "qsd+dmq", "Qua²SeDiMo + DMQ act.", mq.cost(config)["avg_bits"], a_bits, time.perf_counter() - start,
                 config=config_row["name"], settings=treatment)
         return build
 
-    rows = [("float", float_row)]
-    rows += [(f"{BASELINES[name]} W{W_BITS}A{a}", baseline_row(name, a)) for a in s.baseline_a_bits
-             for name in s.baselines]
+    def method(name: str) -> dict:
+        return {name: dataclasses.asdict(method_settings(name))}
+
+    rows = [("float", float_row, {})]
+    rows += [(f"{BASELINES[name]} W{W_BITS}A{a}", baseline_row(name, a), method(name))
+             for a in s.baseline_a_bits for name in s.baselines]
     for config, config_row in configs.values():
-        rows += [(qsd_name(config_row, a), qsd_row(config, config_row, a)) for a in s.qsd_a_bits]
-        rows += [(qsd_name(config_row, a) + " + DMQ act.", qsd_dmq_row(config, config_row, a)) for a in s.dmq_a_bits]
+        fingerprint = {"config": config.fingerprint}
+        rows += [(qsd_name(config_row, a), qsd_row(config, config_row, a), fingerprint) for a in s.qsd_a_bits]
+        rows += [(qsd_name(config_row, a) + " + DMQ act.", qsd_dmq_row(config, config_row, a),
+                  fingerprint | method("dmq")) for a in s.dmq_a_bits]
     return rows
 
 
@@ -274,9 +287,9 @@ def run(settings: Settings) -> Result:
 
     rows = plan(context, configs, calibration)
     measured = []
-    for name, build in tqdm(rows, desc="final comparison", unit="row", disable=not settings.progress):
+    for name, build, depends_on in tqdm(rows, desc="final comparison", unit="row", disable=not settings.progress):
         try:
-            measured.append(measure(context, name, build))
+            measured.append(measure(context, name, build, depends_on))
         finally:
             mq.restore()
     table = pd.DataFrame([{k: v for k, v in row.items() if k != "record"} for row in measured])
@@ -308,7 +321,8 @@ def packed_rows(context: Context, configs: dict[str, tuple[QuantConfig, dict]]) 
     rows = []
     for name, (config, config_row) in configs.items():
         saved = context.directory / "rows" / f"packed-{row_key(name)}.json"
-        if saved.is_file() and (row := json.loads(saved.read_text())).get("record") == context.record:
+        record = row_record(context, {"config": config.fingerprint})
+        if saved.is_file() and (row := json.loads(saved.read_text())).get("record") == record:
             rows.append(row)
             continue
         if not float_seconds:
@@ -325,7 +339,7 @@ def packed_rows(context: Context, configs: dict[str, tuple[QuantConfig, dict]]) 
                "fp16_layers_mib": memory["packed_layers_fp16_bytes"] / 2**20,
                "denoiser_mib": memory["denoiser_bytes"] / 2**20,
                "float_denoiser_mib": memory["denoiser_fp32_bytes"] / 2**20, "file_mib": path.stat().st_size / 2**20,
-               "seconds_packed": seconds, "seconds_float": float_seconds[0], "record": context.record}
+               "seconds_packed": seconds, "seconds_float": float_seconds[0], "record": record}
         saved.parent.mkdir(exist_ok=True)
         write_json(saved, row)
         rows.append(row)
