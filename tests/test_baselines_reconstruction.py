@@ -168,7 +168,7 @@ def test_qdiffusion_shares_ranges_and_quantizes_attention(results):
     assert quantizers and all(q.n_sets == 1 and q.mode == "quantize" for q in quantizers)
     assert isinstance(model.transformer_blocks[0].attn1.processor, QuantAttnProcessor)
     settings = results[("qdiffusion", "pixart")][0].settings
-    assert settings["act_steps"] == {"iters": 12, "batch": 8, "lr": 3e-3}
+    assert settings["act_steps"] == {"iters": 12, "batch": 8, "lr": 3e-3, "revert_worse": True}
     assert settings["learned_steps_kept"] or settings["learned_steps_reverted"]
 
 
@@ -184,6 +184,11 @@ def test_learned_steps_never_raise_a_blocks_loss(world):
     assert stats and all(s["loss_after"] <= s["loss_before"] for s in stats.values())
     reverted = [b for b, s in stats.items() if not s["learned_kept"]]
     assert reverted  # Δ moved by up to 100 % a step: some block got worse and was put back
+    unguarded = quantized_copy(denoiser)
+    unguarded_quantizers = list(attach_static(unguarded, quantized_units(unguarded), 6).values())
+    calibrate_ranges(unguarded, unguarded_quantizers, cal)
+    raw = learn_activation_steps(denoiser, unguarded, cal, StepSettings(iters=12, batch=8, lr=1.0, revert_worse=False))
+    assert any(s["loss_after"] > s["loss_before"] for s in raw.values())  # what the guard puts back
     modules = dict(model.named_modules())
     kept_calibrated = {id(q) for b in reverted for q in modules[b].modules() if isinstance(q, StaticQuantizer)}
     for q, delta in zip(quantizers, calibrated, strict=True):

@@ -76,6 +76,9 @@ class StepSettings:
     calibration set (W4A6, 32 images): the denoiser's output error went from 0.00237 with the min-max steps to
     0.00222 at 3e-3, 0.00235 at 1e-3 and 0.00252 at 1e-2 (the former default, which raised the loss of 7 of 9
     blocks)."""
+    revert_worse: bool = True
+    """A block whose loss on its check rows did not fall keeps its calibrated Δ (False: the learned Δ stay, as in
+    the papers' long runs)."""
 
 
 def block_modules(denoiser: nn.Module) -> list[tuple[str, list[str]]]:
@@ -374,9 +377,9 @@ def learn_activation_steps(float_model: nn.Module, quant_model: nn.Module, calib
     """Q-Diffusion's learned step sizes: block by block (in call order), the calibrated Δ of every `StaticQuantizer`
     inside the block is learned with Adam on the block's reconstruction loss (weights fixed, inputs from the quantized
     network with its activations quantized, targets the float block's outputs; rounding passes gradients straight
-    through). A block whose loss on its check rows did not fall keeps its calibrated Δ: scaled down to a hundred noisy
-    iterations, the learning can end worse than it started. Quantizers with one range for all steps only. Returns per
-    block its loss before/after, whether the learned Δ were kept, and seconds."""
+    through). A block whose loss on its check rows did not fall keeps its calibrated Δ (`revert_worse`): scaled down
+    to a hundred noisy iterations, the learning can end worse than it started. Quantizers with one range for all
+    steps only. Returns per block its loss before/after, whether the learned Δ were kept, and seconds."""
     modules, float_modules = dict(quant_model.named_modules()), dict(float_model.named_modules())
     device = next(quant_model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
@@ -407,10 +410,10 @@ def learn_activation_steps(float_model: nn.Module, quant_model: nn.Module, calib
             for q in quantizers:
                 q.delta.requires_grad_(False)
         after = _block_error(modules[block], inputs, targets, check, device)
-        kept = after < before
+        kept = after < before or not settings.revert_worse
         if not kept:
             for q, delta in zip(quantizers, calibrated, strict=True):
                 q.delta.data.copy_(delta)
-        stats[block] = {"loss_before": before, "loss_after": min(after, before), "learned_kept": kept,
+        stats[block] = {"loss_before": before, "loss_after": after if kept else before, "learned_kept": kept,
                         "seconds": time.perf_counter() - start}
     return stats
