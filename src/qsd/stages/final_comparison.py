@@ -297,7 +297,7 @@ def run(settings: Settings) -> Result:
     packed = packed_rows(context, configs) if settings.packed else pd.DataFrame()
     if len(packed):
         packed.to_csv(directory / "packed.csv", index=False)
-    grid = {name: grid_images(context, name) for name, _ in rows}
+    grid = {name: grid_images(context, name) for name, *_ in rows}
     summary = _summary(settings, table, configs, packed)
     write_run_record(directory, settings, summary)
     return Result(settings, directory, table, packed, grid, summary)
