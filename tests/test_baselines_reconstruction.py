@@ -176,17 +176,20 @@ def test_learned_steps_never_raise_a_blocks_loss(world):
     """Step learning far too fast for its hundred-odd iterations: each block ends no worse than its calibrated steps,
     and a reverted block holds exactly the calibrated Δ."""
     denoiser, cal, _, _ = world["pixart"]
-    model = quantized_copy(denoiser)
-    quantizers = list(attach_static(model, quantized_units(model), 6).values())
-    calibrate_ranges(model, quantizers, cal)
+
+    def calibrated_a6():
+        model = quantized_copy(denoiser)
+        quantizers = list(attach_static(model, quantized_units(model), 6).values())
+        calibrate_ranges(model, quantizers, cal)
+        return model, quantizers
+
+    model, quantizers = calibrated_a6()
     calibrated = [q.delta.detach().clone() for q in quantizers]
     stats = learn_activation_steps(denoiser, model, cal, StepSettings(iters=12, batch=8, lr=1.0))
     assert stats and all(s["loss_after"] <= s["loss_before"] for s in stats.values())
     reverted = [b for b, s in stats.items() if not s["learned_kept"]]
     assert reverted  # Δ moved by up to 100 % a step: some block got worse and was put back
-    unguarded = quantized_copy(denoiser)
-    unguarded_quantizers = list(attach_static(unguarded, quantized_units(unguarded), 6).values())
-    calibrate_ranges(unguarded, unguarded_quantizers, cal)
+    unguarded, _ = calibrated_a6()
     raw = learn_activation_steps(denoiser, unguarded, cal, StepSettings(iters=12, batch=8, lr=1.0, revert_worse=False))
     assert any(s["loss_after"] > s["loss_before"] for s in raw.values())  # what the guard puts back
     modules = dict(model.named_modules())
