@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from margins import below
 
 from qsd.actquant import StaticQuantizer
 from qsd.baselines import dmq, rtn
@@ -125,12 +126,13 @@ def test_smoothed_quantizer_observe_and_float_modes():
     assert torch.equal(q(x)[:, 1], torch.full((3, 5), 0.25))
 
 
+@pytest.mark.comparison
 @pytest.mark.parametrize("arch", ["unet", "pixart"])
 def test_dmq_w4a6_beats_rtn(arch, request):
     model, calibration, reference = request.getfixturevalue(arch)
     result = dmq.quantize(model, calibration, 4, 6, FAST, seed=0)
     error = output_error(result.denoiser, reference, calibration)
-    assert error < rtn_error(model, calibration, reference)
+    below(error, rtn_error(model, calibration, reference), 0.05, "DMQ W4A6 output error vs RTN")
     quantizers = [m for m in result.denoiser.modules() if isinstance(m, StaticQuantizer)]
     assert quantizers and all(q.mode == "quantize" and q.n_sets == len(calibration) for q in quantizers)
     record = result.record()
@@ -166,6 +168,7 @@ def test_dmq_is_deterministic_for_a_seed(pixart):
         assert torch.equal(a, b)
 
 
+@pytest.mark.comparison
 def test_activation_treatment_on_other_weights(unet):
     model, calibration, reference = unet
     weights_only = rtn.quantize(model, calibration, a_bits=None).denoiser
@@ -174,4 +177,5 @@ def test_activation_treatment_on_other_weights(unet):
     assert record["a_bits"] == 6 and record["pts_units"] and "conv_in" in record["float_layers"]
     quantizers = [m for m in weights_only.modules() if isinstance(m, StaticQuantizer)]
     assert quantizers and all(q.n_sets == len(calibration) and q.smooth is None for q in quantizers)
-    assert output_error(weights_only, reference, calibration) < 10 * rtn_error(model, calibration, reference)
+    below(output_error(weights_only, reference, calibration), 10 * rtn_error(model, calibration, reference), 0.5,
+          "RTN weights with DMQ's activations vs 10 × RTN W4A6")

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from margins import above, below
 
 from qsd.actquant import QuantAttnProcessor, StaticQuantizer
 from qsd.baselines import qdiffusion, rtn, tfmqdm
@@ -27,7 +28,13 @@ from qsd.models.random_init import example_inputs, random_denoiser
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TIMESTEPS = (900, 500, 100)
-FAST = ReconstructionSettings(iters=12, batch=8)
+FAST = ReconstructionSettings(iters=48, batch=8, lr=1e-2)
+"""Reconstruction short enough for a unit test that still does its work (issue 26). At 12 iterations and the papers'
+rate 1e-3, an Adam step moves each α by about 1e-3, so only weights within about 0.4 % of a step from a rounding
+midpoint could flip: the rounding stayed round-to-nearest on the clipped grid, and Q-Diffusion's W4A6 error on the
+SD1.5 U-Net sat within −4 % … +3 % of RTN's by seed and CPU kernels (a coin flip; it lost on an AVX-512 CPU). At 12
+iterations and 1e-2 TFMQ-DM on PixArt still ranged −13 % … +5 %; at 48 iterations and 1e-2 every method and model is
+28-53 % below RTN over seeds 0-5 and both kernel sets of `benchmarks/comparison_margins.py`."""
 SETTINGS = {"qdiffusion": qdiffusion.Settings(reconstruction=FAST, act_steps=StepSettings(iters=12, batch=8)),
             "tfmqdm": tfmqdm.Settings(reconstruction=FAST)}
 METHODS = {"qdiffusion": qdiffusion, "tfmqdm": tfmqdm}
@@ -109,6 +116,7 @@ def test_reconstruction_blocks_group_transformer_and_resnet_blocks(world):
     assert sum(len(g) for g in unet) == len({u.module for u in quantized_units(world["sd15_unet"][0])})
 
 
+@pytest.mark.comparison
 def test_reconstruction_lowers_a_blocks_error_below_round_to_nearest(world):
     denoiser, cal, reference, _ = world["pixart"]
     model = quantized_copy(denoiser)
@@ -117,7 +125,7 @@ def test_reconstruction_lowers_a_blocks_error_below_round_to_nearest(world):
     stats = reconstruct_weights(denoiser, model, units, 4, cal, ReconstructionSettings(iters=150, grid="minmax"))
     block = stats["transformer_blocks.0"]
     assert list(stats) == ["transformer_blocks.0"] and len(block["layers"]) == 10
-    assert block["loss_after"] < block["loss_before"]  # before: round-to-nearest on RTN's grid
+    below(block["loss_after"], block["loss_before"], 0.05, "AdaRound block loss vs round-to-nearest")
     for q in observers.values():  # switched off meanwhile (nothing observed) and restored
         assert "forward" not in vars(q) and q.mode == "observe" and torch.isinf(q.low).all()
     weight = model.transformer_blocks[0].ff.net[2].weight
@@ -139,17 +147,20 @@ def test_temporal_information_block_is_found_from_the_data_flow(world):
     assert "conv_in" in unet.latent_layers and not set(unet.layers) & set(unet.latent_layers)
 
 
+@pytest.mark.comparison
 @pytest.mark.parametrize("arch", ["pixart", "sd15_unet"])
 @pytest.mark.parametrize("method", ["qdiffusion", "tfmqdm"])
 def test_method_beats_rtn_and_records_its_settings(world, results, method, arch):
     denoiser, cal, reference, rtn_error = world[arch]
     first = results[(method, arch)][0]
-    assert output_error(first.denoiser, reference, cal) < rtn_error
+    # 15 %: the smallest gap measured over seeds 0-5, native and generic kernels, is 28 % (Q-Diffusion, SD1.5 U-Net);
+    # the same seed moved by at most 4.7 points between the two kernel sets
+    below(output_error(first.denoiser, reference, cal), rtn_error, 0.15, f"{method} W4A6 output error vs RTN")
     units = quantized_units(denoiser, first.settings["float_layers"])
     assert first.method == method and (first.w_bits, first.a_bits) == (4, 6)
     assert first.avg_bits == average_bits(denoiser, units, 4) and 4 < first.avg_bits < 5
     assert first.calibration_seconds > 0
-    assert first.settings["reconstruction"] == {"iters": 12, "batch": 8, "lr": 1e-3, "reg_weight": 0.01,
+    assert first.settings["reconstruction"] == {"iters": 48, "batch": 8, "lr": 1e-2, "reg_weight": 0.01,
                                                 "warmup": 0.2, "beta": (20.0, 2.0), "grid": "mse"}
     assert len(first.settings["float_layers"]) == 2
 
@@ -172,6 +183,7 @@ def test_qdiffusion_shares_ranges_and_quantizes_attention(results):
     assert settings["learned_steps_kept"] or settings["learned_steps_reverted"]
 
 
+@pytest.mark.comparison
 def test_learned_steps_never_raise_a_blocks_loss(world):
     """Step learning far too fast for its hundred-odd iterations: each block ends no worse than its calibrated steps,
     and a reverted block holds exactly the calibrated Δ."""
@@ -191,7 +203,8 @@ def test_learned_steps_never_raise_a_blocks_loss(world):
     assert reverted  # Δ moved by up to 100 % a step: some block got worse and was put back
     unguarded, _ = calibrated_a6()
     raw = learn_activation_steps(denoiser, unguarded, cal, StepSettings(iters=12, batch=8, lr=1.0, revert_worse=False))
-    assert any(s["loss_after"] > s["loss_before"] for s in raw.values())  # what the guard puts back
+    above(max(s["loss_after"] / s["loss_before"] for s in raw.values()), 1.0, 1.0,
+          "worst unguarded block loss vs its start")  # what the guard puts back
     modules = dict(model.named_modules())
     kept_calibrated = {id(q) for b in reverted for q in modules[b].modules() if isinstance(q, StaticQuantizer)}
     for q, delta in zip(quantizers, calibrated, strict=True):

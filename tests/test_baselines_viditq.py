@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from margins import below
 
 from qsd.actquant import QuantAttnProcessor, TokenwiseQuantizer, input_quantizer
 from qsd.baselines import rtn, viditq
@@ -130,6 +131,7 @@ def test_balancing_alone_leaves_the_float_function(arch, settings):
         assert torch.allclose(out, ref, atol=1e-4 * float(ref.abs().max()))
 
 
+@pytest.mark.comparison
 @pytest.mark.parametrize("arch", ["pixart", "dit"])
 def test_w4a6_beats_rtn_on_imbalanced_channels(arch):
     model = with_adaln_outliers(random_denoiser(arch, 0), arch)
@@ -138,7 +140,8 @@ def test_w4a6_beats_rtn_on_imbalanced_channels(arch):
     ours = viditq.quantize(model, calibration)
     floor = rtn.quantize(model, calibration)
     assert (ours.w_bits, ours.a_bits) == (4, 6)
-    assert output_error(ours.denoiser, reference, calibration) < output_error(floor.denoiser, reference, calibration)
+    below(output_error(ours.denoiser, reference, calibration), output_error(floor.denoiser, reference, calibration),
+          0.2, "ViDiT-Q W4A6 output error vs RTN")
 
 
 def test_quantizes_every_layer_and_attention(pixart):
@@ -170,6 +173,7 @@ def test_deterministic_for_a_seed(pixart):
                                                       strict=True))
 
 
+@pytest.mark.comparison
 def test_mixed_precision_raises_layers_of_both_groups(pixart):
     model, calibration, reference = pixart
     plain = viditq.quantize(model, calibration)
@@ -189,7 +193,8 @@ def test_mixed_precision_raises_layers_of_both_groups(pixart):
     modules = dict(mixed.denoiser.named_modules())
     for name in raised["alignment"] + raised["quality"]:
         assert all(q.bits == 8 for q in input_quantizer(modules[name]).quantizers)
-    assert output_error(mixed.denoiser, reference, calibration) < output_error(plain.denoiser, reference, calibration)
+    below(output_error(mixed.denoiser, reference, calibration), output_error(plain.denoiser, reference, calibration),
+          0.5, "ViDiT-Q mixed precision vs W4A6 everywhere")
 
 
 def test_guidance_detection_and_fallback_metric():

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from margins import above
 from scipy import stats
 
 from qsd.config import QuantConfig, QuantSpec
@@ -62,9 +63,11 @@ def test_features_are_one_hot_per_unit():
         config_features(configs, UNITS, [*DEFAULT_OPTIONS, DEFAULT_OPTIONS[0]])
 
 
+@pytest.mark.comparison
 def test_ridge_ranks_held_out_configs_and_recovers_the_per_option_effects(synthetic):
     model, scores, targets = held_out(synthetic, "ridge")
-    assert isinstance(model, RidgeBaseline) and spearman(scores, targets) > 0.9
+    assert isinstance(model, RidgeBaseline)
+    above(spearman(scores, targets), 0.9, 0.03, "ridge held-out Spearman vs 0.9")
     coefficients = model.coefficients()
     assert list(coefficients.columns) == ["unit", "option", "coefficient"] and len(coefficients) == len(UNITS) * 7
     quantized = coefficients[coefficients["option"] != FLOAT].copy()
@@ -72,12 +75,14 @@ def test_ridge_ranks_held_out_configs_and_recovers_the_per_option_effects(synthe
     quantized["truth"] = [effects[u, QuantSpec.parse(o)] for u, o in zip(quantized["unit"], quantized["option"],
                                                                          strict=True)]
     centred = quantized.groupby("unit")[["coefficient", "truth"]].transform(lambda x: x - x.mean())
-    assert stats.spearmanr(centred["coefficient"], centred["truth"]).statistic > 0.9
+    above(stats.spearmanr(centred["coefficient"], centred["truth"]).statistic, 0.9, 0.03,
+          "Spearman of ridge's effects with the true ones vs 0.9")
 
 
+@pytest.mark.comparison
 def test_mlp_ranks_held_out_configs_and_is_deterministic_for_a_seed(synthetic):
     _, scores, targets = held_out(synthetic, "mlp", seed=0)
-    assert spearman(scores, targets) > 0.7
+    above(spearman(scores, targets), 0.7, 0.15, "MLP held-out Spearman vs 0.7")
     _, again, _ = held_out(synthetic, "mlp", seed=0)
     _, other, _ = held_out(synthetic, "mlp", seed=1)
     np.testing.assert_array_equal(scores, again)
@@ -100,6 +105,7 @@ def test_summed_error_is_minus_the_summed_error_column_or_table(synthetic):
         make_baseline("summed_error", UNITS, DEFAULT_OPTIONS, errors={}).score(configs[:1])
 
 
+@pytest.mark.comparison
 def test_evaluate_baselines_gives_k_rows_per_baseline(synthetic):
     configs, targets, frame, _, _ = synthetic
     splits = kfold_splits(N, 3, seed=0)
@@ -108,7 +114,7 @@ def test_evaluate_baselines_gives_k_rows_per_baseline(synthetic):
     assert result.groupby("baseline")["fold"].apply(list).to_dict() == {b: [0, 1, 2] for b in BASELINES}
     assert result.loc[result["baseline"] == "summed_error", "mae"].isna().all()
     assert result.loc[result["baseline"] != "summed_error", "mae"].notna().all()
-    assert (result.loc[result["baseline"] == "ridge", "spearman"] > 0.9).all()
+    above(result.loc[result["baseline"] == "ridge", "spearman"].min(), 0.9, 0.02, "ridge's worst fold Spearman vs 0.9")
 
 
 def test_bad_requests_get_clear_errors(synthetic):

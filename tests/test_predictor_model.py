@@ -6,6 +6,7 @@ Graphs are synthetic and follow the `qsd.graph` contract: one fixed denoiser top
 import numpy as np
 import pytest
 import torch
+from margins import above, below
 from torch_geometric.data import Batch, Data
 from torch_geometric.nn import global_mean_pool
 
@@ -116,16 +117,19 @@ def test_graphs_that_break_the_contract_are_refused():
         model(Data(**{**graph.to_dict(), "x": graph.x[:, :2]}))
 
 
+@pytest.mark.comparison
 @pytest.mark.parametrize("kind", RANK_LOSSES)
 def test_training_learns_a_feature_dependent_target(kind):
     graphs = dataset(160, seed=1)
     train, test = graphs[:120], graphs[120:]
     predictor = train_predictor(train, SMALL, TrainSettings(loss=kind, epochs=30, batch_size=30, lr=1e-2))
     y = np.array([float(g.y) for g in test])
-    assert spearman(predictor.predict(test), y) > 0.8
-    assert len(predictor.history) == 30 and predictor.history[-1]["total"] < predictor.history[0]["total"]
+    above(spearman(predictor.predict(test), y), 0.8, 0.05, "held-out Spearman vs 0.8")
+    assert len(predictor.history) == 30
+    below(predictor.history[-1]["total"], predictor.history[0]["total"], 0.5, "last epoch's loss vs the first's")
     if kind != "mse":  # the hop norms learn the order too (under MSE alone they are free, here anti-correlated)
-        assert all(spearman(norms, y) > 0.5 for norms in predictor.hop_norms(test).T)
+        above(min(spearman(norms, y) for norms in predictor.hop_norms(test).T), 0.5, 0.2,
+              "worst hop norm's Spearman vs 0.5")
 
 
 def test_predictions_are_in_target_units(trained):

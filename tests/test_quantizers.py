@@ -3,6 +3,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from margins import below
 
 from qsd.errors import UnsupportedSpecError
 from qsd.packed.modules import affine_from_table
@@ -177,6 +178,7 @@ def test_exact_dp_is_optimal_with_repeated_values(k):
         assert sse == pytest.approx(brute_force_sse(rows[r].numpy(), k), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.comparison
 def test_coarse_to_fine_gap_to_the_optimum_is_small():
     """The default K-Means-C solver is not guaranteed optimal: bound its measured gap (kmeans1d docstring)."""
     rows = fp16_rows(64, 1152, seed=3)
@@ -185,7 +187,8 @@ def test_coarse_to_fine_gap_to_the_optimum_is_small():
     for a, k in enumerate([8, 16]):
         gap = sse_of(rows, fast[:, a, :k]) / sse_of(rows, exact[:, a, :k]) - 1
         assert gap.min() > -1e-12  # the exact DP is optimal
-        assert gap.mean() < 2e-4 and gap.max() < 1e-2, (k, gap.mean(), gap.max())
+        below(gap.mean(), 2e-4, 0.5, f"mean gap to the optimum at K={k} vs 2e-4")
+        below(gap.max(), 1e-2, 0.5, f"largest gap to the optimum at K={k} vs 1e-2")
     small = fp16_rows(8, 24, seed=4)  # ≤ 2·K cells: solved exactly
     assert torch.equal(optimal_codebooks(small, [8], "coarse_to_fine"), optimal_codebooks(small, [8], "exact"))
 
