@@ -55,6 +55,10 @@ class ReconstructionSettings:
     """Adam iterations per block (the papers: 20k; scaled down for tiny models on CPU)."""
     batch: int = 32
     lr: float = 1e-3
+    """Adam's rate for α, the papers'. An Adam step moves α by about `lr`, so iters × lr bounds how far the rounding
+    can leave round-to-nearest (flipping a weight needs α to travel up to about 2.4): 20 in the papers, 0.3 here,
+    which leaves part of the method's gain unused (`benchmarks/adaround_rate.py`). Stage 06 keeps the papers' rate
+    until its baselines are re-measured."""
     reg_weight: float = 0.01
     warmup: float = 0.2
     """Fraction of the iterations before the rounding regulariser switches on."""
