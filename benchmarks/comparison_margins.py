@@ -6,7 +6,8 @@ per environment below and reports, per check, its margin and the smallest gap it
 other SIMD kernels, so its sums run in another order; the environments reproduce that here:
   * native: this CPU's kernels, the threads pytest leaves;
   * generic kernels: ATen's scalar kernels (ATEN_CPU_CAPABILITY=default), MKL's SSE4.2 GEMMs, oneDNN's SSE4.1
-    convolutions and numba compiled for a generic x86-64, all with other accumulation orders;
+    convolutions and numba compiled for a generic x86-64, all with other accumulation orders; torch.compile off
+    (TORCHDYNAMO_DISABLE: inductor's scalar C++ does not build in torch 2.13), so compiled paths run eagerly;
   * one thread: the same kernels as native, every intra-op reduction split in one piece.
 A check is safe when its smallest gap exceeds its margin in every environment; `headroom` is the smallest
 (gap − margin) over environments.
@@ -14,7 +15,7 @@ A check is safe when its smallest gap exceeds its margin in every environment; `
 `--paper` adds the claims on the smoke run's outputs (`tests/test_paper_claims.py`): the smoke run of every notebook
 is redone under each environment (about 10 minutes each), replacing `data/runs/<model>/smoke`.
 
-Run:  .venv/bin/python benchmarks/comparison_margins.py [--paper] [-k EXPR]
+Run:  .venv/bin/python benchmarks/comparison_margins.py [--paper] [-k EXPR] [--environments native,"one thread"]
 The last stdout line is one JSON object; pytest's own output goes to stderr.
 """
 
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENTS = {
     "native": {},
     "generic kernels": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
-                        "ONEDNN_MAX_CPU_ISA": "SSE41", "NUMBA_CPU_NAME": "generic"},
+                        "ONEDNN_MAX_CPU_ISA": "SSE41", "NUMBA_CPU_NAME": "generic", "TORCHDYNAMO_DISABLE": "1"},
     "one thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"},
 }
 
@@ -58,25 +59,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paper", action="store_true", help="also the smoke run's paper claims (slow)")
     parser.add_argument("-k", dest="keyword", help="only tests matching this pytest -k expression")
+    parser.add_argument("--environments", default=",".join(ENVIRONMENTS),
+                        help=f"comma-separated, of: {', '.join(ENVIRONMENTS)}")
     args = parser.parse_args()
+    chosen = args.environments.split(",")
+    unknown = set(chosen) - set(ENVIRONMENTS)
+    if unknown:
+        parser.error(f"unknown environments {sorted(unknown)}; choose from {', '.join(ENVIRONMENTS)}")
     checks: dict[tuple[str, str], dict] = {}
-    for name, extra in ENVIRONMENTS.items():
+    for name in chosen:
+        extra = ENVIRONMENTS[name]
         print(f"== {name}", file=sys.stderr, flush=True)
         for record in run_checks(extra, args.paper, args.keyword):
             check = checks.setdefault((record["test"], record["what"]), {"margin": record["margin"], "gaps": {}})
             check["gaps"][name] = min(record["gap"], check["gaps"].get(name, float("inf")))
     rows = []
-    print(f"{'test :: check':<100} {'margin':>7} " + " ".join(f"{n:>16}" for n in ENVIRONMENTS), file=sys.stderr)
+    print(f"{'test :: check':<100} {'margin':>7} " + " ".join(f"{n:>16}" for n in chosen), file=sys.stderr)
     for (test, what), check in sorted(checks.items()):
         gaps = check["gaps"]
-        missing = [n for n in ENVIRONMENTS if n not in gaps]
+        missing = [n for n in chosen if n not in gaps]
         headroom = min(gaps.values()) - check["margin"]
         rows.append({"test": test, "check": what, "margin": check["margin"], "gaps": gaps,
                      "headroom": headroom, "missing_in": missing})
         print(f"{(test.split('/')[-1] + ' :: ' + what)[:100]:<100} {check['margin']:>7.1%} "
-              + " ".join(f"{gaps[n]:>16.2%}" if n in gaps else f"{'-':>16}" for n in ENVIRONMENTS), file=sys.stderr)
+              + " ".join(f"{gaps[n]:>16.2%}" if n in gaps else f"{'-':>16}" for n in chosen), file=sys.stderr)
     held = sum(r["headroom"] > 0 and not r["missing_in"] for r in rows)
-    print(json.dumps({"name": "comparison_margins", "environments": list(ENVIRONMENTS), "checks": len(rows),
+    print(json.dumps({"name": "comparison_margins", "environments": chosen, "checks": len(rows),
                       "held_everywhere": held, "smallest_headroom": min((r["headroom"] for r in rows), default=None),
                       "rows": rows}))
 

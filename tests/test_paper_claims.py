@@ -7,7 +7,10 @@ about the paper's procedure; the docstring cites where. Section numbers are the 
 numbers the same material §4.1-4.3, §5.2 and §6.1.
 
 Only what holds at smoke sizes (32 images, 8 steps, 4 random configurations) is asserted. Claims that do not hold
-there are left out rather than weakened; the module's issue report lists them with the smoke values.
+there are left out rather than weakened; the module's issue report lists them with the smoke values. A claim the smoke
+data decides by too little to survive another CPU's kernels is left out too: UAQ's W3 prompt accuracy is below W4's by
+one image of 32 (28 vs 29). Each comparison asserts a margin (`tests/margins.py`) below the gap that
+`benchmarks/comparison_margins.py --paper` measured with native and generic kernels.
 
 The outputs come from `tests/test_notebooks.py`, which runs before this module in pytest's order. Run on its own
 (`pytest -m paper`), the module produces missing outputs through the same code path (`execute_smoke`).
@@ -113,18 +116,19 @@ def test_uniform_w3_is_worse_than_w4(method, regime, labelling):
     method, the uniform 3-bit configuration has a higher FID than the same method at 4 bits; stage 02 reports it as
     `w3_worse_than_w4`."""
     w4, w3 = regime.loc[f"uniform {method}-4", "fid"], regime.loc[f"uniform {method}-3", "fid"]
-    above(w3, w4, 0.0, f"uniform {method}: W3 FID vs W4 FID")
+    above(w3, w4, 0.1, f"uniform {method}: W3 FID vs W4 FID")
     assert labelling["w3_worse_than_w4"] is True
 
 
 @pytest.mark.comparison
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ("kmeans_c", "kmeans_a"))
 def test_uniform_w3_loses_prompt_alignment(method, regime):
-    """Paper §6.1-6.2 (3-bit collapse; text alignment measured by CLIP score, here prompt accuracy): every uniform 3-bit
-    configuration samples fewer images of the prompted digit than the same method at 4 bits."""
+    """Paper §6.1-6.2 (3-bit collapse; text alignment measured by CLIP score, here prompt accuracy): a uniform 3-bit
+    K-Means configuration samples fewer images of the prompted digit than the same method at 4 bits, by over 10 %
+    (UAQ's one-image difference decides nothing at smoke size: module docstring)."""
     w4 = regime.loc[f"uniform {method}-4", "prompt_accuracy"]
     w3 = regime.loc[f"uniform {method}-3", "prompt_accuracy"]
-    below(w3, w4, 0.0, f"uniform {method}: W3 prompt accuracy vs W4")
+    below(w3, w4, 0.1, f"uniform {method}: W3 prompt accuracy vs W4")
 
 
 @pytest.mark.comparison
@@ -134,7 +138,7 @@ def test_float_model_is_the_best_row(labels, labelling):
     by_name = labels.set_index("name")
     float_fid = by_name.loc["float", "fid"]
     quantized = labels[labels["kind"] != "float"]
-    above(quantized["fid"].min(), float_fid, 0.0, "best quantized row's FID vs the float model's")
+    above(quantized["fid"].min(), float_fid, 0.02, "best quantized row's FID vs the float model's")
     assert labelling["float_fid"] == pytest.approx(float_fid, abs=1e-3)
 
 
@@ -232,7 +236,7 @@ def test_fid_falls_as_average_bits_rise(labels):
     rank-correlated."""
     random_rows = labels[labels["kind"] == "random"]
     rho = spearmanr(random_rows["avg_bits"], random_rows["fid"]).statistic
-    below(rho, 0.0, 0.0, f"Spearman(avg bits, FID) over {len(random_rows)} random configurations vs 0")
+    below(rho, 0.0, 0.2, f"Spearman(avg bits, FID) over {len(random_rows)} random configurations vs 0")
 
 
 @pytest.mark.comparison
@@ -243,7 +247,7 @@ def test_quantization_error_and_proxies_rank_with_fid(proxy, labels, labelling):
     proxies correlate positively with FID over the quantized rows, as stage 02 reports (`proxy_spearman_vs_fid`)."""
     quantized = labels[labels["kind"] != "float"]
     rho = spearmanr(quantized[proxy], quantized["fid"]).statistic
-    above(rho, 0.0, 0.0, f"Spearman({proxy}, FID) vs 0")
+    above(rho, 0.0, 0.2, f"Spearman({proxy}, FID) vs 0")
     assert labelling["proxy_spearman_vs_fid"][proxy] == pytest.approx(rho, abs=1e-4)
 
 
@@ -266,15 +270,15 @@ def test_guidance_buys_prompt_accuracy(guidance):
     sweep = pd.DataFrame(guidance["guidance_sweep"]).sort_values("guidance")
     up_to_entry = sweep[sweep["guidance"] <= guidance["protocol"]["guidance"]]
     assert len(up_to_entry) >= 2
-    above(up_to_entry["prompt_accuracy"].diff().min(), 0.0, 0.0, "smallest rise of prompt accuracy with guidance")
-    below(up_to_entry["fid"].diff().max(), 0.0, 0.0, "smallest fall of FID with guidance")
+    above(up_to_entry["prompt_accuracy"].diff().min(), 0.0, 0.025, "smallest rise of prompt accuracy with guidance")
+    below(up_to_entry["fid"].diff().max(), 0.0, 1.0, "smallest fall of FID with guidance")
 
 
 @pytest.mark.comparison
 def test_real_digits_set_the_fid_floor(guidance):
     """README, stage 00 (FID with classifier features stands in for Inception FID): real held-out digits score less
     than half the FID of the model's samples."""
-    below(guidance["fid_real_heldout"], guidance["fid"] / 2, 0.0, "real digits' FID vs half the samples'")
+    below(guidance["fid_real_heldout"], guidance["fid"] / 2, 0.5, "real digits' FID vs half the samples'")
 
 
 # §3.3-§4 (stage 03): the denoiser as a graph, the predictor evaluated on folds --------------------------------------
