@@ -71,7 +71,8 @@ def main() -> None:
         extra = ENVIRONMENTS[name]
         print(f"== {name}", file=sys.stderr, flush=True)
         for record in run_checks(extra, args.paper, args.keyword):
-            check = checks.setdefault((record["test"], record["what"]), {"margin": record["margin"], "gaps": {}})
+            check = checks.setdefault((record["test"], record["what"]),
+                                      {"margin": record["margin"], "absolute": record["bound"] == 0, "gaps": {}})
             check["gaps"][name] = min(record["gap"], check["gaps"].get(name, float("inf")))
     rows = []
     print(f"{'test :: check':<100} {'margin':>7} " + " ".join(f"{n:>16}" for n in chosen), file=sys.stderr)
@@ -79,10 +80,11 @@ def main() -> None:
         gaps = check["gaps"]
         missing = [n for n in chosen if n not in gaps]
         headroom = min(gaps.values()) - check["margin"]
-        rows.append({"test": test, "check": what, "margin": check["margin"], "gaps": gaps,
-                     "headroom": headroom, "missing_in": missing})
-        print(f"{(test.split('/')[-1] + ' :: ' + what)[:100]:<100} {check['margin']:>7.1%} "
-              + " ".join(f"{gaps[n]:>16.2%}" if n in gaps else f"{'-':>16}" for n in chosen), file=sys.stderr)
+        rows.append({"test": test, "check": what, "margin": check["margin"], "absolute": check["absolute"],
+                     "gaps": gaps, "headroom": headroom, "missing_in": missing})
+        shown = "{:>16.3f}" if check["absolute"] else "{:>16.2%}"  # a gap to a bound of 0 is absolute
+        print(f"{(test.split('/')[-1] + ' :: ' + what)[:100]:<100} {shown.format(check['margin'])[-7:]:>7} "
+              + " ".join(shown.format(gaps[n]) if n in gaps else f"{'-':>16}" for n in chosen), file=sys.stderr)
     held = sum(r["headroom"] > 0 and not r["missing_in"] for r in rows)
     print(json.dumps({"name": "comparison_margins", "environments": chosen, "checks": len(rows),
                       "held_everywhere": held, "smallest_headroom": min((r["headroom"] for r in rows), default=None),
