@@ -22,19 +22,7 @@ import torch
 from qsd.baselines import qdiffusion, rtn
 from qsd.baselines.calibration import CalibrationSet, output_error
 from qsd.baselines.reconstruction import ReconstructionSettings
-from qsd.models.random_init import example_inputs, random_denoiser
-
-TIMESTEPS = (900, 500, 100)
-
-
-def calibration(arch: str, rows: int = 8) -> CalibrationSet:
-    """The tests' calibration set (`tests/test_baselines_reconstruction.py`): `rows` random inputs per timestep."""
-    steps = []
-    for i, t in enumerate(TIMESTEPS):
-        inputs = example_inputs(arch, rows, i)
-        inputs["timestep"] = torch.full_like(torch.as_tensor(inputs["timestep"]), t)
-        steps.append(inputs)
-    return CalibrationSet.from_inputs(steps)
+from qsd.models.random_init import example_steps, random_denoiser
 
 
 def main() -> None:
@@ -48,7 +36,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     for arch in ("pixart", "sd15_unet"):
-        denoiser, cal = random_denoiser(arch, 0), calibration(arch)
+        denoiser, cal = random_denoiser(arch, 0), CalibrationSet.from_inputs(example_steps(arch))  # the tests' set
         reference = cal.outputs(denoiser)
         rtn_error = output_error(rtn.quantize(denoiser, cal).denoiser, reference, cal)
         for n in iters:

@@ -125,3 +125,15 @@ def example_inputs(arch: str, batch: int = 2, seed: int = 0) -> dict:
                 "added_cond_kwargs": {"text_embeds": rand(batch, 24), "time_ids": rand(batch, 6)}}
     return {"hidden_states": sample, "timestep": timestep, "encoder_hidden_states": rand(batch, 6, 32),
             "pooled_projections": rand(batch, 24)}  # sd3
+
+
+def example_steps(arch: str, batch: int = 8, timesteps: tuple[float, ...] = (900, 500, 100), seed: int = 0
+                  ) -> list[dict]:
+    """`example_inputs` for a few solver steps (step k seeded `seed` + k, its rows at `timesteps[k]`): the inputs of a
+    small calibration set (`CalibrationSet.from_inputs`)."""
+    steps = []
+    for k, t in enumerate(timesteps):
+        inputs = example_inputs(arch, batch, seed + k)
+        inputs["timestep"] = torch.full_like(torch.as_tensor(inputs["timestep"]), t)
+        steps.append(inputs)
+    return steps
