@@ -16,32 +16,27 @@ import json
 import os
 
 
-def _gap(value: float, bound: float) -> float:
-    """(value − bound) relative to |bound|; absolute where the bound is 0 (a correlation's sign, a difference)."""
-    return (float(value) - float(bound)) / (abs(float(bound)) or 1.0)
-
-
-def _record(what: str, value: float, bound: float, gap: float, margin: float) -> None:
+def _check(value: float, bound: float, margin: float, what: str, side: int) -> None:
+    """Record and assert side·(value − bound) > margin·|bound| (side −1: below, +1: above); the gap is relative to
+    |bound|, absolute where the bound is 0 (a correlation's sign, a difference)."""
+    value, bound = float(value), float(bound)
+    gap = side * (value - bound) / (abs(bound) or 1.0)
     path = os.environ.get("QSD_MARGIN_REPORT")
-    if not path:
-        return
-    test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" (", 1)[0]
-    with open(path, "a") as f:
-        f.write(json.dumps({"test": test, "what": what, "value": float(value), "bound": float(bound),
-                            "gap": gap, "margin": margin}) + "\n")
+    if path:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" (", 1)[0]
+        with open(path, "a") as f:
+            f.write(json.dumps({"test": test, "what": what, "value": value, "bound": bound, "gap": gap,
+                                "margin": margin}) + "\n")
+    shown = "{:+.3g}" if bound == 0 else "{:+.2%}"
+    assert gap > margin, (f"{what}: {value:.6g} is not {shown.format(margin)[1:]} {'below' if side < 0 else 'above'} "
+                          f"{bound:.6g} (gap {shown.format(gap)})")
 
 
 def below(value: float, bound: float, margin: float, what: str) -> None:
     """Assert `value` lies below `bound` by more than `margin` of |bound| (of 1 where the bound is 0)."""
-    gap = -_gap(value, bound)
-    _record(what, value, bound, gap, margin)
-    assert gap > margin, (f"{what}: {float(value):.6g} is not {margin:.1%} below {float(bound):.6g} "
-                          f"(gap {gap:+.2%})")
+    _check(value, bound, margin, what, -1)
 
 
 def above(value: float, bound: float, margin: float, what: str) -> None:
     """Assert `value` lies above `bound` by more than `margin` of |bound| (of 1 where the bound is 0)."""
-    gap = _gap(value, bound)
-    _record(what, value, bound, gap, margin)
-    assert gap > margin, (f"{what}: {float(value):.6g} is not {margin:.1%} above {float(bound):.6g} "
-                          f"(gap {gap:+.2%})")
+    _check(value, bound, margin, what, +1)
