@@ -99,6 +99,10 @@ class QuantSpec:
             )
         return cls(data["method"], data.get("w_bits"), data.get("a_bits"))
 
+    def display_order(self) -> tuple[int, int]:
+        """Sort key of tables and figures: methods as in METHODS, then high bits before low."""
+        return METHODS.index(self.method), -self.w_bits
+
 
 def check_a_bits(bits: object) -> None:
     """Refuse activation bit widths outside `SUPPORTED_A_BITS` (None, float activations, passes)."""

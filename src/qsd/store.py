@@ -32,6 +32,8 @@ METRICS = ("fid", "prompt_accuracy", "clip_score", "sample_mse", "eps_error", "a
 KINDS = ("float", "uniform", "random", "imported", "constructed")
 """Label kinds: the reference rows, random configurations, rows imported from elsewhere, and configurations built
 by stage 05 (their `name` says how)."""
+DATASET_KINDS = tuple(kind for kind in KINDS if kind != "constructed")
+"""Every kind but stage 05's constructed rows: the rows stage 02's summary and figures describe."""
 
 
 @dataclass(frozen=True)

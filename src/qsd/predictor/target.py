@@ -43,6 +43,15 @@ ALLOWED = ("numbers, the metric columns (" + ", ".join(METRICS) + "), the given 
 Values = Mapping[str, np.ndarray]
 Evaluator = Callable[[Values], np.ndarray | float]
 
+TARGETS = ("paper", "fid")
+"""The predictor's two targets: the paper's equation (−FID − λ·avg_bits by default, §3.3) and FID alone."""
+FID_ONLY = "-fid"
+
+
+def named_targets(equation: str, lambda_bits: float) -> dict[str, TargetExpression]:
+    """`TARGETS` by name: 'paper' is `equation` with `lambda` = `lambda_bits`, 'fid' is −FID."""
+    return {"paper": TargetExpression(equation, {"lambda": lambda_bits}), "fid": TargetExpression(FID_ONLY)}
+
 
 class TargetExpression:
     """A target such as `TargetExpression("-fid - lambda * avg_bits", {"lambda": 10.0})`, checked on construction.

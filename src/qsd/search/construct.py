@@ -34,6 +34,11 @@ def total_weights(scores: pd.DataFrame) -> float:
     return float(sum(rows["n_weights"].iloc[0] for rows in per_unit(scores)))
 
 
+def lowest_budget(scores: pd.DataFrame) -> float:
+    """The lowest feasible average bits: every unit at its smallest variant (a smaller budget fits nothing)."""
+    return float(sum(rows["size_bits"].min() for rows in per_unit(scores))) / total_weights(scores)
+
+
 def config_of(rows: list[pd.Series]) -> QuantConfig:
     """The configuration that takes variant `rows[u]` for every unit u."""
     layers: dict[str, QuantSpec] = {}
