@@ -27,6 +27,7 @@ from qsd.baselines import baseline, baseline_settings
 from qsd.baselines.calibration import CalibrationSet
 from qsd.labelling import Labeller
 from qsd.models import load_model
+from qsd.run_folder import RunFolder
 from qsd.stages import final_comparison as stage
 
 A_BITS = 6
@@ -55,7 +56,7 @@ def main() -> None:
                         "contains this text (the float row is always measured)")
     args = parser.parse_args()
     settings = stage.Settings(model_id=args.model_id, run_id=args.run_id)
-    labelling, protocol = stage.evaluation_protocol(args.model_id, args.run_id)
+    labelling, protocol = stage.evaluation_protocol(RunFolder(args.model_id, args.run_id))
     model = load_model(args.model_id, device=labelling.device)
     labeller = Labeller(model, protocol, labelling.n_probe, labelling.batch_size, progress=False,
                         clip_dir=labelling.clip_dir)

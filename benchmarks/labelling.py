@@ -19,6 +19,7 @@ import time
 import torch
 
 from qsd.executors import InProcessExecutor, RayExecutor, WorkerSpec
+from qsd.label_session import LabellingSetup
 from qsd.stages import label_configs, multiquantizer
 
 
@@ -41,8 +42,8 @@ def main() -> None:
     built = multiquantizer.run(multiquantizer.Settings(model_id=args.model, run_id="bench", damage_options=(),
                                                                progress=False))
     jobs = label_configs.random_jobs(built.multiquantizer, seed=0, n=args.configs)
-    protocol = label_configs.sampling_protocol(label_configs.Settings(model_id=args.model, n_images=args.images)
-                                               .effective())
+    protocol = LabellingSetup.of(label_configs.Settings(model_id=args.model, n_images=args.images).effective()
+                                 ).protocol()
     path = str(built.directory / "multiquantizer.safetensors")
     n_probe = label_configs.Settings().n_probe
     inprocess = throughput(InProcessExecutor(WorkerSpec(args.model, protocol, path, n_probe)), jobs, 1)

@@ -26,9 +26,9 @@ from qsd.predictor.baselines import BASELINES, evaluate_baselines
 from qsd.predictor.cross_validation import cross_validate
 from qsd.predictor.folds import kfold_splits
 from qsd.predictor.model import PredictorSettings
-from qsd.predictor.target import TargetExpression
+from qsd.predictor.target import FID_ONLY, TargetExpression
 from qsd.predictor.training import TrainSettings
-from qsd.stages.train_predictor import FID_ONLY, load_dataset
+from qsd.stages.train_predictor import load_dataset
 
 
 def main() -> None:

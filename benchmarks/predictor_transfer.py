@@ -31,9 +31,9 @@ from qsd.plotting import new_figure, savefig
 from qsd.predictor.baselines import RidgeBaseline
 from qsd.predictor.metrics import spearman
 from qsd.predictor.model import PredictorSettings
-from qsd.predictor.target import TargetExpression
+from qsd.predictor.target import FID_ONLY, TargetExpression
 from qsd.predictor.training import TrainSettings, train_predictor
-from qsd.stages.train_predictor import FID_ONLY, load_dataset
+from qsd.stages.train_predictor import load_dataset
 
 
 def main() -> None:

@@ -19,10 +19,9 @@ import json
 import pandas as pd
 
 from qsd.config import QuantSpec
-from qsd.paths import stage_dir
+from qsd.label_session import LabelSession
+from qsd.run_folder import MULTIQUANTIZER, RunFolder
 from qsd.search.construct import budget_config
-from qsd.stages import label_configs as label_stage
-from qsd.stages import multiquantizer as multiquantizer_stage
 
 
 def main() -> None:
@@ -31,11 +30,12 @@ def main() -> None:
     parser.add_argument("--run", default="default")
     parser.add_argument("--budgets", type=float, nargs="+", default=[3.3, 3.4, 3.5, 3.7])
     args = parser.parse_args()
-    session = label_stage.Labelling.of_run(args.model, args.run)
+    run = RunFolder(args.model, args.run)
+    session = LabelSession.of_run(run)
     labeller, mq = session.executor.worker.labeller, session.multiquantizer
-    damage = pd.read_csv(stage_dir(args.model, args.run, multiquantizer_stage.STAGE) / "layer_damage.csv")
+    damage = pd.read_csv(run.require(MULTIQUANTIZER, "layer_damage.csv", "single-layer damage table"))
     damage = damage[damage["option"] == "uaq-3"].set_index("unit")["sample_mse"]
-    options = multiquantizer_stage.saved_search_space(args.model, args.run)
+    options = run.option_table()
     table = options[options["method"] == "uaq"].rename(columns={"unit": "layers", "option": "options"})
     table = table.assign(unit=table["layers"],
                          score=[-damage[u] if o == "uaq-3" else 0.0 for u, o in zip(table["layers"], table["options"],

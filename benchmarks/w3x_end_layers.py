@@ -28,9 +28,8 @@ from qsd.config import QuantConfig
 from qsd.labelling import Labeller
 from qsd.layers import quantizable_units
 from qsd.models import load_model
-from qsd.stages import build_configs
+from qsd.run_folder import RunFolder
 from qsd.stages import final_comparison as stage
-from qsd.stages import multiquantizer as multiquantizer_stage
 
 BUDGETS = (4.0, 3.7)
 SEEDS = 3
@@ -41,9 +40,10 @@ def main() -> None:
     parser.add_argument("--model_id", default="tiny_pixart")
     parser.add_argument("--run_id", default="default")
     args = parser.parse_args()
-    labelling, protocol = stage.evaluation_protocol(args.model_id, args.run_id)
+    run = RunFolder(args.model_id, args.run_id)
+    labelling, protocol = stage.evaluation_protocol(run)
     model = load_model(args.model_id, device=labelling.device)
-    mq = multiquantizer_stage.load_saved(args.model_id, args.run_id, model.denoiser)
+    mq = run.multiquantizer(model.denoiser)
     labeller = Labeller(model, protocol, labelling.n_probe, labelling.batch_size, progress=False,
                         clip_dir=labelling.clip_dir)
 
@@ -63,7 +63,7 @@ def main() -> None:
         rows[name] = {"avg_bits": round(result.avg_bits, 3)} | fids(model.with_denoiser(result.denoiser))
         print(name, rows[name], file=sys.stderr, flush=True)
     for budget in BUDGETS:
-        config, row = build_configs.frontier_config(args.model_id, args.run_id, budget)
+        config, row = run.frontier_config(budget)
         float_ends = QuantConfig({n: None if n in end_units else config[n] for n in config})
         for label, chosen in (("as built", config), ("end layers float", float_ends)):
             mq.restore()

@@ -9,6 +9,7 @@ import torch
 from qsd.embedded import captions, digits, training
 from qsd.embedded.models import EMBEDDED_BUILDERS, checkpoint_path, load_embedded, load_trained_denoiser
 from qsd.errors import CorruptFileError, InvalidSettingError, ModelNotAvailableError, SettingsMismatchError
+from qsd.label_session import LabellingSetup
 from qsd.models import DEFAULT_MODEL_ID, get_entry, load_model, registry
 from qsd.paths import project_root
 from qsd.stages import label_configs, train_denoisers
@@ -127,7 +128,7 @@ def test_stages_take_guidance_and_quantizer_settings_from_the_entry(monkeypatch)
     entry = get_entry("tiny_pixart")
     changed = dataclasses.replace(entry, sampler=dataclasses.replace(entry.sampler, guidance=2.25))
     monkeypatch.setitem(registry.ENTRIES, "tiny_pixart", changed)
-    assert label_configs.sampling_protocol(label_configs.Settings().effective()).guidance == 2.25
+    assert LabellingSetup.of(label_configs.Settings().effective()).protocol().guidance == 2.25
     assert multiquantizer_stage.damage_protocol(multiquantizer_stage.Settings()).guidance == 2.25
     assert multiquantizer_stage.Settings().effective().quantizer == entry.quantizer
     assert entry.quantizer.uaq_clip_ratios == (0.0,), "embedded models: min-max UAQ (measured, README)"

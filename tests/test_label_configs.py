@@ -16,11 +16,12 @@ import pandas as pd
 import pytest
 import torch
 
-from qsd import executors
+from qsd import executors, label_session
 from qsd.config import QuantConfig
 from qsd.errors import ModelMismatchError, QsdError
 from qsd.executors import InProcessExecutor, RayExecutor, WorkerSpec
 from qsd.paths import project_root
+from qsd.run_folder import MULTIQUANTIZER, MULTIQUANTIZER_FILE, RunFolder
 from qsd.sampling import SamplingProtocol
 from qsd.stages import label_configs as stage
 from qsd.stages import multiquantizer as multiquantizer_stage
@@ -69,7 +70,7 @@ def test_reference_rows_and_seed_stream_extension(run_id):
     assert (labels.loc[labels["kind"] != "float", "avg_bits"] < by_name.loc["float", "avg_bits"]).all()
     for method in ("uaq", "kmeans_c", "kmeans_a"):
         assert by_name.loc[f"uniform {method}-3", "avg_bits"] < by_name.loc[f"uniform {method}-4", "avg_bits"]
-    extended = stage.run(stage.Settings(run_id=run_id, n_configs=5, **SMALL)).labels
+    extended = stage.run(stage.Settings(run_id=run_id, n_configs=5, overwrite=True, **SMALL)).labels
     assert len(extended) == 7 + 5
     assert extended.iloc[:len(labels)].equals(labels), "extending must keep every earlier row untouched"
     assert extended["fingerprint"].is_unique
@@ -123,10 +124,10 @@ def test_stage_02_needs_stage_01(bare_run_id):
 
 
 def test_stage_02_refuses_a_multiquantizer_of_other_weights(run_id):
-    path = multiquantizer_stage.saved_path("tiny_pixart", run_id)
+    path = RunFolder("tiny_pixart", run_id).path(MULTIQUANTIZER) / MULTIQUANTIZER_FILE
     other = multiquantizer_stage.run(multiquantizer_stage.Settings(
         model_id="tiny_dit", run_id=run_id, damage_options=(), progress=False))
-    shutil.copy(other.directory / multiquantizer_stage.FILE_NAME, path)
+    shutil.copy(other.directory / MULTIQUANTIZER_FILE, path)
     with pytest.raises(ModelMismatchError, match="01_multiquantizer.ipynb"):
         stage.run(stage.Settings(run_id=run_id, n_configs=1, **SMALL))
     shutil.rmtree(project_root() / "data" / "runs" / "tiny_dit" / run_id, ignore_errors=True)
@@ -136,8 +137,8 @@ def test_one_pass_loads_once_and_samples_the_float_model_once(run_id, monkeypatc
     """The model and the multiquantizer are loaded once, the float images sampled once (they also give the
     probe and the first of the float seed FIDs), and stage 01's file is never rewritten."""
     calls = {"load_model": 0, "mq_load": 0, "float_generations": 0}
-    real_load_model, real_mq_load = stage.load_model, stage.MultiQuantizer.load
-    mq_path = multiquantizer_stage.saved_path("tiny_pixart", run_id)
+    real_load_model, real_mq_load = label_session.load_model, stage.MultiQuantizer.load
+    mq_path = RunFolder("tiny_pixart", run_id).path(MULTIQUANTIZER) / MULTIQUANTIZER_FILE
     before = mq_path.stat().st_mtime_ns
 
     def load_model(*args, **kwargs):
@@ -155,7 +156,7 @@ def test_one_pass_loads_once_and_samples_the_float_model_once(run_id, monkeypatc
             calls["float_generations"] += (protocol or self.protocol).seed == self.protocol.seed
         return real_generate(self, protocol, trajectory)
 
-    monkeypatch.setattr(stage, "load_model", load_model)
+    monkeypatch.setattr(label_session, "load_model", load_model)
     monkeypatch.setattr(executors, "load_model", load_model)
     monkeypatch.setattr(stage.MultiQuantizer, "load", mq_load)
     monkeypatch.setattr(stage.Labeller, "generate", generate)

@@ -372,8 +372,8 @@ def test_active_loop_grows_its_labels_and_measures_both_arms_alike(graph, option
     draw = [QuantConfig({layer: OPTIONS[rng.integers(len(OPTIONS))] for layer in graph.unit_names}) for _ in range(26)]
     weights = options.groupby("unit")["n_weights"].first().sum()
     bits = options.groupby("unit")["size_bits"].agg(["min", "max"]).sum() / weights
-    settings = ActiveSettings(initial=4, rounds=2, per_round=2, budgets=(float(bits.mean()),), folds=2, epochs=1,
-                              hops=SETTINGS.hops)
+    settings = ActiveSettings(initial=4, rounds=2, per_round=2, budgets=(float(bits.mean()),), folds=2,
+                              predictor=PredictorSettings(hops=SETTINGS.hops), training=TrainSettings(epochs=1))
     pool = Pool(draw[:8], np.array([fid(c) for c in draw[:8]]), draw[8:14], np.array([fid(c) for c in draw[8:14]]),
                 draw[14:])
     result = ActiveLoop(graph, options, label, settings).run(pool)

@@ -1,4 +1,4 @@
-"""Where runs and figures live: `data/runs/<model_id>/<run_id>/<NN_stage>/` and `figures/` (DESIGN.md)."""
+"""Where the checkout and figures live (DESIGN.md); a run's stage folders are `qsd.run_folder.RunFolder`'s."""
 
 from __future__ import annotations
 
@@ -16,13 +16,6 @@ def project_root() -> Path:
         if (candidate / "pyproject.toml").is_file() and (candidate / "notebooks").is_dir():
             return candidate
     return here
-
-
-def stage_dir(model_id: str, run_id: str, stage: str) -> Path:
-    """Output folder of one stage of one run (created)."""
-    path = project_root() / "data" / "runs" / model_id / run_id / stage
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def figures_dir() -> Path:

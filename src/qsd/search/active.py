@@ -50,9 +50,12 @@ class ActiveSettings:
     budgets: tuple[float, ...] = (3.4, 3.6, 3.8, 4.0)
     folds: int = 3
     level: str = "subgraph"
-    epochs: int = 50
-    hops: int = 4
+    predictor: PredictorSettings = PredictorSettings()
+    """The fold predictors' architecture (a run's stage-03 hops and readout)."""
+    training: TrainSettings = TrainSettings()
+    """How each fold predictor is trained (a run's stage-03 loss; epochs; its seed)."""
     seed: int = 0
+    """Seed of the folds."""
 
     def __post_init__(self) -> None:
         if self.initial < self.folds or self.rounds < 0 or self.per_round < 1 or self.folds < 2:
@@ -85,13 +88,15 @@ class ActiveResult:
 
 
 def fit_fold_scorers(graph: DenoiserGraph, options: pd.DataFrame, configs: Sequence[QuantConfig], fids: np.ndarray,
-                     folds: int, epochs: int, hops: int = 4, seed: int = 0) -> list[FoldScorer]:
-    """Cross-validated fold predictors of −FID on (`configs`, `fids`), each with its hops' test Spearman."""
+                     folds: int, predictor: PredictorSettings, training: TrainSettings, seed: int = 0
+                     ) -> list[FoldScorer]:
+    """Cross-validated fold predictors of −FID on (`configs`, `fids`) (`seed`: the folds'), each with its hops'
+    test Spearman."""
+    hops = predictor.hops
     graphs = graph.encode(configs, options, hops, targets=-np.asarray(fids, dtype=float))
-    cv = cross_validate(graphs, kfold_splits(len(graphs), folds, seed), PredictorSettings(hops=hops),
-                        TrainSettings(epochs=epochs, seed=seed))
-    return [FoldScorer(predictor, [float(cv.metrics[f"hop{m}_spearman"].iloc[k]) for m in range(hops + 1)])
-            for k, predictor in enumerate(cv.predictors)]
+    cv = cross_validate(graphs, kfold_splits(len(graphs), folds, seed), predictor, training)
+    return [FoldScorer(fold, [float(cv.metrics[f"hop{m}_spearman"].iloc[k]) for m in range(hops + 1)])
+            for k, fold in enumerate(cv.predictors)]
 
 
 def frontier_configs(graph: DenoiserGraph, options: pd.DataFrame, scorers: list[FoldScorer], level: str,
@@ -116,11 +121,11 @@ class ActiveLoop:
 
     def _fit(self, configs: Sequence[QuantConfig], fids: np.ndarray) -> list[FoldScorer]:
         s = self.settings
-        return fit_fold_scorers(self.graph, self.options, configs, fids, s.folds, s.epochs, s.hops, s.seed)
+        return fit_fold_scorers(self.graph, self.options, configs, fids, s.folds, s.predictor, s.training, s.seed)
 
     def _predictions(self, scorers: list[FoldScorer], configs: Sequence[QuantConfig]) -> np.ndarray:
         """[folds, configs] standardised predictions of −FID."""
-        graphs = self.graph.encode(configs, self.options, self.settings.hops)
+        graphs = self.graph.encode(configs, self.options, self.settings.predictor.hops)
         return np.stack([(s.predictor.predict(graphs) - s.predictor.y_mean) / s.predictor.y_std for s in scorers])
 
     def _frontier(self, scorers: list[FoldScorer]) -> dict[float, BudgetConfig]:

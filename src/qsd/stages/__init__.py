@@ -1,17 +1,26 @@
 """One module per notebook: a `Settings` dataclass, `run(settings) -> Result`, and `plot_*` functions.
 
 Every stage's `Settings` extends `StageSettings`, and every `run` starts from `settings.effective()`: the
-settings it actually uses, which are what its `settings.json` records.
+settings it actually uses, which are what its `settings.json` records. Its outputs go to
+`settings.output_dir(STAGE)`, which refuses a run folder whose results were made with other settings unless the
+user asks to overwrite them. Stages read what earlier stages wrote through `qsd.run_folder.RunFolder`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Self
 
+from qsd.errors import InvalidSettingError, SettingsMismatchError
 from qsd.models import DEFAULT_MODEL_ID, get_entry
+from qsd.row_cache import canonical
+from qsd.run_folder import RunFolder
+
+RESULT_NEUTRAL = ("progress", "overwrite")
+"""Settings of every stage that never change its results."""
 
 
 def smoke_value(value: object, smoke: object) -> object:
@@ -32,9 +41,50 @@ class StageSettings:
     seed: int = 0
     smoke: bool = False
     """A smoke run (CI): the fields named in the stage's `SMOKE` shrink by `smoke_value`."""
+    overwrite: bool = False
+    """Re-run into a run folder whose saved results were made with other settings, replacing them (saved rows that
+    still apply are reused). Without it such a re-run is refused before anything is written."""
 
     SMOKE: ClassVar[dict[str, object]] = {}
     """Field name → its smoke value (each stage lists its own)."""
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
+    """Field name → its accepted (lowest, highest) value, None = unbounded; a tuple field must also be non-empty,
+    each element in range (each stage lists its own)."""
+    NEUTRAL: ClassVar[tuple[str, ...]] = ()
+    """The stage's settings that do not change its results (besides `RESULT_NEUTRAL`): how it runs, not what."""
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in self.RANGES.items():
+            value = getattr(self, name)
+            if value is None:  # "the model's default"
+                continue
+            values = value if isinstance(value, tuple | list) else (value,)
+            accepted = f"{'-∞' if low is None else low} … {'∞' if high is None else high}"
+            if not values or any(isinstance(v, bool) or not isinstance(v, int | float)
+                                 or (low is not None and v < low) or (high is not None and v > high) for v in values):
+                kind = "a non-empty list of numbers, each" if isinstance(value, tuple | list) else "a number"
+                raise InvalidSettingError(f"{type(self).__module__.rsplit('.', 1)[-1]} setting {name} = {value!r} is "
+                                          f"out of range: it must be {kind} in {accepted}")
+
+    def output_dir(self, stage: str) -> Path:
+        """This run's folder of `stage` (created). If it holds results made with settings that differ in anything
+        that changes results, the run is refused before anything is written, unless `overwrite`."""
+        path = RunFolder(self.model_id, self.run_id).path(stage)
+        saved_path = path / "settings.json"
+        if saved_path.is_file() and not self.overwrite:
+            neutral = {*RESULT_NEUTRAL, *self.NEUTRAL}
+            saved, now = json.loads(saved_path.read_text()), canonical(dataclasses.asdict(self))
+            differences = [f"{k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
+                           for k in sorted(set(saved) | set(now)) if k not in neutral and saved.get(k) != now.get(k)]
+            if differences:
+                listed = "\n  ".join(differences)
+                raise SettingsMismatchError(
+                    f"{path} holds results made with other settings (saved -> now):\n  {listed}\nRe-running here "
+                    f"would replace results that later stages read. Use another run_id (e.g. "
+                    f"run_id={self.run_id + '-2'!r}), or pass overwrite=True (notebooks: -p overwrite True) to replace "
+                    "them.")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def figures_to(self, directory: Path) -> Path | None:
         """Where this run's figures go: `figures/` (None), except that a smoke run keeps them in `directory`."""

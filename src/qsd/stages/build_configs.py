@@ -2,7 +2,10 @@
 frontier (paper §3.4, §6; notebook 05_build_configs).
 
 Steps:
-  1. Read stage 04's scores and stage 02's labels; nothing upstream is re-run.
+  1. Read stage 04's scores, stage 02's labels and stage 03's settings (its target's λ, the predictor's hops,
+     readout and loss, which the ridge yardstick, the active loop and the refit use); nothing upstream is re-run.
+     A budget below the search space's lowest average bits is an error naming that lowest, before anything is
+     written.
   2. Build configurations:
      * the paper's rule — the top-scoring variant of every unit — at node and subgraph level (`rule_target`'s
        scores, the paper's −FID − λ·bits by default, so λ sets the bit width);
@@ -21,13 +24,14 @@ Steps:
      `gnn_beats_error_knapsack`, both for `gnn_frontier`: the refit GNN's when it ran, else the stage-03 GNN's).
 
 Outputs in `data/runs/<model_id>/<run_id>/05_build_configs/`: constructions.csv (method, budget, name, avg bits,
-score, FID), configs/<name>.json (each configuration, the refit's included; `frontier_config` reads the one stages 06
-and 07 use), summary.json; figure `05_pareto_<model_id>.png`.
+score, FID), configs/<name>.json (each configuration, the refit's included), frontier.csv (the `gnn_frontier`
+method's budget configurations: what stages 06 and 07 read, `RunFolder.frontier_config`), summary.json; figures
+`05_pareto_<model_id>.png`, `05_active_<model_id>.png`.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -38,24 +42,25 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from qsd.config import QuantConfig, QuantSpec
-from qsd.errors import InfeasibleBudgetError, InvalidSettingError, MissingFileError
+from qsd.errors import InfeasibleBudgetError, InvalidSettingError
 from qsd.executors import LabelJob
+from qsd.files import atomic_write
 from qsd.graph import DenoiserGraph
-from qsd.paths import stage_dir
+from qsd.label_session import LabelSession
 from qsd.plotting import new_figure, savefig
 from qsd.predictor.baselines import RidgeBaseline
+from qsd.predictor.model import PredictorSettings
+from qsd.predictor.target import TARGETS, TargetExpression
+from qsd.predictor.training import TrainSettings
 from qsd.provenance import write_run_record
+from qsd.run_folder import CONFIGS, FRONTIER_FILE, PREDICTOR, RunFolder
 from qsd.search.active import ActiveLoop, ActiveSettings, Pool, fit_fold_scorers, frontier_configs
-from qsd.search.construct import budget_config, error_scores, ridge_scores, rule_config
+from qsd.search.construct import budget_config, error_scores, lowest_budget, ridge_scores, rule_config
 from qsd.search.pareto import dominated_fraction, pareto_front
 from qsd.search.scores import LEVELS
 from qsd.stages import StageSettings
-from qsd.stages import label_configs as label_stage
-from qsd.stages import multiquantizer as multiquantizer_stage
-from qsd.stages import sensitivity_insights as scores_stage
-from qsd.stages import train_predictor as predictor_stage
 
-STAGE = "05_build_configs"
+STAGE = CONFIGS
 DEFAULT_BUDGETS = (3.3, 3.4, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0)
 YARDSTICKS = ("error", "ridge")
 REFIT = "gnn-refit"
@@ -98,21 +103,25 @@ class Settings(StageSettings):
     """The best uniform 4-bit row is taken among those with at most this many average bits (stage 02's bar)."""
     progress: bool = True
 
-    SMOKE: ClassVar[dict[str, object]] = {"budgets": (3.5, 4.0), "active_rounds": 1, "active_initial": 2,
+    SMOKE: ClassVar[dict[str, object]] = {"budgets": (3.4, 4.0), "active_rounds": 1, "active_initial": 2,
                                           "active_per_round": 1, "active_budgets": (4.0,), "active_folds": 2,
                                           "active_epochs": 2, "active_pool": 8, "refit_folds": 2,
                                           "refit_epochs": 2, "progress": False}
 
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "budgets": (1, 16), "active_rounds": (0, None), "active_initial": (2, None), "active_per_round": (1, None),
+        "active_budgets": (1, 16), "active_folds": (2, None), "active_epochs": (1, None), "active_pool": (0, None),
+        "refit_folds": (2, None), "refit_epochs": (1, None), "w4_max_avg_bits": (1, 16)}
+
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.level not in LEVELS:
             raise InvalidSettingError(f"level {self.level!r} is not one of {LEVELS}")
         for name in ("rule_target", "knapsack_target"):
-            if getattr(self, name) not in scores_stage.TARGETS:
-                raise InvalidSettingError(f"{name} {getattr(self, name)!r} is not one of {scores_stage.TARGETS}")
+            if getattr(self, name) not in TARGETS:
+                raise InvalidSettingError(f"{name} {getattr(self, name)!r} is not one of {TARGETS}")
         if unknown := set(self.yardsticks) - set(YARDSTICKS):
             raise InvalidSettingError(f"unknown yardstick(s) {sorted(unknown)}; known: {YARDSTICKS}")
-        if not self.budgets or any(not 1 <= b <= 16 for b in self.budgets):
-            raise InvalidSettingError(f"budgets must be average bit widths in [1, 16], got {self.budgets}")
 
 
 @dataclass
@@ -133,7 +142,8 @@ def gnn_name(level: str) -> str:
     return f"gnn-{level}"
 
 
-def construct(settings: Settings, scores: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+def construct(settings: Settings, scores: pd.DataFrame, labels: pd.DataFrame, targets: dict[str, TargetExpression]
+              ) -> tuple[pd.DataFrame, dict]:
     """Every configuration of step 2: (table of method, budget, name, avg_bits, score, note; name → config)."""
     def table(target: str, level: str) -> pd.DataFrame:
         rows = scores[(scores["target"] == target) & (scores["level"] == level)]
@@ -150,81 +160,116 @@ def construct(settings: Settings, scores: pd.DataFrame, labels: pd.DataFrame) ->
     if "error" in settings.yardsticks:
         sources["error"] = error_scores(node)
     if "ridge" in settings.yardsticks:
-        sources["ridge"] = ridge_scores(node, ridge_coefficients(settings, labels, node))
+        sources["ridge"] = ridge_scores(node, ridge_coefficients(labels, node, targets[settings.knapsack_target]))
     for method, source in sources.items():
         for budget in settings.budgets:
             name = f"{method} ≤{budget:.2f} bits"
-            try:
-                built = budget_config(source, budget)
-            except InfeasibleBudgetError as exc:
-                rows.append({"method": method, "budget": budget, "name": name, "score": np.nan, "note": str(exc)})
-                continue
+            built = budget_config(source, budget)
             configs[name] = built.config
             rows.append({"method": method, "budget": budget, "name": name, "score": built.solution.score,
                          "note": built.note})
     return pd.DataFrame(rows), configs
 
 
-def ridge_coefficients(settings: Settings, labels: pd.DataFrame, node: pd.DataFrame) -> pd.DataFrame:
-    """The ridge regression on one-hot layer choices, fitted on the run's random labels for `knapsack_target`."""
+def ridge_coefficients(labels: pd.DataFrame, node: pd.DataFrame, target: TargetExpression) -> pd.DataFrame:
+    """The ridge regression on one-hot layer choices, fitted on the run's random labels for `target` (the run's
+    stage-03 target of `knapsack_target`)."""
     random_rows = labels[(labels["kind"] == "random") & labels["fid"].notna()]
-    expression = predictor_stage.Settings(model_id=settings.model_id).targets()[settings.knapsack_target]
     layers = list(dict.fromkeys(node["layers"]))
     options = [QuantSpec.parse(k) for k in dict.fromkeys(node["options"])]
     ridge = RidgeBaseline(layers, options)
-    ridge.fit([QuantConfig.loads(c) for c in random_rows["config"]], expression.evaluate(random_rows))
+    ridge.fit([QuantConfig.loads(c) for c in random_rows["config"]], target.evaluate(random_rows))
     return ridge.coefficients()
+
+
+def check_budgets(settings: Settings, scores: pd.DataFrame) -> None:
+    """Every budget asked for must fit the run's search space: a smaller one is an error naming the lowest."""
+    node = scores[(scores["target"] == settings.knapsack_target) & (scores["level"] == "node")]
+    lowest = lowest_budget(node.reset_index(drop=True))
+    asked = {"budgets": settings.budgets, "active_budgets": settings.active_budgets if settings.active_rounds else ()}
+    for name, budgets in asked.items():
+        if too_low := [b for b in budgets if b < lowest - 1e-9]:
+            raise InfeasibleBudgetError(
+                f"{name} {list(too_low)} are below the lowest feasible budget of run {settings.run_id!r}: "
+                f"{math.ceil(lowest * 1000) / 1000:.3f} average bits (every unit at its smallest variant); ask for "
+                f"budgets of at least that")
+
+
+@dataclass(frozen=True)
+class PredictorRecipe:
+    """How stage 05 trains fold predictors: the run's stage-03 architecture and loss (never the defaults)."""
+
+    predictor: PredictorSettings
+    loss: str
+
+    @classmethod
+    def of_run(cls, run: RunFolder) -> PredictorRecipe:
+        saved = run.settings(PREDICTOR)
+        return cls(PredictorSettings(hops=saved["hops"], readout=saved["readout"]), saved["loss"])
+
+    def training(self, epochs: int, seed: int) -> TrainSettings:
+        return TrainSettings(loss=self.loss, epochs=epochs, seed=seed)
 
 
 def run(settings: Settings) -> Result:
     """Build, label and compare the configurations (see the module docstring)."""
     settings = settings.effective()
-    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
-    scores = scores_stage.saved_scores(settings.model_id, settings.run_id)
-    labels = label_stage.saved_labels(settings.model_id, settings.run_id)
-    constructions, configs = construct(settings, scores, labels)
+    run_folder = RunFolder(settings.model_id, settings.run_id)
+    scores, labels = run_folder.scores(), run_folder.labels()
+    check_budgets(settings, scores)
+    recipe = PredictorRecipe.of_run(run_folder)
+    constructions, configs = construct(settings, scores, labels, run_folder.targets())
+    graph, options = run_folder.graph(), run_folder.option_table()
+    session = LabelSession.of_run(run_folder, settings.progress)
+    directory = settings.output_dir(STAGE)
     (directory / "configs").mkdir(exist_ok=True)
     for name, config in configs.items():
         config.save(directory / "configs" / f"{_file_name(name)}.json")
-    session = label_stage.Labelling.of_run(settings.model_id, settings.run_id)
     fids = dict(zip(configs, session.fids([LabelJob(config, "constructed", name) for name, config in configs.items()],
                                           progress=settings.progress), strict=True))
-    constructions["fingerprint"] = [configs[n].fingerprint if n in configs else None for n in constructions["name"]]
-    constructions["avg_bits"] = [session.multiquantizer.cost(configs[n])["avg_bits"] if n in configs else np.nan
-                                 for n in constructions["name"]]
-    constructions["fid"] = [fids.get(n, np.nan) for n in constructions["name"]]
+    constructions["fingerprint"] = [configs[n].fingerprint for n in constructions["name"]]
+    constructions["avg_bits"] = [session.multiquantizer.cost(configs[n])["avg_bits"] for n in constructions["name"]]
+    constructions["fid"] = [fids[n] for n in constructions["name"]]
     constructions.to_csv(directory / "constructions.csv", index=False)
-    graph = predictor_stage.saved_graph(settings.model_id, settings.run_id)
-    options = multiquantizer_stage.saved_search_space(settings.model_id, settings.run_id)
-    active, labelled_here = None, set(constructions["fingerprint"].dropna())
+    active, labelled_here = None, set(constructions["fingerprint"])
     if settings.active_rounds > 0:
-        active, active_fingerprints = active_comparison(settings, session, labels, graph, options)
+        active, active_fingerprints = active_comparison(settings, session, labels, graph, options, recipe)
         active.to_csv(directory / "active.csv", index=False)
         labelled_here |= active_fingerprints
     if settings.refit:
-        labels = label_stage.saved_labels(settings.model_id, settings.run_id)
+        labels = run_folder.labels()
         rows = labels[labels["kind"].isin(["random", "uniform"]) | labels["fingerprint"].isin(labelled_here)]
-        constructions = pd.concat([constructions, refit_frontier(settings, session, rows, graph, options)],
+        constructions = pd.concat([constructions, refit_frontier(settings, session, rows, graph, options, recipe)],
                                   ignore_index=True)
         constructions.to_csv(directory / "constructions.csv", index=False)
-    labels = label_stage.saved_labels(settings.model_id, settings.run_id)
+    labels = run_folder.labels()
     summary = _summary(settings, constructions, labels) | ({} if active is None else active_summary(active))
+    write_frontier(directory, constructions, summary["gnn_frontier"])
     write_run_record(directory, settings, summary)
     return Result(settings, directory, constructions, labels, summary, active)
 
 
-def refit_frontier(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame, graph: DenoiserGraph,
-                   options: pd.DataFrame) -> pd.DataFrame:
+def write_frontier(directory: Path, constructions: pd.DataFrame, method: str) -> None:
+    """`FRONTIER_FILE`: the budget configurations of `method` (the Qua²SeDiMo frontier stages 06 and 07 take), with
+    each configuration's path relative to this stage's folder."""
+    rows = constructions[(constructions["method"] == method) & constructions["budget"].notna()]
+    table = rows[["budget", "name", "avg_bits", "fid"]].assign(
+        path=[f"configs/{_file_name(name)}.json" for name in rows["name"]])
+    atomic_write(directory / FRONTIER_FILE, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def refit_frontier(settings: Settings, session: LabelSession, labels: pd.DataFrame, graph: DenoiserGraph,
+                   options: pd.DataFrame, recipe: PredictorRecipe) -> pd.DataFrame:
     """The budget configurations of fold predictors trained on `labels` (the run's random and uniform rows and what
     this stage labelled before: a re-run trains on the same rows), labelled; rows of the constructions table
     (method `gnn-refit`)."""
     rows = labels[labels["fid"].notna()]
     scorers = fit_fold_scorers(graph, options, [QuantConfig.loads(c) for c in rows["config"]],
-                               rows["fid"].to_numpy(dtype=float), settings.refit_folds, settings.refit_epochs,
-                               seed=settings.seed)
+                               rows["fid"].to_numpy(dtype=float), settings.refit_folds, recipe.predictor,
+                               recipe.training(settings.refit_epochs, settings.seed), seed=settings.seed)
     built = frontier_configs(graph, options, scorers, settings.level, settings.budgets)
     names = {budget: f"{REFIT} ≤{budget:.2f} bits" for budget in built}
-    configs = stage_dir(settings.model_id, settings.run_id, STAGE) / "configs"
+    configs = RunFolder(settings.model_id, settings.run_id).path(STAGE) / "configs"
     for budget, b in built.items():
         b.config.save(configs / f"{_file_name(names[budget])}.json")
     fids = session.fids([LabelJob(b.config, "constructed", names[budget]) for budget, b in built.items()],
@@ -235,14 +280,15 @@ def refit_frontier(settings: Settings, session: label_stage.Labelling, labels: p
                          for (budget, b), fid in zip(built.items(), fids, strict=True)])
 
 
-def active_comparison(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame,
-                      graph: DenoiserGraph, options: pd.DataFrame) -> tuple[pd.DataFrame, set[str]]:
+def active_comparison(settings: Settings, session: LabelSession, labels: pd.DataFrame, graph: DenoiserGraph,
+                      options: pd.DataFrame, recipe: PredictorRecipe) -> tuple[pd.DataFrame, set[str]]:
     """Step 4: the active loop against random labelling on the run's random stream (`qsd.search.active`); the
     random configurations after the label budget are the held-out set; every new label goes to the store.
     Returns the checkpoints and the fingerprints of every configuration the loop labelled."""
     active_settings = ActiveSettings(initial=settings.active_initial, rounds=settings.active_rounds,
                                      per_round=settings.active_per_round, budgets=settings.active_budgets,
-                                     folds=settings.active_folds, level=settings.level, epochs=settings.active_epochs,
+                                     folds=settings.active_folds, level=settings.level, predictor=recipe.predictor,
+                                     training=recipe.training(settings.active_epochs, settings.seed),
                                      seed=settings.seed)
     stream = labels[(labels["kind"] == "random") & labels["fid"].notna()].sort_values("sample_index")
     configs, fids = [QuantConfig.loads(c) for c in stream["config"]], stream["fid"].to_numpy(dtype=float)
@@ -278,23 +324,6 @@ def active_summary(checkpoints: pd.DataFrame) -> dict:
     return {"active": arms, "active_final_beats_random": arms["active-arm"]["frontier_gmean_fid"][-1] < random_final,
             "active_labels_to_match_random": enough[0] if enough else None,
             "random_label_budget": arms["random-arm"]["labels"][-1]}
-
-
-def frontier_config(model_id: str, run_id: str, budget: float) -> tuple[QuantConfig, dict]:
-    """The Qua²SeDiMo configuration stage 05 built at `budget` bits (the summary's `gnn_frontier` method: the refit
-    GNN's when it ran), or at the largest built budget below it (the smallest when none is): (config, its row of
-    constructions.csv with `path`). A missing stage 05 is an error naming notebook 05, never a rebuild."""
-    directory = stage_dir(model_id, run_id, STAGE)
-    if not (directory / "summary.json").is_file():
-        raise MissingFileError(f"no stage-05 configurations in {directory}: run notebooks/05_build_configs.ipynb with "
-                               f"model_id={model_id!r}, run_id={run_id!r} first (make reproduce runs them in order)")
-    method = json.loads((directory / "summary.json").read_text())["gnn_frontier"]
-    rows = pd.read_csv(directory / "constructions.csv")
-    rows = rows[(rows["method"] == method) & rows["budget"].notna()].sort_values("budget")
-    below = rows[rows["budget"] <= budget + 1e-9]
-    row = (below.iloc[-1] if len(below) else rows.iloc[0]).to_dict()
-    path = directory / "configs" / f"{_file_name(row['name'])}.json"
-    return QuantConfig.load(path), row | {"path": str(path)}
 
 
 def _file_name(name: str) -> str:

@@ -3,8 +3,8 @@ published baselines at W4A8 and W4A6 (paper §6, Fig. 1 and the W4A6 tables; not
 
 Steps:
   1. Read stage 02's sampling protocol and stage 01's multiquantizer; read stage 05's Qua²SeDiMo configurations at
-     `budgets` (`build_configs.frontier_config`: the GNN frontier's, the refit GNN's when it ran). Nothing upstream
-     is re-run.
+     `budgets` (its frontier.csv, `RunFolder.frontier_config`: the GNN frontier's, the refit GNN's when it ran; a
+     budget below every built one is an error naming the lowest). Nothing upstream is re-run.
   2. Calibration set for the baselines: the float model's own inputs at every solver step while it samples
      `calibration_samples` images (noise seed `calibration_seed`, never an evaluation seed).
   3. Rows, each sampled under stage 02's protocol (eagerly: activation quantizers are hooks) at `noise_seeds` noise
@@ -22,20 +22,19 @@ Steps:
   5. The headline (`summary.json`): the Qua²SeDiMo configuration at `w3x_budget` with A6 against the best W4A6
      baseline, and whether it wins beyond the seed spread (its mean + std below the baseline's mean − std).
 
-Rows are saved as they finish (`rows/<key>.json` and their grid images) and a re-run with the same settings and
-protocol resumes from them. Outputs in `data/runs/<model_id>/<run_id>/06_final_comparison/`: comparison.csv,
-packed.csv, summary.json; figures `06_grid_<model_id>.png` (Fig. 1 style: same prompts and noise for every method)
-and `06_fid_a6_<model_id>.png`.
+Rows are saved as they finish (`rows/<key>.json` and their grid images, `qsd.row_cache`), each under what it alone
+depends on: a re-run resumes from them, and changing `progress` or adding a budget re-measures only what changed.
+Outputs in `data/runs/<model_id>/<run_id>/06_final_comparison/`: comparison.csv, packed.csv, summary.json; figures
+`06_grid_<model_id>.png` (Fig. 1 style: same prompts and noise for every method) and `06_fid_a6_<model_id>.png`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -50,22 +49,22 @@ from qsd.baselines import BASELINES, baseline, baseline_settings
 from qsd.baselines.calibration import CalibrationSet
 from qsd.baselines.common import quantized_copy
 from qsd.config import QuantConfig
-from qsd.errors import InvalidSettingError, MissingFileError
-from qsd.files import atomic_write, write_json
+from qsd.errors import InvalidSettingError
+from qsd.files import atomic_write
+from qsd.label_session import LabellingSetup
 from qsd.labelling import Labeller
 from qsd.models import load_model
 from qsd.models.base import DiffusionModel
 from qsd.multiquant import MultiQuantizer
 from qsd.packed import export, load_quantized, memory_report
-from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
+from qsd.row_cache import RowCache, without_record
+from qsd.run_folder import COMPARISON, LABELS, RunFolder
 from qsd.sampling import SamplingProtocol, generate
-from qsd.stages import StageSettings, build_configs
-from qsd.stages import label_configs as label_stage
-from qsd.stages import multiquantizer as multiquantizer_stage
+from qsd.stages import StageSettings
 
-STAGE = "06_final_comparison"
+STAGE = COMPARISON
 FLOAT_ACTIVATIONS = 16
 """`qsd_a_bits` entry meaning float (16-bit) activations."""
 W_BITS = 4
@@ -101,12 +100,14 @@ class Settings(StageSettings):
 
     SMOKE: ClassVar[dict[str, object]] = {"noise_seeds": 2, "calibration_samples": 2, "grid_images": 4,
                                           "progress": False}
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "budgets": (1, 16), "w3x_budget": (1, 16), "qsd_a_bits": (2, 16), "noise_seeds": (1, None),
+        "calibration_samples": (1, None), "grid_images": (1, None)}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if unknown := set(self.baselines) - set(BASELINES):
             raise InvalidSettingError(f"unknown baseline(s) {sorted(unknown)}; known: {', '.join(BASELINES)}")
-        if self.noise_seeds < 1:
-            raise InvalidSettingError(f"noise_seeds must be at least 1, got {self.noise_seeds}")
         for bits in (*self.baseline_a_bits, *self.qsd_a_bits, *self.dmq_a_bits):
             if bits != FLOAT_ACTIVATIONS and not 2 <= bits <= 8:
                 raise InvalidSettingError(f"activation bits must be 2-8 or {FLOAT_ACTIVATIONS} (float); got {bits}")
@@ -139,53 +140,35 @@ class Context:
     protocol: SamplingProtocol
     labeller: Labeller
     batch_size: int
-    record: dict
-    """What a saved row depends on (settings, protocol); rows saved under another record are measured again."""
+    common: dict
+    """What every row depends on (the protocol, the float weights, the seeds and images it is scored on)."""
+    rows: RowCache
 
 
-def evaluation_protocol(model_id: str, run_id: str) -> tuple[label_stage.Settings, SamplingProtocol]:
-    """Stage 02's settings and its protocol, sampled eagerly (activation quantizers are forward hooks)."""
-    path = stage_dir(model_id, run_id, label_stage.STAGE) / "settings.json"
-    if not path.is_file():
-        raise MissingFileError(f"no stage-02 settings at {path}: run notebooks/02_label_configs.ipynb with "
-                               f"model_id={model_id!r}, run_id={run_id!r} first (make reproduce runs them in order)")
-    labelling = label_stage.Settings(**json.loads(path.read_text())).effective()
-    return labelling, dataclasses.replace(label_stage.sampling_protocol(labelling), compile=False)
-
-
-def row_key(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()[:16]
-
-
-def row_record(context: Context, depends_on: dict | None) -> dict:
-    """What a saved row must have been measured under: the run's record plus what the row alone depends on."""
-    return json.loads(json.dumps(context.record | {"row": depends_on or {}}, default=list))
+def evaluation_protocol(run: RunFolder) -> tuple[LabellingSetup, SamplingProtocol]:
+    """Stage 02's labelling setup and its protocol, sampled eagerly (activation quantizers are forward hooks)."""
+    setup = LabellingSetup.of(run.settings(LABELS))
+    return setup, dataclasses.replace(setup.protocol(), compile=False)
 
 
 def measure(context: Context, name: str, variant: RowBuilder, depends_on: dict | None = None) -> dict:
     """The row `name`: `variant()` builds the model to sample (None: the float model, whose first-seed images the
-    labeller holds) and the row's fixed columns; FID and prompt accuracy at every noise seed. A row saved under the
-    same record (the run's, plus what this row alone `depends_on`: a method's effective settings, a configuration's
-    fingerprint) is read back instead."""
-    rows = context.directory / "rows"
-    key = row_key(name)
-    saved = rows / f"{key}.json"
-    record = row_record(context, depends_on)
-    if saved.is_file():
-        row = json.loads(saved.read_text())
-        if row.get("record") == record:
-            return row
-    model, columns = variant()
-    scores, images = context.labeller.seed_scores(context.settings.noise_seeds, model, context.settings.grid_images)
-    row = {"name": name, **columns, **scores, "record": record}
-    rows.mkdir(exist_ok=True)
-    atomic_write(rows / f"{key}.safetensors", lambda tmp: save_file({"images": images.contiguous()}, str(tmp)))
-    write_json(saved, row)
-    return row
+    labeller holds) and the row's fixed columns; FID and prompt accuracy at every noise seed. A row saved under
+    what it depends on (the context's `common` plus `depends_on`: a method's effective settings, a configuration's
+    fingerprint, activation bits) is read back instead."""
+    def build() -> dict:
+        model, columns = variant()
+        scores, images = context.labeller.seed_scores(context.settings.noise_seeds, model,
+                                                      context.settings.grid_images)
+        atomic_write(context.rows.path(name, ".safetensors"),
+                     lambda tmp: save_file({"images": images.contiguous()}, str(tmp)))
+        return {"name": name, **columns, **scores}
+
+    return context.rows.measure(name, context.common | (depends_on or {}), build)
 
 
 def grid_images(context: Context, name: str) -> torch.Tensor:
-    return load_file(str(context.directory / "rows" / f"{row_key(name)}.safetensors"))["images"]
+    return load_file(str(context.rows.path(name, ".safetensors")))["images"]
 
 
 def qsd_name(config_row: dict, a_bits: int) -> str:
@@ -195,7 +178,7 @@ def qsd_name(config_row: dict, a_bits: int) -> str:
 def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
          calibration: Callable[[], CalibrationSet]) -> list[tuple[str, RowBuilder, dict]]:
     """Every row to measure, in table order: (name, builder of its model and fixed columns, what the row depends on
-    beyond the run's record)."""
+    beyond the context's `common`)."""
     s, model, mq = context.settings, context.model, context.multiquantizer
     n_weights = mq.cost(mq.uniform(None))["n_weights"]
 
@@ -240,26 +223,29 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
                 config=config_row["name"], settings=treatment)
         return build
 
-    def method(name: str) -> dict:
-        return {name: dataclasses.asdict(method_settings(name))}
+    def calibrated(name: str, a_bits: int) -> dict:
+        """What a calibrated row depends on: the method's effective settings, its bits, the calibration set."""
+        return {name: dataclasses.asdict(method_settings(name)), "w_bits": W_BITS, "a_bits": a_bits,
+                "calibration": {"samples": s.calibration_samples, "noise_seed": s.calibration_seed, "seed": s.seed}}
 
     rows = [("float", float_row, {})]
-    rows += [(f"{BASELINES[name]} W{W_BITS}A{a}", baseline_row(name, a), method(name))
+    rows += [(f"{BASELINES[name]} W{W_BITS}A{a}", baseline_row(name, a), calibrated(name, a))
              for a in s.baseline_a_bits for name in s.baselines]
     for config, config_row in configs.values():
         fingerprint = {"config": config.fingerprint}
-        rows += [(qsd_name(config_row, a), qsd_row(config, config_row, a), fingerprint) for a in s.qsd_a_bits]
+        rows += [(qsd_name(config_row, a), qsd_row(config, config_row, a), fingerprint | {"a_bits": a})
+                 for a in s.qsd_a_bits]
         rows += [(qsd_name(config_row, a) + " + DMQ act.", qsd_dmq_row(config, config_row, a),
-                  fingerprint | method("dmq")) for a in s.dmq_a_bits]
+                  fingerprint | calibrated("dmq", a)) for a in s.dmq_a_bits]
     return rows
 
 
-def stage_configs(settings: Settings) -> dict[str, tuple[QuantConfig, dict]]:
+def stage_configs(settings: Settings, run: RunFolder) -> dict[str, tuple[QuantConfig, dict]]:
     """Stage 05's configurations at `budgets` plus `w3x_budget`, keyed by name (budgets mapping to the same built
     configuration appear once)."""
     configs = {}
     for budget in sorted({*settings.budgets, settings.w3x_budget}, reverse=True):
-        config, row = build_configs.frontier_config(settings.model_id, settings.run_id, budget)
+        config, row = run.frontier_config(budget)
         configs.setdefault(row["name"], (config, row | {"avg_bits": float(row["avg_bits"])}))
     return configs
 
@@ -267,16 +253,20 @@ def stage_configs(settings: Settings) -> dict[str, tuple[QuantConfig, dict]]:
 def run(settings: Settings) -> Result:
     """Measure every row (see the module docstring), resuming from saved rows."""
     settings = settings.effective()
-    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
-    labelling, protocol = evaluation_protocol(settings.model_id, settings.run_id)
-    configs = stage_configs(settings)
+    run_folder = RunFolder(settings.model_id, settings.run_id)
+    labelling, protocol = evaluation_protocol(run_folder)
+    configs = stage_configs(settings, run_folder)
+    w3x_name = run_folder.frontier_config(settings.w3x_budget)[1]["name"]
     model = load_model(settings.model_id, device=labelling.device)
-    mq = multiquantizer_stage.load_saved(settings.model_id, settings.run_id, model.denoiser)
+    mq = run_folder.multiquantizer(model.denoiser)
+    directory = settings.output_dir(STAGE)
     labeller = Labeller(model, protocol, labelling.n_probe, labelling.batch_size, progress=False,
                         clip_dir=labelling.clip_dir)
-    record = {"settings": json.loads(json.dumps(dataclasses.asdict(settings), default=list)),
-              "protocol": dataclasses.asdict(protocol)}
-    context = Context(settings, directory, model, mq, protocol, labeller, labelling.batch_size, record)
+    common = {"protocol": dataclasses.asdict(protocol), "float_weights_sha256": mq.checksum,
+              "batch_size": labelling.batch_size, "clip_dir": labelling.clip_dir,
+              "noise_seeds": settings.noise_seeds, "grid_images": settings.grid_images}
+    context = Context(settings, directory, model, mq, protocol, labeller, labelling.batch_size, common,
+                      RowCache(directory / "rows"))
     cache: list[CalibrationSet] = []
 
     def calibration() -> CalibrationSet:
@@ -292,13 +282,13 @@ def run(settings: Settings) -> Result:
             measured.append(measure(context, name, build, depends_on))
         finally:
             mq.restore()
-    table = pd.DataFrame([{k: v for k, v in row.items() if k != "record"} for row in measured])
+    table = pd.DataFrame([without_record(row) for row in measured])
     table.drop(columns=[c for c in ("settings",) if c in table]).to_csv(directory / "comparison.csv", index=False)
     packed = packed_rows(context, configs) if settings.packed else pd.DataFrame()
     if len(packed):
         packed.to_csv(directory / "packed.csv", index=False)
     grid = {name: grid_images(context, name) for name, *_ in rows}
-    summary = _summary(settings, table, configs, packed)
+    summary = _summary(settings, table, w3x_name, packed)
     write_run_record(directory, settings, summary)
     return Result(settings, directory, table, packed, grid, summary)
 
@@ -318,13 +308,8 @@ def packed_rows(context: Context, configs: dict[str, tuple[QuantConfig, dict]]) 
     s, model, mq = context.settings, context.model, context.multiquantizer
     a_bits = min(s.qsd_a_bits)
     float_seconds: list[float] = []
-    rows = []
-    for name, (config, config_row) in configs.items():
-        saved = context.directory / "rows" / f"packed-{row_key(name)}.json"
-        record = row_record(context, {"config": config.fingerprint})
-        if saved.is_file() and (row := json.loads(saved.read_text())).get("record") == record:
-            rows.append(row)
-            continue
+
+    def packed_row(name: str, config: QuantConfig, config_row: dict) -> dict:
         if not float_seconds:
             float_seconds.append(timed_generate(model, context.protocol, context.batch_size)[1])
         activated = config.with_a_bits(None if a_bits == FLOAT_ACTIVATIONS else a_bits)
@@ -333,24 +318,26 @@ def packed_rows(context: Context, configs: dict[str, tuple[QuantConfig, dict]]) 
         packed = model.with_denoiser(load_quantized(path, s.model_id))
         images, seconds = timed_generate(packed, context.protocol, context.batch_size)
         memory = memory_report(packed.denoiser)
-        row = {"name": qsd_name(config_row, a_bits), "config": name, "avg_bits": mq.cost(config)["avg_bits"],
-               "a_bits": a_bits, "fid_packed": context.labeller.score(images)["fid"],
-               "packed_layers_mib": memory["packed_layers_bytes"] / 2**20,
-               "fp16_layers_mib": memory["packed_layers_fp16_bytes"] / 2**20,
-               "denoiser_mib": memory["denoiser_bytes"] / 2**20,
-               "float_denoiser_mib": memory["denoiser_fp32_bytes"] / 2**20, "file_mib": path.stat().st_size / 2**20,
-               "seconds_packed": seconds, "seconds_float": float_seconds[0], "record": record}
-        saved.parent.mkdir(exist_ok=True)
-        write_json(saved, row)
-        rows.append(row)
-    return pd.DataFrame([{k: v for k, v in row.items() if k != "record"} for row in rows])
+        return {"name": qsd_name(config_row, a_bits), "config": name, "avg_bits": mq.cost(config)["avg_bits"],
+                "a_bits": a_bits, "fid_packed": context.labeller.score(images)["fid"],
+                "packed_layers_mib": memory["packed_layers_bytes"] / 2**20,
+                "fp16_layers_mib": memory["packed_layers_fp16_bytes"] / 2**20,
+                "denoiser_mib": memory["denoiser_bytes"] / 2**20,
+                "float_denoiser_mib": memory["denoiser_fp32_bytes"] / 2**20, "file_mib": path.stat().st_size / 2**20,
+                "seconds_packed": seconds, "seconds_float": float_seconds[0]}
+
+    rows = []
+    for name, (config, config_row) in configs.items():
+        depends_on = {"protocol": context.common["protocol"], "float_weights_sha256": mq.checksum,
+                      "batch_size": context.batch_size, "config": config.fingerprint, "a_bits": a_bits}
+        rows.append(context.rows.measure(f"packed {name}", depends_on, partial(packed_row, name, config, config_row)))
+    return pd.DataFrame([without_record(row) for row in rows])
 
 
-def _summary(settings: Settings, table: pd.DataFrame, configs: dict, packed: pd.DataFrame) -> dict:
+def _summary(settings: Settings, table: pd.DataFrame, w3x_name: str, packed: pd.DataFrame) -> dict:
     a6 = table[table["a_bits"] == HEADLINE_A_BITS]
     baselines = a6[a6["family"] == "baseline"]
-    _, w3x_row = build_configs.frontier_config(settings.model_id, settings.run_id, settings.w3x_budget)
-    headline = a6[(a6["family"] == "qsd") & (a6["config"] == w3x_row["name"])] if "config" in a6 else a6.iloc[:0]
+    headline = a6[(a6["family"] == "qsd") & (a6["config"] == w3x_name)] if "config" in a6 else a6.iloc[:0]
     summary = {"float_fid": float(table.loc[table["family"] == "float", "fid_mean"].iloc[0]),
                "noise_seeds": settings.noise_seeds,
                "rows": {r["name"]: {"avg_bits": round(r["avg_bits"], 4), "fid_mean": round(r["fid_mean"], 3),
@@ -362,7 +349,7 @@ def _summary(settings: Settings, table: pd.DataFrame, configs: dict, packed: pd.
         paired = {r["name"]: paired_difference(r["fid_seeds"], q["fid_seeds"]) for _, r in baselines.iterrows()}
         summary |= {"qsd_w3x_a6_fid": round(float(q["fid_mean"]), 3), "qsd_w3x_a6_fid_std": round(float(q["fid_std"]),
                                                                                                    3),
-                    "qsd_w3x_a6_bits": round(float(q["avg_bits"]), 4), "qsd_w3x_config": w3x_row["name"],
+                    "qsd_w3x_a6_bits": round(float(q["avg_bits"]), 4), "qsd_w3x_config": w3x_name,
                     "best_baseline_w4a6_fid": round(float(best["fid_mean"]), 3),
                     "best_baseline_w4a6_fid_std": round(float(best["fid_std"]), 3),
                     "best_baseline_w4a6": best["method"],

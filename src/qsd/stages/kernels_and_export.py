@@ -2,8 +2,9 @@
 
 Steps:
   1. The configuration: `config_path` if given (any `QuantConfig` JSON), else the W3.x configuration stage 05 built
-     at `w3x_budget` average bits (`build_configs.frontier_config`: the GNN frontier's, the refit's when it ran);
-     which one was taken is recorded in the summary.
+     at the largest budget ≤ `w3x_budget` average bits (stage 05's frontier.csv, `RunFolder.frontier_config`: the
+     GNN frontier's, the refit's when it ran; a budget below every built one is an error naming the lowest); which
+     one was taken is recorded in the summary.
   2. `qsd.export` writes it packed (codes at exactly b bits + tables); `qsd.load_quantized` rebuilds the
      denoiser from that file alone, with `QLinear`/`QConv` layers that never hold the float weights.
   3. The same images (common random numbers) are sampled from the float model, the fake-quantized model and
@@ -31,14 +32,13 @@ from qsd.config import QuantConfig
 from qsd.models import get_entry, load_model
 from qsd.packed import cpu as cpu_kernels
 from qsd.packed import export, load_quantized, memory_report
-from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
+from qsd.run_folder import EXPORT, RunFolder
 from qsd.sampling import SamplingProtocol, generate
-from qsd.stages import SamplingSettings, build_configs
-from qsd.stages import multiquantizer as multiquantizer_stage
+from qsd.stages import SamplingSettings
 
-STAGE = "07_kernels_and_export"
+STAGE = EXPORT
 GRID_IMAGES = 8
 
 
@@ -49,6 +49,8 @@ class Settings(SamplingSettings):
     w3x_budget: float = 3.7
     """Which of stage 05's budget configurations to export (the largest built budget at most this)."""
     SMOKE: ClassVar[dict[str, object]] = {"n_images": 8, "steps": 4}
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {"w3x_budget": (1, 16), "n_images": (1, None),
+                                                                      "steps": (1, None)}
 
 
 @dataclass
@@ -66,7 +68,7 @@ def choose_config(settings: Settings) -> tuple[QuantConfig, str]:
     """(configuration, where it came from) per `Settings.config_path` / `w3x_budget`."""
     if settings.config_path is not None:
         return QuantConfig.load(settings.config_path), f"file {settings.config_path}"
-    config, row = build_configs.frontier_config(settings.model_id, settings.run_id, settings.w3x_budget)
+    config, row = RunFolder(settings.model_id, settings.run_id).frontier_config(settings.w3x_budget)
     return config, f"stage 05 {row['name']} (measured FID {row['fid']:.1f})"
 
 
@@ -81,11 +83,11 @@ def timed_generate(model, protocol: SamplingProtocol) -> tuple[torch.Tensor, flo
 def run(settings: Settings) -> Result:
     """Export the chosen configuration packed, reload it, and compare it with the fake-quantized model."""
     settings = settings.effective()
-    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
     config, source = choose_config(settings)
-    config.save(directory / "config.json")
     model = load_model(settings.model_id)
-    mq = multiquantizer_stage.load_saved(settings.model_id, settings.run_id, model.denoiser)
+    mq = RunFolder(settings.model_id, settings.run_id).multiquantizer(model.denoiser)
+    directory = settings.output_dir(STAGE)
+    config.save(directory / "config.json")
     protocol = SamplingProtocol.for_model(get_entry(settings.model_id), n_images=settings.n_images,
                                           steps=settings.steps, seed=settings.seed)
     path = export(model.denoiser, config, directory / f"{settings.model_id}_packed.safetensors",

@@ -8,8 +8,9 @@ FID, prompt accuracy (embedded models), average bits incl. overhead, quantized s
 the two cheap proxies, under common random numbers.
 
 It reads the multiquantizer that stage 01 saved for the same run (a missing or mismatched file is an error
-naming notebook 01, never a rebuild) and labels, in this process, with the model and multiquantizer it has
-already loaded; the float images are sampled once and also give the probe of the ε proxy.
+naming notebook 01, never a rebuild) and labels through a `qsd.label_session.LabelSession`, in this process,
+with the model and multiquantizer it has already loaded; the float images are sampled once and also give the
+probe of the ε proxy. Stage 05 labels into the same store through a session opened from this stage's settings.
 
 The regime check (`regime`): labels are only worth learning from if they rank the way the paper's do, so the
 summary says whether the float model is the best row by more than its own FID spread over 3 noise seeds, and
@@ -18,12 +19,11 @@ W3 ≈ 77-81).
 
 Labels go to `data/runs/<model_id>/<run_id>/02_label_configs/labels.sqlite` (`qsd.store`) as they finish;
 a restarted run continues where it stopped. Also written: labels.csv, labels.parquet, regime.csv,
-float_seed_fids.json, summary.json.
+rows/ (the float model's seed FIDs, `qsd.row_cache`), summary.json.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -33,26 +33,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from scipy.stats import spearmanr
-from tqdm.auto import tqdm
 
-from qsd.config import QuantConfig
-from qsd.errors import MissingFileError
-from qsd.executors import InProcessExecutor, LabelJob, WorkerSpec, make_executor
-from qsd.files import write_json
+from qsd.config import QuantConfig, QuantSpec
+from qsd.executors import InProcessExecutor, LabelJob
+from qsd.label_session import LabellingSetup, LabelSession
 from qsd.labelling import Labeller
-from qsd.models import get_entry, load_model
 from qsd.multiquant import MultiQuantizer
-from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
-from qsd.sampling import SamplingProtocol
+from qsd.row_cache import RowCache
+from qsd.run_folder import LABELS, RunFolder
 from qsd.stages import SamplingSettings
-from qsd.stages import multiquantizer as multiquantizer_stage
-from qsd.store import KINDS, LabelStore, protocol_difference
+from qsd.store import DATASET_KINDS, LabelStore
 
-STAGE = "02_label_configs"
-OWN_KINDS = tuple(kind for kind in KINDS if kind != "constructed")
-"""The rows this stage's summary and figures describe (stage 05 adds `constructed` rows to the same store)."""
+STAGE = LABELS
 PROXIES = ("sample_mse", "eps_error", "summed_error")
 LABEL_OFFSETS = {"uaq": (6, -12), "kmeans_c": (6, 4), "kmeans_a": (6, 8)}
 """Where the uniform rows' names go (points), so that neighbouring 4-bit rows stay readable."""
@@ -94,6 +88,11 @@ class Settings(SamplingSettings):
     """Progress bars (always off in smoke runs, whose printed outputs nbval compares)."""
 
     SMOKE: ClassVar[dict[str, object]] = {"n_configs": 4, "n_images": 32, "steps": 8, "progress": False}
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "n_configs": (0, None), "n_images": (1, None), "steps": (1, None), "n_probe": (1, None),
+        "batch_size": (1, None), "float_seeds": (1, None), "workers": (1, None)}
+    NEUTRAL: ClassVar[tuple[str, ...]] = ("executor", "workers", "ray_address")
+    """The executors label identically (tests/test_label_configs.py)."""
 
 
 
@@ -105,21 +104,10 @@ class Result:
     summary: dict
 
 
-def saved_labels(model_id: str, run_id: str) -> pd.DataFrame:
-    """Every row stage 02 labelled for run `run_id` of `model_id` (`LabelStore.to_pandas`); a missing dataset is an
-    error naming notebook 02, never a relabelling."""
-    path = stage_dir(model_id, run_id, STAGE) / "labels.sqlite"
-    if not path.is_file():
-        raise MissingFileError(f"no labelled configurations at {path}: run notebooks/02_label_configs.ipynb with "
-                               f"model_id={model_id!r}, run_id={run_id!r} first (make reproduce runs them in order)")
-    with LabelStore(path) as store:
-        return store.to_pandas()
-
-
 def reference_jobs(multiquantizer: MultiQuantizer) -> list[LabelJob]:
     """The float model and every uniform configuration (one per option: method × bits)."""
     jobs = [LabelJob(multiquantizer.uniform(None), "float", "float")]
-    options = sorted(multiquantizer.options, key=multiquantizer_stage.option_order)
+    options = sorted(multiquantizer.options, key=QuantSpec.display_order)
     return jobs + [LabelJob(multiquantizer.uniform(s), "uniform", f"uniform {s.key}") for s in options]
 
 
@@ -129,119 +117,41 @@ def random_jobs(multiquantizer: MultiQuantizer, seed: int, n: int) -> list[Label
             for i in range(n)]
 
 
-def sampling_protocol(settings: Settings) -> SamplingProtocol:
-    """The labelling protocol of (effective) `settings`: the model's guidance, the run's seed."""
-    return SamplingProtocol.for_model(get_entry(settings.model_id), n_images=settings.n_images, steps=settings.steps,
-                                      seed=settings.seed, compute_dtype=settings.compute_dtype,
-                                      compile=settings.compile)
-
-
-def protocol_record(settings: Settings, protocol: SamplingProtocol, multiquantizer: MultiQuantizer) -> dict:
-    """What every label in the dataset depends on (the store refuses to mix different ones)."""
-    entry = get_entry(settings.model_id)
-    return {"model_id": settings.model_id, "float_weights_sha256": multiquantizer.checksum,
-            "fid_reference": entry.fid_reference, "sampler": entry.sampler.scheduler,
-            "n_images": protocol.n_images, "steps": protocol.steps, "guidance": protocol.guidance,
-            "compute_dtype": protocol.compute_dtype, "compile": protocol.compile,
-            "noise_seed": protocol.seed, "n_probe": settings.n_probe, "batch_size": settings.batch_size,
-            "clip_dir": settings.clip_dir, "options": [s.key for s in multiquantizer.options],
-            "quantizer": multiquantizer.settings.to_json()}
-
-
-@dataclass
-class Labelling:
-    """A labelling session of one run: the loaded model and multiquantizer, the executor and the protocol record
-    every row of the run's store is made under."""
-
-    settings: Settings
-    directory: Path
-    model: object
-    multiquantizer: MultiQuantizer
-    executor: object
-    record: dict
-
-    @classmethod
-    def open(cls, settings: Settings) -> Labelling:
-        """Load the model and stage 01's multiquantizer and make the executor for (effective) `settings`."""
-        directory = stage_dir(settings.model_id, settings.run_id, STAGE)
-        model = load_model(settings.model_id, device=settings.device)
-        multiquantizer = multiquantizer_stage.load_saved(settings.model_id, settings.run_id, model.denoiser)
-        protocol = sampling_protocol(settings)
-        spec = WorkerSpec(settings.model_id, protocol,
-                          str(multiquantizer_stage.saved_path(settings.model_id, settings.run_id)), settings.n_probe,
-                          settings.batch_size, settings.clip_dir, device=settings.device)
-        executor = make_executor(settings.executor, spec, settings.workers, settings.ray_address, model,
-                                 multiquantizer)
-        return cls(settings, directory, model, multiquantizer, executor,
-                   protocol_record(settings, protocol, multiquantizer))
-
-    @classmethod
-    def of_run(cls, model_id: str, run_id: str) -> Labelling:
-        """The session under the settings stage 02 of this run saved (later stages label into the same store,
-        under the same protocol; a missing run is an error naming notebook 02)."""
-        path = stage_dir(model_id, run_id, STAGE) / "settings.json"
-        if not path.is_file():
-            raise MissingFileError(f"no stage-02 settings at {path}: run notebooks/02_label_configs.ipynb with "
-                                   f"model_id={model_id!r}, run_id={run_id!r} first")
-        return cls.open(Settings(**json.loads(path.read_text())).effective())
-
-    def label(self, jobs: list[LabelJob], progress: bool | None = None) -> pd.DataFrame:
-        """Label the `jobs` the store does not hold yet (each row committed as it finishes) and refresh
-        labels.csv/parquet; returns every row of the store."""
-        progress = self.settings.progress if progress is None else progress
-        with LabelStore(self.directory / "labels.sqlite", self.record) as store:
-            done = store.fingerprints()
-            pending = [j for j in jobs if j.config.fingerprint not in done]
-            with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="labelling", unit="config",
-                      disable=not progress) as bar:
-                for label in self.executor.run(pending):
-                    store.add(label)
-                    bar.update()
-            store.to_csv(self.directory / "labels.csv")
-            store.to_parquet(self.directory / "labels.parquet")
-            return store.to_pandas()
-
-    def fids(self, jobs: list[LabelJob], progress: bool | None = None) -> np.ndarray:
-        """`label(jobs)`, then the FID of each job's configuration, in job order."""
-        rows = self.label(jobs, progress).set_index("fingerprint")
-        return rows.loc[[j.config.fingerprint for j in jobs], "fid"].to_numpy(dtype=float)
-
-
 def run(settings: Settings) -> Result:
     """Label the reference rows and `n_configs` random configurations, resuming from the store."""
     settings = settings.effective()
-    session = Labelling.open(settings)
-    directory, multiquantizer = session.directory, session.multiquantizer
+    session = LabelSession.open(LabellingSetup.of(settings), RunFolder(settings.model_id, settings.run_id),
+                                settings.progress)
+    directory = settings.output_dir(STAGE)
+    multiquantizer = session.multiquantizer
     labels = session.label(reference_jobs(multiquantizer) + random_jobs(multiquantizer, settings.seed,
                                                                           settings.n_configs))
-    labels = labels[labels["kind"].isin(OWN_KINDS)].reset_index(drop=True)
-    float_fids = float_seed_fids(directory, session.record, settings, session.executor, session.model)
+    labels = labels[labels["kind"].isin(DATASET_KINDS)].reset_index(drop=True)
+    float_fids = float_seed_fids(directory, session, settings.float_seeds)
     table = regime_table(labels, float_fids)
     table.to_csv(directory / "regime.csv")
-    with LabelStore(directory / "labels.sqlite", session.record) as store:
-        summary = store.summary(OWN_KINDS) | {"fid_by_reference_row": reference_fids(labels),
+    with LabelStore(session.store_path, session.record) as store:
+        summary = store.summary(DATASET_KINDS) | {"fid_by_reference_row": reference_fids(labels),
                                      "proxy_spearman_vs_fid": proxy_correlations(labels),
                                      **regime(labels, float_fids, settings.w4_max_avg_bits)}
     write_run_record(directory, settings, summary)
     return Result(settings, directory, labels, summary)
 
 
-def float_seed_fids(directory: Path, record: dict, settings: Settings, executor, model) -> list[float]:
-    """The float model's FID under `settings.float_seeds` noise seeds (the protocol's first), measured once per
-    protocol and kept in float_seed_fids.json. In this process the labelling worker's float images are reused;
-    with Ray the driver samples them itself."""
-    path = directory / "float_seed_fids.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if not protocol_difference(saved["protocol"], record) and len(saved["fids"]) == settings.float_seeds:
-            return saved["fids"]
-    if isinstance(executor, InProcessExecutor):
-        labeller = executor.worker.labeller
-    else:
-        labeller = Labeller(model, sampling_protocol(settings), settings.n_probe, settings.batch_size, progress=False)
-    fids = labeller.seed_scores(settings.float_seeds)[0]["fid_seeds"]
-    write_json(path, {"protocol": record, "fids": fids})
-    return fids
+def float_seed_fids(directory: Path, session: LabelSession, float_seeds: int) -> list[float]:
+    """The float model's FID under `float_seeds` noise seeds (the protocol's first), measured once per protocol
+    (`qsd.row_cache`). In this process the labelling worker's float images are reused; with Ray the driver samples
+    them itself."""
+    def measure() -> dict:
+        if isinstance(session.executor, InProcessExecutor):
+            labeller = session.executor.worker.labeller
+        else:
+            setup = session.setup
+            labeller = Labeller(session.model, setup.protocol(), setup.n_probe, setup.batch_size, progress=False)
+        return {"fids": labeller.seed_scores(float_seeds)[0]["fid_seeds"]}
+
+    depends_on = {"protocol": session.record, "float_seeds": float_seeds}
+    return RowCache(directory / "rows").measure("float seed FIDs", depends_on, measure)["fids"]
 
 
 def regime_table(labels: pd.DataFrame, float_fids: list[float]) -> pd.DataFrame:

@@ -31,20 +31,19 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from qsd.config import METHODS, QuantSpec
-from qsd.errors import CorruptFileError, MissingFileError, ModelMismatchError
+from qsd.errors import CorruptFileError, ModelMismatchError
 from qsd.metrics.proxies import sample_mse
 from qsd.models import get_entry, load_denoiser, load_model
 from qsd.models.base import DiffusionModel
 from qsd.multiquant import DEFAULT_BITS, MultiQuantizer
-from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.quantizers import QuantizerSettings
+from qsd.run_folder import MULTIQUANTIZER, MULTIQUANTIZER_FILE, OPTION_TABLE_FILE
 from qsd.sampling import SamplingProtocol, generate
 from qsd.stages import StageSettings
 
-STAGE = "01_multiquantizer"
-FILE_NAME = "multiquantizer.safetensors"
+STAGE = MULTIQUANTIZER
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,9 @@ class Settings(StageSettings):
 
     SMOKE: ClassVar[dict[str, object]] = {"damage_images": 8, "damage_units": 3, "damage_steps": 4, "compile": False,
                                           "progress": False}
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "bits": (2, 8), "damage_images": (1, None), "damage_units": (1, None), "damage_steps": (1, None)}
+    NEUTRAL: ClassVar[tuple[str, ...]] = ("rebuild",)
 
     def resolve(self) -> Settings:
         entry = get_entry(self.model_id)
@@ -86,34 +88,6 @@ class Result:
     search_space: pd.DataFrame
     damage: pd.DataFrame | None
     summary: dict
-
-
-def saved_path(model_id: str, run_id: str) -> Path:
-    return stage_dir(model_id, run_id, STAGE) / FILE_NAME
-
-
-def saved_search_space(model_id: str, run_id: str) -> pd.DataFrame:
-    """The option table (`search_space.csv`) stage 01 wrote for run `run_id` of `model_id`; later stages read it
-    through here (a missing file is an error naming notebook 01)."""
-    path = stage_dir(model_id, run_id, STAGE) / "search_space.csv"
-    if not path.is_file():
-        raise MissingFileError(f"no option table at {path}: run notebooks/01_multiquantizer.ipynb with "
-                               f"model_id={model_id!r}, run_id={run_id!r} first (make reproduce runs them in order)")
-    return pd.read_csv(path)
-
-
-def load_saved(model_id: str, run_id: str, denoiser: torch.nn.Module) -> MultiQuantizer:
-    """The multiquantizer stage 01 saved for run `run_id` of `model_id`, for `denoiser`'s weights. Later stages
-    read it through here and never rebuild it: a missing or mismatched file is an error naming notebook 01."""
-    path = saved_path(model_id, run_id)
-    advice = (f"run notebooks/01_multiquantizer.ipynb with model_id={model_id!r}, run_id={run_id!r} first "
-              f"(make reproduce runs the notebooks in order)")
-    if not path.is_file():
-        raise MissingFileError(f"no multiquantizer at {path}: {advice}")
-    try:
-        return MultiQuantizer.load(path, denoiser)
-    except (ModelMismatchError, CorruptFileError) as exc:
-        raise type(exc)(f"{exc}\nThe saved multiquantizer does not fit this model any more: {advice}") from None
 
 
 def _build_or_load(settings: Settings, denoiser: torch.nn.Module, path: Path) -> MultiQuantizer:
@@ -167,13 +141,13 @@ def damage_correlations(damage: pd.DataFrame) -> dict[str, float | None]:
 def run(settings: Settings) -> Result:
     """Build or load the multiquantizer of `settings.model_id`, record its search space and single-layer damage."""
     settings = settings.effective()
-    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
+    directory = settings.output_dir(STAGE)
     entry = get_entry(settings.model_id)
     model = load_model(settings.model_id) if entry.loader is not None else None  # random test models cannot sample
     denoiser = model.denoiser if model is not None else load_denoiser(settings.model_id, seed=settings.seed)
-    mq = _build_or_load(settings, denoiser, directory / FILE_NAME)
+    mq = _build_or_load(settings, denoiser, directory / MULTIQUANTIZER_FILE)
     space = mq.search_space()
-    space.to_csv(directory / "search_space.csv", index=False)
+    space.to_csv(directory / OPTION_TABLE_FILE, index=False)
     damage = None
     if model is not None and settings.damage_options:
         damage = layer_damage(model, mq, [QuantSpec.parse(k) for k in settings.damage_options],
@@ -193,11 +167,6 @@ def run(settings: Settings) -> Result:
     return Result(settings, directory, mq, space, damage, summary)
 
 
-def option_order(spec: QuantSpec) -> tuple[int, int]:
-    """Display order: methods as in METHODS, then high bits before low."""
-    return METHODS.index(spec.method), -spec.w_bits
-
-
 def summary_text(result: Result) -> str:
     """`summary_table` as fixed-precision text, and the error-vs-damage correlations (what the notebook prints)."""
     text = summary_table(result).to_string(float_format=lambda v: f"{v:.4g}")
@@ -214,7 +183,7 @@ def summary_table(result: Result) -> pd.DataFrame:
     table["uniform_avg_bits"] = [
         result.summary["uniform_avg_bits"][QuantSpec(m, b).key] for m, b in table.index
     ]
-    return table.loc[sorted(table.index, key=lambda mb: option_order(QuantSpec(*mb)))]
+    return table.loc[sorted(table.index, key=lambda mb: QuantSpec(*mb).display_order())]
 
 
 def plot_layer_errors(result: Result) -> Figure:
@@ -222,7 +191,7 @@ def plot_layer_errors(result: Result) -> Figure:
     space = result.search_space
     units = list(dict.fromkeys(space["unit"]))
     grid = space.pivot(index="option", columns="unit", values="error")[units]
-    grid = grid.loc[[s.key for s in sorted(map(QuantSpec.parse, grid.index), key=option_order)]]
+    grid = grid.loc[[s.key for s in sorted(map(QuantSpec.parse, grid.index), key=QuantSpec.display_order)]]
     fig, ax = new_figure(width=min(24, 4 + 0.12 * len(units)), height=3.6)
     exact = grid.to_numpy() == 0  # e.g. K-Means-C on rows with ≤ 2^b weights
     positive = grid.to_numpy()[~exact]

@@ -25,19 +25,16 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from qsd.errors import InvalidSettingError, MissingFileError
-from qsd.paths import stage_dir
+from qsd.errors import InvalidSettingError
 from qsd.plotting import new_figure, savefig
-from qsd.predictor.training import TrainedPredictor
+from qsd.predictor.target import TARGETS
 from qsd.provenance import write_run_record
+from qsd.run_folder import SCORES, SCORES_FILE, RunFolder
 from qsd.search.insights import insight_text, insights, round_statistics, winners
-from qsd.search.scores import LEVELS, FoldScorer, score_variants
+from qsd.search.scores import LEVELS, score_variants
 from qsd.stages import StageSettings
-from qsd.stages import multiquantizer as multiquantizer_stage
-from qsd.stages import train_predictor as predictor_stage
 
-STAGE = "04_sensitivity_insights"
-TARGETS = ("paper", "fid")
+STAGE = SCORES
 OPTION_COLORS = {"kmeans_c-4": "#1f4e9c", "kmeans_c-3": "#7ea6e0", "kmeans_a-4": "#2e7d32", "kmeans_a-3": "#9ccc65",
                  "uaq-4": "#c62828", "uaq-3": "#ef9a9a"}
 """Method × bits colours of the stacked bars (dark = 4 bits, light = 3 bits)."""
@@ -54,6 +51,7 @@ class Settings(StageSettings):
     SMOKE: ClassVar[dict[str, object]] = {"progress": False}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.target not in TARGETS:
             raise InvalidSettingError(f"target {self.target!r} is not one of {TARGETS}")
         if self.level not in LEVELS:
@@ -75,50 +73,21 @@ class Result:
         return self.scores[(self.scores["level"] == level) & (self.scores["target"] == target)].reset_index(drop=True)
 
 
-def fold_scorers(model_id: str, run_id: str, target: str) -> list[FoldScorer]:
-    """Stage 03's fold predictors of its chosen variant for `target`, each with its per-hop test Spearman."""
-    directory = stage_dir(model_id, run_id, predictor_stage.STAGE)
-    summary_path, metrics_path = directory / "summary.json", directory / "metrics.csv"
-    if not (summary_path.is_file() and metrics_path.is_file()):
-        raise MissingFileError(f"no trained predictors in {directory}: run notebooks/03_train_predictor.ipynb with "
-                               f"model_id={model_id!r}, run_id={run_id!r} first (make reproduce runs them in order)")
-    chosen = json.loads(summary_path.read_text())["chosen"]
-    metrics = pd.read_csv(metrics_path)
-    rows = metrics[(metrics["target"] == target) & (metrics["method"] == chosen)].sort_values("fold")
-    scorers = []
-    for row in rows.itertuples():
-        predictor = TrainedPredictor.load(directory / "predictors" / target / chosen / f"fold{row.fold}.safetensors")
-        quality = [float(getattr(row, f"hop{m}_spearman")) for m in range(predictor.model_settings.hops + 1)]
-        scorers.append(FoldScorer(predictor, quality))
-    if not scorers:
-        raise MissingFileError(f"stage 03 in {directory} has no {chosen} folds for target {target!r}")
-    return scorers
-
-
-def saved_scores(model_id: str, run_id: str) -> pd.DataFrame:
-    """The score table stage 04 wrote (stage 05 reads it; never recomputed behind the user's back)."""
-    path = stage_dir(model_id, run_id, STAGE) / "scores.parquet"
-    if not path.is_file():
-        raise MissingFileError(f"no scores at {path}: run notebooks/04_sensitivity_insights.ipynb with "
-                               f"model_id={model_id!r}, run_id={run_id!r} first (make reproduce runs them in order)")
-    return pd.read_parquet(path)
-
-
 def run(settings: Settings) -> Result:
     """Score every variant at both levels for both targets; write the table, the insights and the summary."""
     settings = settings.effective()
-    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
-    graph = predictor_stage.saved_graph(settings.model_id, settings.run_id)
-    options = multiquantizer_stage.saved_search_space(settings.model_id, settings.run_id)
+    run = RunFolder(settings.model_id, settings.run_id)
+    graph, options = run.graph(), run.option_table()
+    scorers_of = {target: run.fold_scorers(target) for target in TARGETS}
+    directory = settings.output_dir(STAGE)
     frames, folds = [], {}
-    for target in TARGETS:
-        scorers = fold_scorers(settings.model_id, settings.run_id, target)
+    for target, scorers in scorers_of.items():
         folds[target] = len(scorers)
         for level in LEVELS:
             frames.append(score_variants(graph, scorers, options, level, settings.progress).assign(target=target))
     scores = pd.concat(frames, ignore_index=True)
     scores = scores[["target"] + [c for c in scores.columns if c != "target"]]
-    scores.to_parquet(directory / "scores.parquet", index=False)
+    scores.to_parquet(directory / SCORES_FILE, index=False)
     result = Result(settings, directory, scores, [], {})
     result.insights = insights(result.table("node"), result.table("subgraph"))
     records = round_statistics(result.insights)

@@ -33,13 +33,14 @@ from qsd.files import atomic_write
 from qsd.metrics.fid import fid_scorer
 from qsd.metrics.prompt_accuracy import prompt_accuracy
 from qsd.models import feature_backend, get_entry, load_model
-from qsd.paths import project_root, stage_dir
+from qsd.paths import project_root
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
+from qsd.run_folder import DENOISERS
 from qsd.sampling import SamplingProtocol, generate
 from qsd.stages import StageSettings
 
-STAGE = "00_train_denoisers"
+STAGE = DENOISERS
 TRAIN_STEPS = {"tiny_pixart": 6000, "tiny_dit": 4000, "tiny_sd": 1200}
 """Training steps (batch 64) of the shipped checkpoints."""
 GUIDANCE_GRID = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
@@ -71,6 +72,10 @@ class Settings(StageSettings):
     SMOKE: ClassVar[dict[str, object]] = {"retrain": True, "train_steps": 20, "classifier_epochs": 1,
                                           "eval_images": 40, "guidance_grid": GUIDANCE_GRID[:2], "compile": False,
                                           "progress": False}
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "train_steps": (1, None), "checkpoint_every": (1, None), "classifier_epochs": (1, None),
+        "eval_images": (2, None), "guidance_grid": (0, None)}
+    NEUTRAL: ClassVar[tuple[str, ...]] = ("checkpoint_every",)
 
     def resolve(self) -> Settings:
         return dataclasses.replace(self, train_steps=self.train_steps or TRAIN_STEPS.get(self.model_id))
@@ -104,7 +109,7 @@ def _train(settings: Settings, directory: Path) -> dict:
 
 def run(settings: Settings) -> Result:
     settings = settings.effective()
-    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
+    directory = settings.output_dir(STAGE)
     if settings.model_id not in EMBEDDED_BUILDERS:
         summary = {"trained": False, "reason": f"{settings.model_id} is not an embedded model; nothing to train"}
         write_run_record(directory, settings, summary)

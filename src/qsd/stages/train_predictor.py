@@ -35,23 +35,20 @@ from qsd.graph import DenoiserGraph
 from qsd.graph.draw import draw_block
 from qsd.models import load_model
 from qsd.multiquant import MultiQuantizer
-from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
 from qsd.predictor.baselines import BASELINES, evaluate_baselines
 from qsd.predictor.cross_validation import CrossValidation, cross_validate
 from qsd.predictor.folds import kfold_splits
 from qsd.predictor.losses import RANK_LOSSES
 from qsd.predictor.model import READOUTS, PredictorSettings
-from qsd.predictor.target import TargetExpression
+from qsd.predictor.target import TargetExpression, named_targets
 from qsd.predictor.training import TrainSettings
 from qsd.provenance import write_run_record
+from qsd.run_folder import GRAPH_FILE, PREDICTOR, RunFolder, predictor_variant
 from qsd.stages import StageSettings
-from qsd.stages import label_configs as label_stage
-from qsd.stages import multiquantizer as multiquantizer_stage
-from qsd.store import KINDS
+from qsd.store import DATASET_KINDS, KINDS
 
-STAGE = "03_train_predictor"
-FID_ONLY = "-fid"
+STAGE = PREDICTOR
 
 
 @dataclass(frozen=True)
@@ -78,9 +75,14 @@ class Settings(StageSettings):
     """Also train the other readout (chosen loss, paper target)."""
     progress: bool = True
 
-    SMOKE: ClassVar[dict[str, object]] = {"epochs": 3, "folds": 2, "kinds": label_stage.OWN_KINDS, "progress": False}
+    SMOKE: ClassVar[dict[str, object]] = {"epochs": 3, "folds": 2, "kinds": DATASET_KINDS, "progress": False}
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {"epochs": (1, None), "folds": (2, None),
+                                                                      "hops": (1, None)}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.kinds:
+            raise InvalidSettingError("kinds must name at least one label kind, got none")
         if self.loss not in RANK_LOSSES:
             raise InvalidSettingError(f"loss {self.loss!r} is not one of {', '.join(RANK_LOSSES)}")
         if self.readout not in READOUTS:
@@ -90,7 +92,7 @@ class Settings(StageSettings):
 
     def targets(self) -> dict[str, TargetExpression]:
         """name → target: the paper's equation and FID alone."""
-        return {"paper": TargetExpression(self.target, {"lambda": self.lambda_bits}), "fid": TargetExpression(FID_ONLY)}
+        return named_targets(self.target, self.lambda_bits)
 
     def variants(self) -> list[tuple[str, str, str]]:
         """(target, loss, readout) of every GNN this run trains; the first is the chosen one."""
@@ -128,39 +130,27 @@ class Result:
     summary: dict
 
 
-def saved_graph(model_id: str, run_id: str) -> DenoiserGraph:
-    """The denoiser graph stage 03 traced and saved for run `run_id` of `model_id` (`graph.json`)."""
-    path = stage_dir(model_id, run_id, STAGE) / "graph.json"
-    if not path.is_file():
-        raise MissingFileError(f"no denoiser graph at {path}: run notebooks/03_train_predictor.ipynb with "
-                               f"model_id={model_id!r}, run_id={run_id!r} first (make reproduce runs them in order)")
-    return DenoiserGraph.load(path)
-
-
 def load_dataset(model_id: str, run_id: str, kinds: tuple[str, ...] = ("random",)) -> Dataset:
     """Stage 02's labels of `kinds` with their configurations, stage 01's multiquantizer and the traced graph."""
-    labels = label_stage.saved_labels(model_id, run_id)
+    run = RunFolder(model_id, run_id)
+    labels = run.labels()
     labels = labels[labels["kind"].isin(kinds) & labels["fid"].notna()].reset_index(drop=True)
     if len(labels) < 4:
         raise MissingFileError(f"stage 02 of run {run_id!r} has {len(labels)} labelled configurations of kinds "
                                f"{list(kinds)}; the predictor needs at least 4 (run notebook 02 with more n_configs)")
     model = load_model(model_id)
-    mq = multiquantizer_stage.load_saved(model_id, run_id, model.denoiser)
+    mq = run.multiquantizer(model.denoiser)
     graph = DenoiserGraph.from_diffusion_model(model, split_concat_inputs=mq.settings.split_concat_inputs)
     return Dataset(graph, mq, [QuantConfig.loads(text) for text in labels["config"]], labels)
-
-
-def variant_name(loss: str, readout: str) -> str:
-    return f"gnn-{loss}" + ("" if readout == "anchors" else f"-{readout}")
 
 
 def run(settings: Settings) -> Result:
     """Build the dataset, cross-validate every GNN variant and the baselines; write metrics and predictors (the
     `plot_*` functions draw and save the figures)."""
     settings = settings.effective()
-    directory = stage_dir(settings.model_id, settings.run_id, STAGE)
     dataset = load_dataset(settings.model_id, settings.run_id, settings.kinds)
-    dataset.graph.save(directory / "graph.json")
+    directory = settings.output_dir(STAGE)
+    dataset.graph.save(directory / GRAPH_FILE)
     splits = kfold_splits(len(dataset.configs), settings.folds, settings.seed)
     targets = settings.targets()
     encoded = {name: dataset.encode(target, settings.hops) for name, target in targets.items()}
@@ -170,8 +160,8 @@ def run(settings: Settings) -> Result:
         train_settings = TrainSettings(loss=loss, epochs=settings.epochs, seed=settings.seed)
         runs[target, loss, readout] = cross_validate(
             encoded[target][0], splits, model_settings, train_settings,
-            directory=_folder(directory / "predictors" / target / variant_name(loss, readout)),
-            progress=settings.progress, label=f"{target} {variant_name(loss, readout)}")
+            directory=_folder(directory / "predictors" / target / predictor_variant(loss, readout)),
+            progress=settings.progress, label=f"{target} {predictor_variant(loss, readout)}")
     mq = dataset.multiquantizer
     baselines = pd.concat([
         evaluate_baselines(dataset.configs, dataset.labels, encoded[name][1], splits, mq.unit_names, mq.options,
@@ -192,7 +182,7 @@ def _folder(path: Path) -> Path:
 
 def _metrics_table(runs: dict[tuple[str, str, str], CrossValidation], baselines: pd.DataFrame) -> pd.DataFrame:
     """One row per (target, method, fold)."""
-    frames = [cv.metrics.assign(target=target, method=variant_name(loss, readout))
+    frames = [cv.metrics.assign(target=target, method=predictor_variant(loss, readout))
               for (target, loss, readout), cv in runs.items()]
     frames.append(baselines.rename(columns={"baseline": "method"}))
     table = pd.concat(frames, ignore_index=True)
@@ -219,7 +209,7 @@ def mean_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def _summary(settings: Settings, dataset: Dataset, runs: dict, metrics: pd.DataFrame) -> dict:
     means = metrics.groupby(["target", "method"], sort=False)[["spearman", "kendall", "ndcg10", "mae"]].mean()
-    chosen = variant_name(settings.loss, settings.readout)
+    chosen = predictor_variant(settings.loss, settings.readout)
     per_target = {}
     for target, expression in settings.targets().items():
         rows = means.loc[target]
@@ -287,7 +277,7 @@ def plot_pred_vs_true(result: Result) -> Figure:
         ax.set(xlabel=f"true target: {t['expression']}", ylabel="predicted",
                title=f"{target} target: Spearman {t['gnn_spearman_mean']:.3f} ± {t['gnn_spearman_std']:.3f}")
         ax.legend(fontsize=7, frameon=False)
-    fig.suptitle(f"{s.model_id}: GNN ({variant_name(s.loss, s.readout)}) on held-out folds")
+    fig.suptitle(f"{s.model_id}: GNN ({predictor_variant(s.loss, s.readout)}) on held-out folds")
     savefig(fig, f"03_pred_vs_true_{s.model_id}", s.figures_to(result.directory))
     return fig
 
@@ -304,7 +294,7 @@ def plot_hop_spearman(result: Result) -> Figure:
         values = [m[f"hop{h}_spearman"].mean() for h in range(s.hops + 1)] + [m["spearman"].mean()]
         errors = [m[f"hop{h}_spearman"].std() for h in range(s.hops + 1)] + [m["spearman"].std()]
         ax.bar(np.arange(len(groups)) + (i - (len(variants) - 1) / 2) * width, values, width, yerr=errors,
-               capsize=2, label=variant_name(loss, readout))
+               capsize=2, label=predictor_variant(loss, readout))
     ax.axhline(0, color="0.3", lw=0.6)
     ax.set_xticks(np.arange(len(groups)), groups)
     ax.set(ylabel="test Spearman (mean ± std over folds)", ylim=(-1, 1),
