@@ -92,14 +92,14 @@ def test_results_markdown(tmp_path):
     assert "| `targets.fid.expression` | not run |" in markdown  # a field the summary lacks
     assert "| `w4a6_paired_fid_differences` | DMQ W4A6 \u221227.4 ± 5.4; RTN W4A6 \u221223.2 ± 5.1 |" in markdown
     assert "| `w4a6_baselines_beaten_paired` | none |" in markdown
-    assert "All notebooks: 28 min 5 s (00, 01, 04, 05, 07 not run)." in markdown
+    assert "All notebooks: 28 min 5 s (no minutes for 00, 01, 04, 05, 07)." in markdown
 
 
 def test_a_stage_run_without_papermill_is_not_timed(tmp_path):
     run = report.read_run(fake_run(tmp_path, seconds={}))
     assert report.stage_minutes(run.stages["02_label_configs"]) == "not timed"
     assert report.stage_minutes(run.stages["00_train_denoisers"]) == "not run"
-    assert report.total_minutes(run) == "not run"
+    assert report.total_minutes(run) == "not timed"
 
 
 def test_readme_blocks_are_rewritten_and_nothing_else(tmp_path):

@@ -296,12 +296,12 @@ def results_markdown(run: Run) -> str:
 
 
 def total_minutes(run: Run) -> str:
-    """The sum of the stages' papermill durations, or `NOT_RUN` (naming what is missing) if any is missing."""
+    """The sum of the stages' papermill durations, naming the stages that have none."""
     missing = [s.name[:2] for s in STAGES if run.stages[s.name].seconds is None]
     if len(missing) == len(STAGES):
-        return NOT_RUN
+        return NOT_TIMED if any(r.summary is not None for r in run.stages.values()) else NOT_RUN
     total = duration_text(sum(r.seconds for r in run.stages.values() if r.seconds is not None))
-    return total if not missing else f"{total} ({', '.join(missing)} {NOT_RUN})"
+    return total if not missing else f"{total} (no minutes for {', '.join(missing)})"
 
 
 # ---------------------------------------------------------------------- README blocks
