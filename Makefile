@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup reproduce smoke test unit bench lab figures clean
+.PHONY: setup reproduce results smoke test unit bench lab figures clean
 
 setup: $(VENV)/.setup-stamp
 
@@ -34,6 +34,10 @@ reproduce: setup
 	  $(BIN)/papermill $$nb $$out/$$stage.ipynb --cwd . -k python3 \
 	    -p model_id $(MODEL) -p run_id $(RUN) $(PAPERMILL_ARGS); \
 	done
+
+# The run-derived tables: docs/results.md and the generated blocks of README.md, from data/runs/$(MODEL)/$(RUN).
+results: setup
+	$(BIN)/python -m qsd.report --run data/runs/$(MODEL)/$(RUN) --readme README.md
 
 # The papermill smoke run of every notebook (also part of `make test`).
 smoke: setup

@@ -1,4 +1,4 @@
-"""Measurement: which UAQ range rule puts an embedded model in the paper's regime (README, "The label regime").
+"""Measurement: which UAQ range rule puts an embedded model in the paper's regime (docs/label_regime.md).
 
 For one model at its entry's guidance: the float model's FID under 3 noise seeds, then uniform W4 and W3 UAQ
 under each range rule (the paper's clipping search, min-max, the search scored by L4 and by L8), and uniform

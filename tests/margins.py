@@ -3,7 +3,7 @@
 A verdict between two floating-point results holds on another CPU only if its gap exceeds what other kernels and
 accumulation orders move (issue 26: a 0.3 % win on one machine was a 0.8 % loss on another). So each such test says
 how large a gap it needs, `margin`: a round number below the smallest gap that `benchmarks/comparison_margins.py`
-measured for it under native, generic and one-thread kernels (README, Measured).
+measured for it under native, generic and one-thread kernels (docs/measurements.md, the tests on other kernels).
 
 When the environment variable QSD_MARGIN_REPORT names a file, every check appends its observed gap there as one
 JSON line: `benchmarks/comparison_margins.py` runs the comparison tests under other kernels and thread counts and

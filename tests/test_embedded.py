@@ -131,7 +131,7 @@ def test_stages_take_guidance_and_quantizer_settings_from_the_entry(monkeypatch)
     assert LabellingSetup.of(label_configs.Settings().effective()).protocol().guidance == 2.25
     assert multiquantizer_stage.damage_protocol(multiquantizer_stage.Settings()).guidance == 2.25
     assert multiquantizer_stage.Settings().effective().quantizer == entry.quantizer
-    assert entry.quantizer.uaq_clip_ratios == (0.0,), "embedded models: min-max UAQ (measured, README)"
+    assert entry.quantizer.uaq_clip_ratios == (0.0,), "embedded models: min-max UAQ (measured, docs/label_regime.md)"
 
 
 def test_shipped_guidance_table_keeps_other_models_rows(tmp_path):

@@ -37,7 +37,7 @@ OVERRIDES = {  # notebook parameters that keep the run small (on top of smoke=Tr
 
 @pytest.fixture
 def paper_weights(tmp_path, monkeypatch):
-    """`QSD_MODELS_DIR` laid out as the README asks for real weights; runs go under `tmp_path`."""
+    """`QSD_MODELS_DIR` laid out as docs/models.md asks for real weights; runs go under `tmp_path`."""
     models = tmp_path / "models"
     tiny_fixtures.tiny_paper_dir(MODEL_ID, models / MODEL_ID)
     (models / "coco_captions.txt").write_text("\n".join(tiny_fixtures.CAPTIONS * 8) + "\n")

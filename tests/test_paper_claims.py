@@ -255,9 +255,9 @@ def test_quantization_error_and_proxies_rank_with_fid(proxy, labels, labelling):
 
 
 def test_labels_use_the_fid_optimal_guidance(guidance):
-    """Paper §3.2 uses FID as the label; the README's label regime requires the float model at its FID optimum (at an
-    oversaturating guidance quantization noise "improves" FID): the registry entry's guidance is the FID-optimal
-    scale of stage 00's sweep."""
+    """Paper §3.2 uses FID as the label; the label regime (docs/label_regime.md) requires the float model at its FID
+    optimum (at an oversaturating guidance quantization noise "improves" FID): the registry entry's guidance is the
+    FID-optimal scale of stage 00's sweep."""
     sweep = pd.DataFrame(guidance["guidance_sweep"])
     assert guidance["entry_guidance_is_fid_optimal"] is True
     assert sweep.loc[sweep["fid"].idxmin(), "guidance"] == guidance["protocol"]["guidance"]
@@ -265,8 +265,8 @@ def test_labels_use_the_fid_optimal_guidance(guidance):
 
 @pytest.mark.comparison
 def test_guidance_buys_prompt_accuracy(guidance):
-    """README, stage 00 (the guidance sweep): up to the FID optimum, a higher guidance scale gives a higher prompt
-    accuracy and a lower FID."""
+    """docs/label_regime.md, guidance (stage 00's sweep): up to the FID optimum, a higher guidance scale gives a
+    higher prompt accuracy and a lower FID."""
     sweep = pd.DataFrame(guidance["guidance_sweep"]).sort_values("guidance")
     up_to_entry = sweep[sweep["guidance"] <= guidance["protocol"]["guidance"]]
     assert len(up_to_entry) >= 2
@@ -276,8 +276,8 @@ def test_guidance_buys_prompt_accuracy(guidance):
 
 @pytest.mark.comparison
 def test_real_digits_set_the_fid_floor(guidance):
-    """README, stage 00 (FID with classifier features stands in for Inception FID): real held-out digits score less
-    than half the FID of the model's samples."""
+    """docs/models.md, stage 00 (FID with classifier features stands in for Inception FID): real held-out digits
+    score less than half the FID of the model's samples."""
     below(guidance["fid_real_heldout"], guidance["fid"] / 2, 0.5, "real digits' FID vs half the samples'")
 
 
@@ -427,15 +427,15 @@ def test_paired_difference_by_hand():
 
 
 def test_packed_export_reproduces_fake_quantization_exactly(export):
-    """README, notebook 07 (the paper only simulates low-bit weights): the model rebuilt from the packed file alone
-    samples the same images as the fake-quantized model, bit for bit."""
+    """docs/stages.md, notebook 07 (the paper only simulates low-bit weights): the model rebuilt from the packed file
+    alone samples the same images as the fake-quantized model, bit for bit."""
     assert export["packed_equals_fake_quantized"] is True
     assert export["packed_vs_fake_quantized_max_abs_diff"] == 0.0
 
 
 def test_exported_configuration_is_stage_05s_w3x(export, smoke_outputs):
-    """README, notebook 07: the exported configuration is the W3.x configuration stage 05 built for the GNN frontier
-    (its frontier.csv) at the largest budget up to `w3x_budget`, with the same average bits."""
+    """docs/stages.md, notebook 07: the exported configuration is the W3.x configuration stage 05 built for the GNN
+    frontier (its frontier.csv) at the largest budget up to `w3x_budget`, with the same average bits."""
     settings = json.loads((smoke_outputs / "07_kernels_and_export" / "settings.json").read_text())
     built = smoke_outputs / "05_build_configs"
     method = json.loads((built / "summary.json").read_text())["gnn_frontier"]

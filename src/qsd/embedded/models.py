@@ -41,7 +41,7 @@ def _sampler(guidance: float, measured: str) -> SamplerSettings:
 
 MIN_MAX_UAQ = QuantizerSettings(uaq_clip_ratios=(0.0,))
 """UAQ over each channel's full range. The paper's clipping search (shrink 0-90 %, L2.4) clips the few large
-weights that carry these small models' outputs (README, "The label regime")."""
+weights that carry these small models' outputs (docs/label_regime.md)."""
 L4_SEARCH_UAQ = QuantizerSettings(uaq_clip_p=4.0)
 """The paper's shrink search scored by L4 instead of L2.4: large errors (clipped outliers) weigh more."""
 RANGE_RULE_BASIS = ("uniform UAQ W4/W3 FID at 512 images (benchmarks/uaq_range_rule.py): {}; the paper's models "

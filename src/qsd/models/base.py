@@ -59,7 +59,7 @@ class ModelEntry:
     loader: Callable[..., DiffusionModel] | None = field(default=None, compare=False, repr=False)
     quantizer: QuantizerSettings = field(default_factory=QuantizerSettings)
     """The weight quantizers' heuristics for this model (stage 01's default): the paper's for the paper's models;
-    the embedded models' UAQ range rule was chosen by measurement (README, "UAQ's range rule")."""
+    the embedded models' UAQ range rule was chosen by measurement (docs/label_regime.md, "UAQ's range rule")."""
     quantizer_basis: str = "the paper's quantizer settings"
     """Where `quantizer` comes from (the measurement, where it differs from the paper)."""
 

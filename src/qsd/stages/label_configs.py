@@ -57,14 +57,15 @@ class Settings(SamplingSettings):
     n_configs: int = 160
     """Random configurations (the reference rows come on top). Sized by the predictor's learning curve: the
     smallest measured budget whose 5-fold GNN Spearman on FID clears 0.85 by more than its spread, and ≤ 20 min
-    on 2 cores (README, "Label budget")."""
+    on 2 cores (docs/stages.md, "Label budget")."""
     n_images: int = 256
     compute_dtype: str = "bfloat16"
-    """The denoiser's compute precision under autocast ('bfloat16' or 'float32'; see README: bfloat16 changes
-    the float model's FID by about 1 % and is 1.1-1.4x faster here; use float32 on CPUs without bf16 units)."""
+    """The denoiser's compute precision under autocast ('bfloat16' or 'float32'; see docs/deviations.md: bfloat16
+    changes the float model's FID by about 1 % and is 1.1-1.4x faster here; use float32 on CPUs without bf16
+    units)."""
     compile: bool = True
-    """Run the denoiser through torch.compile (`SamplingProtocol.compile`; README: measured gain and one-off
-    compile time). Needs a C++ compiler on CPU; set False where there is none."""
+    """Run the denoiser through torch.compile (`SamplingProtocol.compile`; docs/measurements.md: measured gain and
+    one-off compile time). Needs a C++ compiler on CPU; set False where there is none."""
     n_probe: int = 16
     """Images whose float trajectory probes the ε-error proxy."""
     batch_size: int = 256
