@@ -27,6 +27,7 @@ from pathlib import Path
 from qsd.errors import CorruptFileError, InvalidSettingError, MissingFileError
 from qsd.files import atomic_write
 from qsd.paths import project_root
+from qsd.run_folder import COMPARISON, CONFIGS, DENOISERS, EXPORT, LABELS, MULTIQUANTIZER, PREDICTOR, SCORES
 
 NOT_RUN = "not run"
 NOT_TIMED = "not timed"
@@ -44,16 +45,16 @@ class Stage:
 
 
 STAGES = (
-    Stage("00_train_denoisers", "setup (§5.1): the models, their guidance sweep",
+    Stage(DENOISERS, "setup (§5.1): the models, their guidance sweep",
           "`guidance_sweep.csv`, `figures/00_guidance_*.png`"),
-    Stage("01_multiquantizer", "§3.1: every option of every layer", "`multiquantizer.safetensors`, `layer_damage.csv`"),
-    Stage("02_label_configs", "§3.2: labelled random configurations", "`labels.sqlite`, `regime.csv`"),
-    Stage("03_train_predictor", "§3.3-§4: the GNN predictor, 5 folds", "`predictors/`, `metrics.csv`"),
-    Stage("04_sensitivity_insights", "§3.4, §5: node and subgraph scores", "`scores.parquet`, `insights.json`"),
-    Stage("05_build_configs", "§3.4, §6: W3.x configurations, Pareto", "`constructions.csv`, `configs/*.json`"),
-    Stage("06_final_comparison", "§6, Fig. 1: W3.x A6 vs W4A6 baselines",
+    Stage(MULTIQUANTIZER, "§3.1: every option of every layer", "`multiquantizer.safetensors`, `layer_damage.csv`"),
+    Stage(LABELS, "§3.2: labelled random configurations", "`labels.sqlite`, `regime.csv`"),
+    Stage(PREDICTOR, "§3.3-§4: the GNN predictor, 5 folds", "`predictors/`, `metrics.csv`"),
+    Stage(SCORES, "§3.4, §5: node and subgraph scores", "`scores.parquet`, `insights.json`"),
+    Stage(CONFIGS, "§3.4, §6: W3.x configurations, Pareto", "`constructions.csv`, `configs/*.json`"),
+    Stage(COMPARISON, "§6, Fig. 1: W3.x A6 vs W4A6 baselines",
           "`comparison.csv`, `figures/06_fid_a6_*.png`"),
-    Stage("07_kernels_and_export", "beyond the paper: real low-bit weights", "`<model_id>_packed.safetensors`"),
+    Stage(EXPORT, "beyond the paper: real low-bit weights", "`<model_id>_packed.safetensors`"),
 )
 
 KeyPath = tuple[str, ...]
@@ -214,34 +215,34 @@ class Field:
 
 
 FIELDS: dict[str, tuple[Field, ...]] = {
-    "00_train_denoisers": (
+    DENOISERS: (
         Field(("protocol", "n_images")), Field(("protocol", "guidance")), Field(("guidance_fid_optimal",)),
         Field(("entry_guidance_is_fid_optimal",)), Field(("fid",), number(".1f")),
         Field(("prompt_accuracy",), number(".3f")), Field(("fid_real_heldout",), number(".1f")),
         Field(("classifier", "test_accuracy"), number(".3f")),
     ),
-    "01_multiquantizer": (
+    MULTIQUANTIZER: (
         Field(("n_units",)), Field(("n_weights",)), Field(("uniform_avg_bits",), each(".2f")),
         Field(("damage_spearman_error_vs_sample_mse",), each(".2f")),
     ),
-    "02_label_configs": (
+    LABELS: (
         Field(("by_kind",)), Field(("float_fid",), number(".1f")), Field(("float_seed_fids",), each(".1f")),
         Field(("float_seed_fid_spread",), number(".1f")), Field(("float_is_best",)), Field(("w3_worse_than_w4",)),
         Field(("best_w4",)), Field(("best_w4_fid_ratio",), number(".2f")),
         Field(("fid_by_reference_row",), each(".1f")), Field(("proxy_spearman_vs_fid",), each(".3f")),
     ),
-    "03_train_predictor": tuple(
+    PREDICTOR: tuple(
         Field(("targets", target, key), show) for target in ("fid", "paper") for key, show in (
             ("expression", text), ("gnn_spearman_mean", number(".3f")), ("gnn_spearman_std", number(".3f")),
             ("gnn_ndcg10_mean", number(".3f")), ("best_baseline", text), ("best_baseline_spearman", number(".3f")),
             ("gnn_beats_every_baseline", text), ("hop_spearman_mean", each(".2f")))
     ) + (Field(("n_configs",)), Field(("train_seconds_per_fold",), number(".1f"))),
-    "04_sensitivity_insights": (
+    SCORES: (
         Field(("variants_scored",)), Field(("insights", "t-embed vs c-embed")), Field(("insights", "unit types")),
         Field(("insights", "op types")), Field(("insights", "depth")), Field(("insights", "methods")),
         Field(("insights", "error proxy")),
     ),
-    "05_build_configs": (
+    CONFIGS: (
         Field(("constructed",)), Field(("best_uniform_w4",)), Field(("best_uniform_w4_fid",), number(".1f")),
         Field(("best_uniform_w4_bits",), number(".2f")), Field(("best_sub35",)),
         Field(("best_sub35_fid",), number(".1f")), Field(("best_sub35_bits",), number(".2f")),
@@ -249,7 +250,7 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field(("gnn_beats_error_knapsack",)), Field(("active_labels_to_match_random",)),
         Field(("random_label_budget",)),
     ),
-    "06_final_comparison": (
+    COMPARISON: (
         Field(("float_fid",), number(".1f")), Field(("qsd_w3x_config",)), Field(("qsd_w3x_a6_bits",), number(".2f")),
         Field(("qsd_w3x_a6_fid",), number(".1f")), Field(("qsd_w3x_a6_fid_std",), number(".1f")),
         Field(("best_baseline_w4a6",)), Field(("best_baseline_w4a6_fid",), number(".1f")),
@@ -258,7 +259,7 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field(("w4a6_baselines_beaten_beyond_spread",)), Field(("w4a6_baselines_beaten_paired",)),
         Field(("w4a6_paired_fid_differences",), paired),
     ),
-    "07_kernels_and_export": (
+    EXPORT: (
         Field(("config_source",)), Field(("avg_bits",), number(".3f")), Field(("packed_equals_fake_quantized",)),
         Field(("packed_layers_ratio_vs_fp16",), number(".3f")), Field(("denoiser_ratio_vs_fp16",), number(".3f")),
         Field(("n_images",)), Field(("steps",)), Field(("sampling_seconds",), each(".2f")),
@@ -316,8 +317,7 @@ def glance_lines(run: Run) -> list[str]:
         value = run.value(stage, path)
         return f"`{value}`" if isinstance(value, str) and value is not NOT_RUN else text(value)
 
-    s02, s03, s05, s06, s07 = ("02_label_configs", "03_train_predictor", "05_build_configs",
-                               "06_final_comparison", "07_kernels_and_export")
+    s02, s03, s05, s06, s07 = LABELS, PREDICTOR, CONFIGS, COMPARISON, EXPORT
     beaten = run.value(s06, ("w4a6_baselines_beaten_paired",))
     baselines = run.value(s06, ("w4a6_paired_fid_differences",))
     fid03, paper03 = ("targets", "fid"), ("targets", "paper")
