@@ -4,7 +4,7 @@
     every unit, whatever its bits (the bit width follows only from the λ of the target the scores learnt).
   * `budget_config`: the best total score with average bits ≤ B (`qsd.search.knapsack`, exact).
   * Yardsticks scored per layer, for the same knapsack: `error_scores` (−relative quantization error, the classic
-    sensitivity proxy) and `ridge_scores` (the ridge regression's per-layer coefficients, `RidgeBaseline`).
+    sensitivity proxy) and `ridge_scores` (the ridge regression's per-layer coefficients, `RidgeYardstick`).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def error_scores(node_scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def ridge_scores(node_scores: pd.DataFrame, coefficients: pd.DataFrame) -> pd.DataFrame:
-    """The node-level table with score = the ridge coefficient of (layer, option) (`RidgeBaseline.coefficients`:
+    """The node-level table with score = the ridge coefficient of (layer, option) (`RidgeYardstick.coefficients`:
     higher = better)."""
     lookup = coefficients.set_index(["unit", "option"])["coefficient"]
     keys = list(zip(node_scores["layers"], node_scores["options"], strict=True))

@@ -43,7 +43,7 @@ from qsd.executors import LabelJob
 from qsd.graph import DenoiserGraph
 from qsd.paths import stage_dir
 from qsd.plotting import new_figure, savefig
-from qsd.predictor.baselines import RidgeBaseline
+from qsd.predictor.yardsticks import RidgeYardstick
 from qsd.provenance import write_run_record
 from qsd.search.active import ActiveLoop, ActiveSettings, Pool, fit_fold_scorers, frontier_configs
 from qsd.search.construct import budget_config, error_scores, ridge_scores, rule_config
@@ -171,7 +171,7 @@ def ridge_coefficients(settings: Settings, labels: pd.DataFrame, node: pd.DataFr
     expression = predictor_stage.Settings(model_id=settings.model_id).targets()[settings.knapsack_target]
     layers = list(dict.fromkeys(node["layers"]))
     options = [QuantSpec.parse(k) for k in dict.fromkeys(node["options"])]
-    ridge = RidgeBaseline(layers, options)
+    ridge = RidgeYardstick(layers, options)
     ridge.fit([QuantConfig.loads(c) for c in random_rows["config"]], expression.evaluate(random_rows))
     return ridge.coefficients()
 
