@@ -35,7 +35,7 @@ from qsd.predictor.training import TrainSettings
 from qsd.search.construct import BudgetConfig, budget_config
 from qsd.search.scores import FoldScorer, score_variants
 
-Labeller = Callable[[Sequence[QuantConfig], Sequence[str]], np.ndarray]
+LabelFunction = Callable[[Sequence[QuantConfig], Sequence[str]], np.ndarray]
 """(configurations, names) → their FIDs (labelling whatever is not labelled yet)."""
 MIN_HELDOUT = 3
 
@@ -110,7 +110,7 @@ def frontier_configs(graph: DenoiserGraph, options: pd.DataFrame, scorers: list[
 class ActiveLoop:
     """The two arms on one graph and option table (see the module docstring)."""
 
-    def __init__(self, graph: DenoiserGraph, options: pd.DataFrame, label: Labeller, settings: ActiveSettings,
+    def __init__(self, graph: DenoiserGraph, options: pd.DataFrame, label: LabelFunction, settings: ActiveSettings,
                  progress: bool = False) -> None:
         self.graph, self.options, self.label, self.settings, self.progress = graph, options, label, settings, progress
 
