@@ -26,13 +26,13 @@ COLUMN = {name: i for i, name in enumerate(NUMERIC_FEATURES)}
 
 
 def hop_anchors(graph, hops: int) -> torch.Tensor:
-    """[nodes, hops + 1] masks: hop 0 = every weight node, hop m = the anchors of the units whose hop is m, the
+    """[nodes, hops + 1] masks: hop 0 = every weight node, hop m = the anchors of the subgraphs whose hop is m, the
     last hop also those beyond it (an empty column means: all nodes; code.md §5 hop-level readout)."""
     mask = torch.zeros(len(graph.nodes), hops + 1, dtype=torch.bool)
     mask[[i for i, n in enumerate(graph.nodes) if n.kind == "weight"], 0] = True
-    for unit in graph.units:
-        if unit.hop >= 1:
-            mask[unit.anchor, min(unit.hop, hops)] = True
+    for subgraph in graph.subgraphs:
+        if subgraph.hop >= 1:
+            mask[subgraph.anchor, min(subgraph.hop, hops)] = True
     return mask
 
 

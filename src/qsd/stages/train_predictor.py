@@ -244,7 +244,7 @@ def _summary(settings: Settings, dataset: Dataset, runs: dict, metrics: pd.DataF
     return {
         "n_configs": len(dataset.configs), "kinds": list(settings.kinds), "folds": settings.folds,
         "graph_nodes": len(dataset.graph.nodes), "graph_edges": len(dataset.graph.edges),
-        "graph_units": len(dataset.graph.units), "weight_layers": len(dataset.graph.unit_names),
+        "graph_units": len(dataset.graph.subgraphs), "weight_layers": len(dataset.graph.unit_names),
         "chosen": chosen, "targets": per_target,
         "loss_spearman_mean": {m: float(paper[m]) for m in paper.index if m.startswith("gnn-")},
         "train_seconds_per_fold": float(np.mean([cv.metrics["seconds"].mean() for cv in runs.values()])),
