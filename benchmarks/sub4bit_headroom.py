@@ -35,8 +35,8 @@ def main() -> None:
     labeller, mq = session.executor.worker.labeller, session.multiquantizer
     damage = pd.read_csv(stage_dir(args.model, args.run, multiquantizer_stage.STAGE) / "layer_damage.csv")
     damage = damage[damage["option"] == "uaq-3"].set_index("unit")["sample_mse"]
-    options = multiquantizer_stage.saved_search_space(args.model, args.run)
-    table = options[options["method"] == "uaq"].rename(columns={"unit": "layers", "option": "options"})
+    option_table = multiquantizer_stage.saved_search_space(args.model, args.run)
+    table = option_table[option_table["method"] == "uaq"].rename(columns={"unit": "layers", "option": "options"})
     table = table.assign(unit=table["layers"],
                          score=[-damage[u] if o == "uaq-3" else 0.0 for u, o in zip(table["layers"], table["options"],
                                                                                      strict=True)])

@@ -187,10 +187,10 @@ def test_networkx_view_save_load_and_the_block_figure(graphs, tmp_path):
 def test_encode_features_follow_the_configuration(graphs):
     model, graph = graphs["pixart"]
     mq = MultiQuantizer.build(model, progress=False)
-    options = mq.search_space()
+    option_table = mq.search_space()
     config = mq.sample(0)
     mixed = QuantConfig({**dict(config), "proj_out": None})
-    data = graph.encode([mixed, mq.uniform(QuantSpec("uaq", 3))], options, hops=4, targets=[1.0, 2.0])
+    data = graph.encode([mixed, mq.uniform(QuantSpec("uaq", 3))], option_table, hops=4, targets=[1.0, 2.0])
     assert len(data) == 2 and data[1].y.item() == 2.0
     col = {name: i for i, name in enumerate(NUMERIC_FEATURES)}
     for unit in ("transformer_blocks.0.attn1.to_q", "proj_out"):
@@ -199,7 +199,7 @@ def test_encode_features_follow_the_configuration(graphs):
         if spec is None:
             assert METHOD_CODES[data[0].method[node]] == "float" and x[col["bits"]] == 1 and x[col["error"]] == 0
         else:
-            row = options[(options.unit == unit) & (options.option == spec.key)].iloc[0]
+            row = option_table[(option_table.unit == unit) & (option_table.option == spec.key)].iloc[0]
             assert METHOD_CODES[data[0].method[node]] == spec.method
             assert x[col["bits"]] == pytest.approx(spec.w_bits / 16)
             assert x[col["error"]] == pytest.approx(row.error)
@@ -210,16 +210,16 @@ def test_encode_features_follow_the_configuration(graphs):
     assert data[0].anchor[:, 0].sum() == len(graph.unit_names) and data[0].anchor.shape[1] == 5
     assert [ROLES[r] for r in data[0].role[:3].tolist()] == [n.role for n in graph.nodes[:3]]
     with pytest.raises(MissingLayerError):
-        graph.encode([QuantConfig({"proj_out": None})], options)
+        graph.encode([QuantConfig({"proj_out": None})], option_table)
 
 
 def test_encode_rejects_a_foreign_option_table(graphs):
     model, graph = graphs["pixart"]
-    options = pd.DataFrame({"unit": ["x"], "option": ["uaq-4"], "w_bits": [4], "n_weights": [1], "size_bits": [4],
-                            "error": [0.1]})
+    option_table = pd.DataFrame({"unit": ["x"], "option": ["uaq-4"], "w_bits": [4], "n_weights": [1], "size_bits": [4],
+                                 "error": [0.1]})
     config = QuantConfig(dict.fromkeys(graph.unit_names, DEFAULT_OPTIONS[0]))
     with pytest.raises(QsdError, match="no row"):
-        graph.encode([config], options)
+        graph.encode([config], option_table)
     with pytest.raises(QsdError, match="lacks column"):
-        graph.encode([config], options.drop(columns="error"))
-    assert np.isfinite(graph.encode([QuantConfig(dict.fromkeys(graph.unit_names))], options)[0].x.numpy()).all()
+        graph.encode([config], option_table.drop(columns="error"))
+    assert np.isfinite(graph.encode([QuantConfig(dict.fromkeys(graph.unit_names))], option_table)[0].x.numpy()).all()

@@ -79,7 +79,7 @@ def tiny_graph() -> DenoiserGraph:
     return DenoiserGraph(nodes, edges, subgraphs, ["blocks.0", "blocks.1"], "TinyDenoiser")
 
 
-def option_table(graph: DenoiserGraph, seed: int = 0) -> pd.DataFrame:
+def synthetic_option_table(graph: DenoiserGraph, seed: int = 0) -> pd.DataFrame:
     """A `search_space()`-shaped table: 6 options per layer, random overheads and errors (3 bits err more)."""
     rng = np.random.default_rng(seed)
     rows = [{"unit": node.name, "method": spec.method, "w_bits": spec.w_bits, "option": spec.key,
@@ -95,26 +95,26 @@ def graph() -> DenoiserGraph:
 
 
 @pytest.fixture(scope="module")
-def options(graph) -> pd.DataFrame:
-    return option_table(graph)
+def option_table(graph) -> pd.DataFrame:
+    return synthetic_option_table(graph)
 
 
 @pytest.fixture(scope="module")
-def scorers(graph, options) -> list[FoldScorer]:
+def scorers(graph, option_table) -> list[FoldScorer]:
     """Two fold scorers (different seeds and hop qualities, one negative)."""
     rng = np.random.default_rng(0)
     configs = [QuantConfig({layer: OPTIONS[rng.integers(len(OPTIONS))] for layer in graph.unit_names})
                for _ in range(16)]
-    error = options.set_index(["unit", "option"])["error"]
+    error = option_table.set_index(["unit", "option"])["error"]
     targets = [-sum(error[layer, spec.key] for layer, spec in config.items()) for config in configs]
-    data = graph.encode(configs, options, hops=SETTINGS.hops, targets=targets)
+    data = graph.encode(configs, option_table, hops=SETTINGS.hops, targets=targets)
     return [FoldScorer(train_predictor(data, SETTINGS, TrainSettings(epochs=2, batch_size=8, seed=seed)), quality)
             for seed, quality in ((0, (0.5, -0.25, 1.0)), (1, (1.0, 0.5, 0.75)))]
 
 
 @pytest.fixture(scope="module")
-def tables(graph, scorers, options) -> dict[str, pd.DataFrame]:
-    return {level: score_variants(graph, scorers, options, level) for level in ("node", "subgraph")}
+def tables(graph, scorers, option_table) -> dict[str, pd.DataFrame]:
+    return {level: score_variants(graph, scorers, option_table, level) for level in ("node", "subgraph")}
 
 
 # ---------------------------------------------------------------------- knapsack
@@ -179,14 +179,15 @@ def test_pareto_variants_keep_exactly_the_non_dominated():
     ("subgraph", "blocks.0:FF", 1, 5), ("subgraph", "t-embed", 1, 5), ("subgraph", "blocks.0:SA", 37, 250),
     ("node", "proj_out", 1, 4),
 ])
-def test_batched_scores_equal_one_by_one(graph, scorers, options, level, name, stride, batch):
+def test_batched_scores_equal_one_by_one(graph, scorers, option_table, level, name, stride, batch):
     """Uneven batches of `batch` variants against every `stride`-th variant encoded and scored alone (the SA
     subgraph's hop, 3, is capped at the predictor's 2)."""
     candidate = next(c for c in candidates(graph, level) if c.name == name)
-    variants = CandidateVariants(graph, candidate, options, SETTINGS.hops)
+    variants = CandidateVariants(graph, candidate, option_table, SETTINGS.hops)
     assert len(variants) == len(OPTIONS) ** len(candidate.layers)
     batched = score_candidate(scorers, variants, batch_variants=batch)
-    alone = [anchor_score(scorers, encode_configs(variants.local, [variants.variant(i)], options, SETTINGS.hops)[0],
+    alone = [anchor_score(scorers, encode_configs(variants.local, [variants.variant(i)], option_table,
+                                                  SETTINGS.hops)[0],
                           torch.tensor([variants.anchor]), candidate.hop)[0] for i in range(0, len(variants), stride)]
     np.testing.assert_allclose(batched[::stride], alone, rtol=0, atol=1e-5)
     np.testing.assert_allclose(score_candidate(scorers, variants, batch_variants=len(variants)), batched, rtol=0,
@@ -195,14 +196,14 @@ def test_batched_scores_equal_one_by_one(graph, scorers, options, level, name, s
 
 
 @pytest.mark.parametrize("level", ["node", "subgraph"])
-def test_score_tables_are_reproducible_and_complete(graph, scorers, options, tables, level):
+def test_score_tables_are_reproducible_and_complete(graph, scorers, option_table, tables, level):
     table = tables[level]
-    pd.testing.assert_frame_equal(score_variants(graph, scorers, options, level), table)
+    pd.testing.assert_frame_equal(score_variants(graph, scorers, option_table, level), table)
     expected = ({layer: 1 for layer in graph.unit_names} if level == "node"
                 else {s.name: len(s.layers) for s in graph.subgraphs})
     assert table.groupby("unit", sort=False).size().to_dict() == {u: 6 ** k for u, k in expected.items()}
     assert not table.duplicated(["unit", "options"]).any()
-    option = {(r.unit, r.option): np.array([r.size_bits, r.n_weights, r.error]) for r in options.itertuples()}
+    option = {(r.unit, r.option): np.array([r.size_bits, r.n_weights, r.error]) for r in option_table.itertuples()}
     for row in table.itertuples():
         pairs = zip(row.layers.split("|"), row.options.split("|"), strict=True)
         np.testing.assert_allclose([row.size_bits, row.n_weights, row.error], sum(option[p] for p in pairs),
@@ -210,13 +211,13 @@ def test_score_tables_are_reproducible_and_complete(graph, scorers, options, tab
     assert np.isfinite(table["score"]).all()
 
 
-def test_scoring_settings_are_checked(graph, scorers, options):
+def test_scoring_settings_are_checked(graph, scorers, option_table):
     with pytest.raises(InvalidSettingError, match="level"):
         candidates(graph, "block")
     with pytest.raises(InvalidSettingError, match="hop qualities"):
         FoldScorer(scorers[0].predictor, (1.0, 1.0))
     with pytest.raises(InvalidSettingError, match="at least one"):
-        score_variants(graph, [], options, "node")
+        score_variants(graph, [], option_table, "node")
 
 
 def test_subgraphs_whose_paths_cross_another_subgraphs_layer_are_scored(scorers):
@@ -226,7 +227,7 @@ def test_subgraphs_whose_paths_cross_another_subgraphs_layer_are_scored(scorers)
              weight("res-conv", "b", 0, 64), weight("skip", "c", 0, 64), combine("add", 0)]
     subgraphs = [Subgraph("ac", "res", 0, ("a", "c"), 4, 2), Subgraph("b", "res", 0, ("b",), 2, 0)]
     graph = DenoiserGraph(nodes, [(0, 1), (1, 2), (2, 4), (0, 3), (3, 4)], subgraphs, ["block"], "Tiny")
-    table = score_variants(graph, scorers, option_table(graph), "subgraph")
+    table = score_variants(graph, scorers, synthetic_option_table(graph), "subgraph")
     assert table.groupby("unit").size().to_dict() == {"ac": 36, "b": 6}
 
 
@@ -251,12 +252,12 @@ def test_rule_config_takes_every_candidates_top_variant(graph, tables):
 
 
 @pytest.mark.parametrize("level", ["node", "subgraph"])
-def test_budget_config_spends_at_most_the_budget(tables, options, level):
+def test_budget_config_spends_at_most_the_budget(tables, option_table, level):
     table = tables[level]
     per_candidate = table.groupby("unit")["size_bits"]
     n = table.groupby("unit")["n_weights"].first().sum()
     lo, hi = per_candidate.min().sum() / n, per_candidate.max().sum() / n
-    sizes = options.set_index(["unit", "option"])["size_bits"]
+    sizes = option_table.set_index(["unit", "option"])["size_bits"]
     for budget in np.linspace(lo, hi, 4):
         built = budget_config(table, budget)
         avg_bits = sum(sizes[layer, spec.key] for layer, spec in built.config.items()) / n
@@ -273,11 +274,11 @@ def test_budget_config_says_why_bits_stay_unused():
     assert generous.solution.avg_bits == 3.0 and generous.note.startswith("1.000 bits of the budget unused")
 
 
-def test_yardstick_scores(tables, options):
+def test_yardstick_scores(tables, option_table):
     node = tables["node"]
     np.testing.assert_array_equal(error_scores(node)["score"], -node["error"])
     pd.testing.assert_frame_equal(error_scores(node).drop(columns="score"), node.drop(columns="score"))
-    coefficients = options[["unit", "option"]].assign(coefficient=np.arange(len(options), dtype=float))
+    coefficients = option_table[["unit", "option"]].assign(coefficient=np.arange(len(option_table), dtype=float))
     coefficients = pd.concat([coefficients, pd.DataFrame({"unit": ["proj_out"], "option": ["float"],
                                                           "coefficient": [99.0]})])
     expected = node.merge(coefficients, left_on=["layers", "options"], right_on=["unit", "option"])["coefficient"]
@@ -365,10 +366,10 @@ def test_winners_are_the_top_variants_options():
 
 
 # ---------------------------------------------------------------------- active labelling
-def test_active_loop_grows_its_labels_and_measures_both_arms_alike(graph, options, one_thread):
+def test_active_loop_grows_its_labels_and_measures_both_arms_alike(graph, option_table, one_thread):
     """Both arms start from the same labels (identical round-0 frontier and held-out Spearman); each round the active
     arm adds `per_round` new configurations, the random arm the next ones of its stream."""
-    error = options.set_index(["unit", "option"])["error"]
+    error = option_table.set_index(["unit", "option"])["error"]
 
     def fid(config: QuantConfig) -> float:
         return float(np.exp(5 * sum(error[layer, spec.key] for layer, spec in config.items())))
@@ -381,13 +382,13 @@ def test_active_loop_grows_its_labels_and_measures_both_arms_alike(graph, option
 
     rng = np.random.default_rng(1)
     draw = [QuantConfig({layer: OPTIONS[rng.integers(len(OPTIONS))] for layer in graph.unit_names}) for _ in range(26)]
-    weights = options.groupby("unit")["n_weights"].first().sum()
-    bits = options.groupby("unit")["size_bits"].agg(["min", "max"]).sum() / weights
+    weights = option_table.groupby("unit")["n_weights"].first().sum()
+    bits = option_table.groupby("unit")["size_bits"].agg(["min", "max"]).sum() / weights
     settings = ActiveSettings(initial=4, rounds=2, per_round=2, budgets=(float(bits.mean()),), folds=2, epochs=1,
                               hops=SETTINGS.hops)
     pool = Pool(draw[:8], np.array([fid(c) for c in draw[:8]]), draw[8:14], np.array([fid(c) for c in draw[8:14]]),
                 draw[14:])
-    result = ActiveLoop(graph, options, label, settings).run(pool)
+    result = ActiveLoop(graph, option_table, label, settings).run(pool)
     table = result.checkpoints
     assert table.groupby("arm")["labels"].apply(list).to_dict() == {"active-arm": [4, 6, 8], "random-arm": [4, 6, 8]}
     first = table[table["round"] == 0].set_index("arm")
@@ -398,4 +399,4 @@ def test_active_loop_grows_its_labels_and_measures_both_arms_alike(graph, option
     assert all(f == pytest.approx(fid(c)) for _, c, f in active)
     assert {name.split(" ")[0] for batch in calls for name in batch} == {"random-arm", "active-arm"}
     with pytest.raises(InvalidSettingError, match="needs 8"):
-        ActiveLoop(graph, options, label, settings).run(Pool(draw[:5], np.ones(5), [], np.ones(0), []))
+        ActiveLoop(graph, option_table, label, settings).run(Pool(draw[:5], np.ones(5), [], np.ones(0), []))

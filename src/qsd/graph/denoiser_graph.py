@@ -195,13 +195,13 @@ class DenoiserGraph:
         config.validate(self.unit_names)
 
     # ------------------------------------------------------------------ encoding
-    def encode(self, configs: Sequence[QuantConfig], options: pd.DataFrame, hops: int = 4,
+    def encode(self, configs: Sequence[QuantConfig], option_table: pd.DataFrame, hops: int = 4,
                targets: Sequence[float] | None = None) -> list:
         """Predictor inputs for `configs`: one torch-geometric `Data` per configuration (`qsd.graph.encode`).
-        `options`: the multiquantizer's `search_space()` table (stage 01's `search_space.csv`)."""
+        `option_table`: the multiquantizer's `search_space()` table (stage 01's `search_space.csv`)."""
         from qsd.graph.encode import encode_configs
 
-        return encode_configs(self, configs, options, hops, targets)
+        return encode_configs(self, configs, option_table, hops, targets)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

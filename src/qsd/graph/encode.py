@@ -36,24 +36,24 @@ def hop_anchors(graph, hops: int) -> torch.Tensor:
     return mask
 
 
-def option_lookup(options: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float, float]]:
+def option_lookup(option_table: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float, float]]:
     """(unit, option key) → (bits, compression, error) from a `search_space()` table."""
     needed = {"unit", "option", "w_bits", "n_weights", "size_bits", "error"}
-    if missing := needed - set(options.columns):
+    if missing := needed - set(option_table.columns):
         raise InvalidSettingError(f"the option table lacks column(s) {sorted(missing)}; pass the multiquantizer's "
                                   "search_space() table (stage 01's search_space.csv)")
     return {(r.unit, r.option): (r.w_bits / PARAM_BITS, r.n_weights / r.size_bits, r.error)  # (16·n / size) / 16
-            for r in options.itertuples()}
+            for r in option_table.itertuples()}
 
 
-def encode_configs(graph, configs: Sequence[QuantConfig], options: pd.DataFrame, hops: int,
+def encode_configs(graph, configs: Sequence[QuantConfig], option_table: pd.DataFrame, hops: int,
                    targets: Sequence[float] | None = None) -> list[Data]:
     """One `Data(x, method, role, edge_index, anchor[, y])` per configuration of `graph`'s weight units."""
     if hops < 1:
         raise InvalidSettingError(f"hops must be ≥ 1 (the predictor's GNN depth); got {hops}")
     if targets is not None and len(targets) != len(configs):
         raise InvalidSettingError(f"{len(configs)} configurations but {len(targets)} targets")
-    lookup = option_lookup(options)
+    lookup = option_lookup(option_table)
     weight_nodes = [i for i, n in enumerate(graph.nodes) if n.kind == "weight"]
     units = [graph.nodes[i].name for i in weight_nodes]
     base = np.zeros((len(graph.nodes), len(NUMERIC_FEATURES)), dtype=np.float32)

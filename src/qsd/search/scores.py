@@ -111,9 +111,9 @@ def induced_graph(graph: DenoiserGraph, nodes: Sequence[int]) -> DenoiserGraph:
     return DenoiserGraph([graph.nodes[i] for i in nodes], edges, [], graph.block_names, graph.model_class)
 
 
-def unit_options(options: pd.DataFrame, layer: str) -> list[QuantSpec]:
+def unit_options(option_table: pd.DataFrame, layer: str) -> list[QuantSpec]:
     """The options of `layer` in the option table's order."""
-    rows = options[options["unit"] == layer]
+    rows = option_table[option_table["unit"] == layer]
     if rows.empty:
         raise InvalidSettingError(f"the option table has no rows for layer {layer!r}; was it built for this model?")
     return [QuantSpec.parse(key) for key in rows["option"]]
@@ -122,16 +122,16 @@ def unit_options(options: pd.DataFrame, layer: str) -> list[QuantSpec]:
 class CandidateVariants:
     """All variants of one candidate as batched predictor inputs over one template graph."""
 
-    def __init__(self, graph: DenoiserGraph, candidate: Candidate, options: pd.DataFrame, hops: int) -> None:
+    def __init__(self, graph: DenoiserGraph, candidate: Candidate, option_table: pd.DataFrame, hops: int) -> None:
         self.candidate = candidate
         self.local = induced_graph(graph, candidate.nodes)
         self.anchor = candidate.nodes.index(candidate.anchor)
-        self.specs = [unit_options(options, layer) for layer in candidate.layers]
+        self.specs = [unit_options(option_table, layer) for layer in candidate.layers]
         self.fixed = {layer: None for layer in self.local.unit_names if layer not in candidate.layers}
         first = QuantConfig(self.fixed | {layer: specs[0] for layer, specs in zip(candidate.layers, self.specs,
                                                                                   strict=True)})
-        self.template = encode_configs(self.local, [first], options, hops)[0]
-        lookup = option_lookup(options)
+        self.template = encode_configs(self.local, [first], option_table, hops)[0]
+        lookup = option_lookup(option_table)
         self.positions = [self.local.weight_node[layer] for layer in candidate.layers]
         self.method_table = [torch.tensor([METHOD_CODES.index(s.method) for s in specs]) for specs in self.specs]
         self.feature_table = [torch.tensor([lookup[layer, s.key] for s in specs], dtype=torch.float32)
@@ -190,17 +190,17 @@ def score_candidate(scorers: Sequence[FoldScorer], variants: CandidateVariants,
     return np.concatenate(scores)
 
 
-def score_variants(graph: DenoiserGraph, scorers: Sequence[FoldScorer], options: pd.DataFrame, level: str,
+def score_variants(graph: DenoiserGraph, scorers: Sequence[FoldScorer], option_table: pd.DataFrame, level: str,
                    progress: bool = False) -> pd.DataFrame:
     """One row per (candidate, variant): level, unit (the candidate's name), type, block, hop, layers, roles, options
     (joined by '|'), size_bits, n_weights, error (summed relative error), score."""
     if not scorers:
         raise InvalidSettingError("scoring needs at least one fold predictor")
     hops = scorers[0].predictor.model_settings.hops
-    table = options.set_index(["unit", "option"])
+    table = option_table.set_index(["unit", "option"])
     frames = []
     for candidate in tqdm(candidates(graph, level), desc=f"{level} scores", disable=not progress):
-        variants = CandidateVariants(graph, candidate, options, hops)
+        variants = CandidateVariants(graph, candidate, option_table, hops)
         choices = variants.choices.numpy()
         keys = [np.array([s.key for s in specs], dtype=object) for specs in variants.specs]
         columns = {}

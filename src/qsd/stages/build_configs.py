@@ -195,16 +195,16 @@ def run(settings: Settings) -> Result:
     constructions["fid"] = [fids.get(n, np.nan) for n in constructions["name"]]
     constructions.to_csv(directory / "constructions.csv", index=False)
     graph = predictor_stage.saved_graph(settings.model_id, settings.run_id)
-    options = multiquantizer_stage.saved_search_space(settings.model_id, settings.run_id)
+    option_table = multiquantizer_stage.saved_search_space(settings.model_id, settings.run_id)
     active, labelled_here = None, set(constructions["fingerprint"].dropna())
     if settings.active_rounds > 0:
-        active, active_fingerprints = active_comparison(settings, session, labels, graph, options)
+        active, active_fingerprints = active_comparison(settings, session, labels, graph, option_table)
         active.to_csv(directory / "active.csv", index=False)
         labelled_here |= active_fingerprints
     if settings.refit:
         labels = label_stage.saved_labels(settings.model_id, settings.run_id)
         rows = labels[labels["kind"].isin(["random", "uniform"]) | labels["fingerprint"].isin(labelled_here)]
-        constructions = pd.concat([constructions, refit_frontier(settings, session, rows, graph, options)],
+        constructions = pd.concat([constructions, refit_frontier(settings, session, rows, graph, option_table)],
                                   ignore_index=True)
         constructions.to_csv(directory / "constructions.csv", index=False)
     labels = label_stage.saved_labels(settings.model_id, settings.run_id)
@@ -214,15 +214,15 @@ def run(settings: Settings) -> Result:
 
 
 def refit_frontier(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame, graph: DenoiserGraph,
-                   options: pd.DataFrame) -> pd.DataFrame:
+                   option_table: pd.DataFrame) -> pd.DataFrame:
     """The budget configurations of fold predictors trained on `labels` (the run's random and uniform rows and what
     this stage labelled before: a re-run trains on the same rows), labelled; rows of the constructions table
     (method `gnn-refit`)."""
     rows = labels[labels["fid"].notna()]
-    scorers = fit_fold_scorers(graph, options, [QuantConfig.loads(c) for c in rows["config"]],
+    scorers = fit_fold_scorers(graph, option_table, [QuantConfig.loads(c) for c in rows["config"]],
                                rows["fid"].to_numpy(dtype=float), settings.refit_folds, settings.refit_epochs,
                                seed=settings.seed)
-    built = frontier_configs(graph, options, scorers, settings.level, settings.budgets)
+    built = frontier_configs(graph, option_table, scorers, settings.level, settings.budgets)
     names = {budget: f"{REFIT} ≤{budget:.2f} bits" for budget in built}
     configs = stage_dir(settings.model_id, settings.run_id, STAGE) / "configs"
     for budget, b in built.items():
@@ -236,7 +236,7 @@ def refit_frontier(settings: Settings, session: label_stage.Labelling, labels: p
 
 
 def active_comparison(settings: Settings, session: label_stage.Labelling, labels: pd.DataFrame,
-                      graph: DenoiserGraph, options: pd.DataFrame) -> tuple[pd.DataFrame, set[str]]:
+                      graph: DenoiserGraph, option_table: pd.DataFrame) -> tuple[pd.DataFrame, set[str]]:
     """Step 4: the active loop against random labelling on the run's random stream (`qsd.search.active`); the
     random configurations after the label budget are the held-out set; every new label goes to the store.
     Returns the checkpoints and the fingerprints of every configuration the loop labelled."""
@@ -258,7 +258,7 @@ def active_comparison(settings: Settings, session: label_stage.Labelling, labels
         return session.fids([LabelJob(c, "constructed", name) for c, name in zip(batch, names, strict=True)],
                             progress=False)
 
-    return ActiveLoop(graph, options, label, active_settings, settings.progress).run(pool).checkpoints, labelled
+    return ActiveLoop(graph, option_table, label, active_settings, settings.progress).run(pool).checkpoints, labelled
 
 
 def active_summary(checkpoints: pd.DataFrame) -> dict:

@@ -109,13 +109,13 @@ def run(settings: Settings) -> Result:
     settings = settings.effective()
     directory = stage_dir(settings.model_id, settings.run_id, STAGE)
     graph = predictor_stage.saved_graph(settings.model_id, settings.run_id)
-    options = multiquantizer_stage.saved_search_space(settings.model_id, settings.run_id)
+    option_table = multiquantizer_stage.saved_search_space(settings.model_id, settings.run_id)
     frames, folds = [], {}
     for target in TARGETS:
         scorers = fold_scorers(settings.model_id, settings.run_id, target)
         folds[target] = len(scorers)
         for level in LEVELS:
-            frames.append(score_variants(graph, scorers, options, level, settings.progress).assign(target=target))
+            frames.append(score_variants(graph, scorers, option_table, level, settings.progress).assign(target=target))
     scores = pd.concat(frames, ignore_index=True)
     scores = scores[["target"] + [c for c in scores.columns if c != "target"]]
     scores.to_parquet(directory / "scores.parquet", index=False)
