@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 from torch_geometric.data import Data
 
+from qsd.bits import FLOAT_BITS
 from qsd.config import QuantConfig
 from qsd.errors import InvalidSettingError
 from qsd.graph.features import METHOD_CODES, NUMERIC_FEATURES, ROLES
 
-PARAM_BITS = 16
 COLUMN = {name: i for i, name in enumerate(NUMERIC_FEATURES)}
 
 
@@ -42,7 +42,7 @@ def option_lookup(option_table: pd.DataFrame) -> dict[tuple[str, str], tuple[flo
     if missing := needed - set(option_table.columns):
         raise InvalidSettingError(f"the option table lacks column(s) {sorted(missing)}; pass the multiquantizer's "
                                   "search_space() table (stage 01's search_space.csv)")
-    return {(r.unit, r.option): (r.w_bits / PARAM_BITS, r.n_weights / r.size_bits, r.error)  # (16·n / size) / 16
+    return {(r.unit, r.option): (r.w_bits / FLOAT_BITS, r.n_weights / r.size_bits, r.error)  # (16·n / size) / 16
             for r in option_table.itertuples()}
 
 
@@ -76,7 +76,7 @@ def encode_configs(graph, configs: Sequence[QuantConfig], option_table: pd.DataF
             spec = config[unit]
             if spec is None:
                 method[node] = float_method
-                x[node, [COLUMN["bits"], COLUMN["compression"]]] = (1.0, 1.0 / PARAM_BITS)
+                x[node, [COLUMN["bits"], COLUMN["compression"]]] = (1.0, 1.0 / FLOAT_BITS)
                 continue
             if (unit, spec.key) not in lookup:
                 raise InvalidSettingError(f"the option table has no row for {unit!r} under {spec.key!r}; was it built "
