@@ -303,7 +303,7 @@ def _file_name(name: str) -> str:
 
 def _summary(settings: Settings, constructions: pd.DataFrame, labels: pd.DataFrame) -> dict:
     uniform = labels[labels["kind"] == "uniform"]
-    w4 = uniform[uniform["name"].str.endswith("-4") & (uniform["avg_bits"] <= settings.w4_max_avg_bits)]
+    w4 = uniform[(uniform["w_bits"] == 4) & (uniform["avg_bits"] <= settings.w4_max_avg_bits)]
     best_w4 = w4.loc[w4["fid"].idxmin()] if len(w4) else None
     built = constructions[constructions["fid"].notna()]
     sub = built[built["avg_bits"] <= SUB_BITS]
@@ -403,7 +403,7 @@ def plot_pareto(result: Result) -> Figure:
     ax.scatter(uniform["avg_bits"], uniform["fid"], marker="s", s=36, facecolor="none", edgecolor="crimson",
                label="uniform")
     for row in uniform.itertuples():
-        ax.annotate(row.name.removeprefix("uniform "), (row.avg_bits, row.fid), fontsize=6, color="crimson",
+        ax.annotate(QuantSpec(row.method, int(row.w_bits)).key, (row.avg_bits, row.fid), fontsize=6, color="crimson",
                     textcoords="offset points", xytext=(4, 2))
     for method, rows in built[built["budget"].notna() & built["fid"].notna()].groupby("method", sort=False):
         ax.plot(rows["avg_bits"], rows["fid"], marker="o", ms=4, lw=1.4, label=f"{method} knapsack")
