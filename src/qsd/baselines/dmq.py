@@ -43,7 +43,6 @@ import torch
 from torch import nn
 
 from qsd.actquant import (
-    SplitInputQuantizer,
     StaticQuantizer,
     StepClock,
     set_attention_quantizers,
@@ -53,6 +52,7 @@ from qsd.actquant.attach import channel_dim, input_quantizer
 from qsd.baselines.calibration import CalibrationSet
 from qsd.baselines.common import (
     BaselineResult,
+    attach_static,
     average_bits,
     call_order,
     quantized_copy,
@@ -64,6 +64,7 @@ from qsd.baselines.pts import PtsPart, calibrate_steps
 from qsd.baselines.reconstruction import ReconstructionSettings, reconstruct_weights
 from qsd.errors import InvalidSettingError
 from qsd.layers import Unit, quantizable_units
+from qsd.quantize import units_by_module
 from qsd.quantizers import QuantizerSettings, quantize_weight
 
 METHOD = "dmq"
@@ -161,38 +162,19 @@ def pts_units(units: Sequence[Unit], pts_layers: str) -> list[Unit]:
 def attach_scaled(denoiser: nn.Module, units: Sequence[Unit], bits: int, n_sets: int, clock: StepClock | None,
                   momentum: float | None, gammas: dict[str, torch.Tensor] | None = None
                   ) -> dict[str, StaticQuantizer]:
-    """A `StaticQuantizer` on the input of every unit of `units` (split layers: one per half), carrying its
-    slice of the layer's γ where `gammas` has one; replaces any input quantizer the layers had. Returns unit name →
-    quantizer, in observe mode."""
-    modules = dict(denoiser.named_modules())
-    by_module: dict[str, list[Unit]] = {}
-    for unit in quantizable_units(denoiser):
-        by_module.setdefault(unit.module, []).append(unit)
-    wanted = {u.name for u in units}
-    quantizers: dict[str, StaticQuantizer] = {}
-    for module_name, module_units in by_module.items():
-        if not any(u.name in wanted for u in module_units):
-            continue
-        module = modules[module_name]
-        dim = channel_dim(module)
+    """`attach_static`'s quantizers (one on the input of every unit of `units`, split layers: one per half), each
+    carrying its slice of the layer's γ where `gammas` has one; replaces any input quantizer the layers had. Returns
+    unit name → quantizer, in observe mode."""
+    quantizers = attach_static(denoiser, units, bits, n_sets, clock, momentum)
+    for module_name, module_units in units_by_module(quantizable_units(denoiser)):
         gamma = None if gammas is None else gammas.get(module_name)
-        parts: list[StaticQuantizer | None] = []
-        for u in module_units:
-            if u.name not in wanted:
-                parts.append(None)
-                continue
-            q = StaticQuantizer(bits, n_sets, clock, dim, momentum=momentum)
-            if gamma is not None:
-                q.smooth = gamma[u.in_start:u.in_stop].clone()
-            quantizers[u.name] = q
-            parts.append(q)
-        if len(module_units) == 1:
-            set_input_quantizer(module, parts[0])
-        else:
-            if gamma is not None and None in parts:
-                raise InvalidSettingError(f"{module_name}: LES scales both halves of a split layer; quantize both")
-            set_input_quantizer(module, SplitInputQuantizer([(u.in_start, u.in_stop) for u in module_units], parts,
-                                                            dim))
+        scaled = [u for u in module_units if u.name in quantizers]
+        if gamma is None or not scaled:
+            continue
+        if len(scaled) < len(module_units):
+            raise InvalidSettingError(f"{module_name}: LES scales both halves of a split layer; quantize both")
+        for u in scaled:
+            quantizers[u.name].smooth = gamma[u.in_start:u.in_stop].clone()
     return quantizers
 
 
