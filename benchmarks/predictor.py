@@ -1,11 +1,11 @@
-"""Benchmark: the GNN predictor on CPU — training time per fold and a learning curve, against the baselines.
+"""Benchmark: the GNN predictor on CPU — training time per fold and a learning curve, against the yardsticks.
 
 Data: stage 02's random labelled configurations of `--model` / `--run` (notebooks 01-02 must have run), the
 FID-only target (−FID: the harder one, since in the paper's −FID − λ·avg_bits the exactly known bits carry part
 of the ranking). The same K seeded folds for every method.
 
 (a) Full data: each fold trains the GNN (`--loss`, `--epochs`) on the other folds; training wall seconds per
-    fold, and test Spearman, Kendall τ, NDCG@10 of the GNN and of the three baselines on the same folds
+    fold, and test Spearman, Kendall τ, NDCG@10 of the GNN and of the three yardsticks on the same folds
     (summed layer error, ridge on one-hot layer choices, MLP).
 (b) Learning curve: for n in `--sizes` (capped at what the training folds hold), every fold trains on the first
     n of its training configurations (in labelling order, so a smaller budget is a prefix of a larger one, as
@@ -22,12 +22,12 @@ import argparse
 import json
 import time
 
-from qsd.predictor.baselines import BASELINES, evaluate_baselines
 from qsd.predictor.cross_validation import cross_validate
 from qsd.predictor.folds import kfold_splits
 from qsd.predictor.model import PredictorSettings
 from qsd.predictor.target import FID_ONLY, TargetExpression
 from qsd.predictor.training import TrainSettings
+from qsd.predictor.yardsticks import YARDSTICKS, evaluate_yardsticks
 from qsd.stages.train_predictor import load_dataset
 
 
@@ -52,26 +52,26 @@ def main() -> None:
     start = time.perf_counter()
     full = cross_validate(graphs, splits, model_settings, train_settings, progress=True, label="all labels")
     gnn_seconds = time.perf_counter() - start
-    baselines = evaluate_baselines(dataset.configs, dataset.labels, targets, splits, mq.unit_names, mq.options,
-                                   args.seed, errors=mq.errors)
-    baseline_means = baselines.groupby("baseline")[["spearman", "kendall", "ndcg10"]].mean()
-    best = baseline_means["spearman"].idxmax()
+    yardsticks = evaluate_yardsticks(dataset.configs, dataset.labels, targets, splits, mq.unit_names, mq.options,
+                                     args.seed, errors=mq.errors)
+    yardstick_means = yardsticks.groupby("yardstick")[["spearman", "kendall", "ndcg10"]].mean()
+    best = yardstick_means["spearman"].idxmax()
 
     curve = {}
     largest = min(len(train) for train, _ in splits)
     for n in sorted({min(n, largest) for n in args.sizes} | {largest}):
         prefix = [(train[:n], test) for train, test in splits]  # sorted indices: rows in labelling order
         cv = cross_validate(graphs, prefix, model_settings, train_settings, progress=True, label=f"n={n}")
-        small = evaluate_baselines(dataset.configs, dataset.labels, targets, prefix, mq.unit_names, mq.options,
-                                   args.seed, baselines=("summed_error", "ridge"), errors=mq.errors)
-        spear = small.groupby("baseline")["spearman"]
+        small = evaluate_yardsticks(dataset.configs, dataset.labels, targets, prefix, mq.unit_names, mq.options,
+                                    args.seed, yardsticks=("summed_error", "ridge"), errors=mq.errors)
+        spear = small.groupby("yardstick")["spearman"]
         curve[n] = {"gnn": [float(cv.metrics["spearman"].mean()), float(cv.metrics["spearman"].std())],
                     **{b: [float(spear.mean()[b]), float(spear.std()[b])] for b in ("summed_error", "ridge")}}
         print(f"n={n}: GNN {curve[n]['gnn'][0]:.3f} ± {curve[n]['gnn'][1]:.3f}, ridge {curve[n]['ridge'][0]:.3f}, "
               f"summed error {curve[n]['summed_error'][0]:.3f}")
 
-    for name in BASELINES:
-        print(f"{name}: Spearman {baseline_means.loc[name, 'spearman']:.3f}")
+    for name in YARDSTICKS:
+        print(f"{name}: Spearman {yardstick_means.loc[name, 'spearman']:.3f}")
     print(f"GNN ({args.loss}): Spearman {full.metrics['spearman'].mean():.3f} ± {full.metrics['spearman'].std():.3f}, "
           f"NDCG@10 {full.metrics['ndcg10'].mean():.3f}; {full.metrics['seconds'].mean():.1f} s per fold")
     print(json.dumps({
@@ -81,9 +81,9 @@ def main() -> None:
         "gnn_spearman_std": float(full.metrics["spearman"].std()),
         "gnn_kendall_mean": float(full.metrics["kendall"].mean()),
         "ndcg10_mean": float(full.metrics["ndcg10"].mean()),
-        "best_baseline": best, "best_baseline_spearman": float(baseline_means.loc[best, "spearman"]),
-        "baseline_spearman_mean": {b: float(baseline_means.loc[b, "spearman"]) for b in BASELINES},
-        "baseline_ndcg10_mean": {b: float(baseline_means.loc[b, "ndcg10"]) for b in BASELINES},
+        "best_baseline": best, "best_baseline_spearman": float(yardstick_means.loc[best, "spearman"]),
+        "baseline_spearman_mean": {b: float(yardstick_means.loc[b, "spearman"]) for b in YARDSTICKS},
+        "baseline_ndcg10_mean": {b: float(yardstick_means.loc[b, "ndcg10"]) for b in YARDSTICKS},
         "train_seconds_per_fold": float(full.metrics["seconds"].mean()),
         "gnn_wall_seconds_all_folds": gnn_seconds,
         "learning_curve_spearman": curve,

@@ -28,11 +28,11 @@ import numpy as np
 from tqdm import tqdm
 
 from qsd.plotting import new_figure, savefig
-from qsd.predictor.baselines import RidgeBaseline
 from qsd.predictor.metrics import spearman
 from qsd.predictor.model import PredictorSettings
 from qsd.predictor.target import FID_ONLY, TargetExpression
 from qsd.predictor.training import TrainSettings, train_predictor
+from qsd.predictor.yardsticks import RidgeYardstick
 from qsd.stages.train_predictor import load_dataset
 
 
@@ -80,7 +80,7 @@ def main() -> None:
                     tuned = train_predictor(train_graphs, model_settings, replace(settings, lr=lr), init=pretrained)
                     scores[tuned_name].append(spearman(tuned.predict(test_graphs), y[test]))
                 scratch = train_predictor(train_graphs, model_settings, settings)
-                ridge = RidgeBaseline(dataset.multiquantizer.unit_names, dataset.multiquantizer.options)
+                ridge = RidgeYardstick(dataset.multiquantizer.unit_names, dataset.multiquantizer.options)
                 ridge.fit([dataset.configs[i] for i in train], y[train])
                 scores["scratch"].append(spearman(scratch.predict(test_graphs), y[test]))
                 scores["ridge"].append(spearman(ridge.score([dataset.configs[i] for i in test]), y[test]))

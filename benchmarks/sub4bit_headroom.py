@@ -35,8 +35,8 @@ def main() -> None:
     labeller, mq = session.executor.worker.labeller, session.multiquantizer
     damage = pd.read_csv(run.require(MULTIQUANTIZER, "layer_damage.csv", "single-layer damage table"))
     damage = damage[damage["option"] == "uaq-3"].set_index("unit")["sample_mse"]
-    options = run.option_table()
-    table = options[options["method"] == "uaq"].rename(columns={"unit": "layers", "option": "options"})
+    option_table = run.option_table()
+    table = option_table[option_table["method"] == "uaq"].rename(columns={"unit": "layers", "option": "options"})
     table = table.assign(unit=table["layers"],
                          score=[-damage[u] if o == "uaq-3" else 0.0 for u, o in zip(table["layers"], table["options"],
                                                                                      strict=True)])

@@ -10,7 +10,7 @@ import torch
 from margins import below
 
 from qsd.actquant import StaticQuantizer
-from qsd.baselines import dmq, rtn
+from qsd.baselines import baseline_settings, dmq, qdiffusion, rtn
 from qsd.baselines.calibration import CalibrationSet, output_error
 from qsd.baselines.common import quantized_copy, quantized_units
 from qsd.baselines.les import (
@@ -20,11 +20,12 @@ from qsd.baselines.les import (
     update_buffer,
 )
 from qsd.baselines.pts import vote_shifts
-from qsd.baselines.reconstruction import activations_off
+from qsd.baselines.reconstruction import ReconstructionSettings, activations_off
 from qsd.models.random_init import example_inputs, random_denoiser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FAST = dmq.Settings(les_iters=8, les_rows_per_step=4, recon_iters=6, recon_batch=4, act_batch=4)
+FAST = dmq.Settings(les_iters=8, les_rows_per_step=4, reconstruction=ReconstructionSettings(iters=6, batch=4),
+                    act_batch=4)
 
 
 def calibration_set(arch: str, rows: int = 4, timesteps=(900.0, 500.0, 100.0)) -> CalibrationSet:
@@ -138,8 +139,8 @@ def test_dmq_w4a6_beats_rtn(arch, request):
     record = result.record()
     assert record["method"] == "dmq" and record["calibration_seconds"] > 0
     settings = record["settings"]
-    assert settings["les_iters"] == FAST.les_iters and settings["recon_iters"] == FAST.recon_iters
-    assert settings["attention_matmuls"] == "float" and settings["reconstruction"]
+    assert settings["les_iters"] == FAST.les_iters and settings["reconstruction"]["iters"] == FAST.reconstruction.iters
+    assert settings["attention_matmuls"] == "float" and settings["reconstruction_stats"]
     if arch == "unet":
         assert "time_embedding.linear_1" in settings["float_layers"]
         assert any("time_emb_proj" in n for n in settings["float_layers"])
@@ -156,7 +157,8 @@ def test_dmq_w4a6_beats_rtn(arch, request):
 
 def test_dmq_is_deterministic_for_a_seed(pixart):
     model, calibration, _ = pixart
-    settings = dmq.Settings(les_iters=4, les_rows_per_step=4, recon_iters=4, recon_batch=4, act_batch=4)
+    settings = dmq.Settings(les_iters=4, les_rows_per_step=4, reconstruction=ReconstructionSettings(iters=4, batch=4),
+                            act_batch=4)
     first = dmq.quantize(model, calibration, settings=settings, seed=3)
     second = dmq.quantize(model, calibration, settings=settings, seed=3)
     outputs = calibration.outputs(first.denoiser)
@@ -179,3 +181,11 @@ def test_activation_treatment_on_other_weights(unet):
     assert quantizers and all(q.n_sets == len(calibration) and q.smooth is None for q in quantizers)
     below(output_error(weights_only, reference, calibration), 10 * rtn_error(model, calibration, reference), 0.5,
           "RTN weights with DMQ's activations vs 10 × RTN W4A6")
+
+
+def test_reconstruction_settings_nest_as_in_q_diffusion():
+    """DMQ's weight reconstruction is a nested `ReconstructionSettings`, with the defaults Q-Diffusion and TFMQ-DM
+    use, and takes its overrides as a dict (as stage 06's `baseline_settings` do)."""
+    assert dmq.Settings().reconstruction == qdiffusion.Settings().reconstruction == ReconstructionSettings()
+    settings = baseline_settings("dmq", {"les_iters": 2, "reconstruction": {"iters": 100}})
+    assert settings.reconstruction == ReconstructionSettings(iters=100) and settings.les_iters == 2

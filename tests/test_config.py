@@ -103,3 +103,12 @@ def test_config_is_immutable():
         cfg[UNITS[0]] = QuantSpec("uaq", 4)
     with pytest.raises(UnknownLayerError, match="closest"):
         cfg["blocks.0.attn.to_qq"]
+
+
+def test_shared_spec_is_the_spec_of_a_uniform_config():
+    spec = QuantSpec("kmeans_c", 3)
+    assert QuantConfig.uniform(UNITS, spec).shared_spec() == spec
+    assert QuantConfig.uniform(UNITS, spec).with_a_bits(6).shared_spec() == QuantSpec("kmeans_c", 3, 6)
+    assert QuantConfig.uniform(UNITS, None).shared_spec() is None
+    assert QuantConfig.uniform(UNITS, spec).with_layers({UNITS[0]: None}).shared_spec() is None
+    assert QuantConfig.uniform(UNITS, spec).with_layers({UNITS[0]: QuantSpec("uaq", 3)}).shared_spec() is None

@@ -1,4 +1,4 @@
-"""Denoiser graphs (qsd.graph): traced automatically from any diffusers denoiser, with roles, blocks and units."""
+"""Denoiser graphs (qsd.graph): traced automatically from any diffusers denoiser, with roles, blocks and subgraphs."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_every_quantizable_layer_is_one_node_and_the_graph_is_a_dag(graphs, name
     units = [u.name for u in quantizable_units(model)]
     assert sorted(graph.unit_names) == sorted(units)  # each exactly once
     assert nx.is_directed_acyclic_graph(graph.to_networkx())
-    assert sorted(layer for u in graph.units for layer in u.layers) == sorted(units)  # units partition the layers
+    assert sorted(layer for s in graph.subgraphs for layer in s.layers) == sorted(units)  # a partition of the layers
     assert all(graph.nodes[graph.weight_node[name]].role in WEIGHT_ROLES for name in units)
     isolated = [n for n in graph.unit_names if not any(graph.weight_node[n] in e for e in graph.edges)]
     assert not isolated, f"layers outside the data flow: {isolated}"
@@ -80,18 +80,18 @@ def test_unet_skip_connections_are_edges(graphs, name):
         assert any(graph.nodes[p].block in down or graph.nodes[p].role == "conv-in" for p in preds[concat])
 
 
-def test_pixart_roles_units_and_folded_modulation(graphs):
+def test_pixart_roles_subgraphs_and_folded_modulation(graphs):
     _, graph = graphs["pixart"]
     roles = {n.name: n.role for n in graph.nodes if n.kind == "weight"}
     assert roles["transformer_blocks.0.attn1.to_q"] == "SA-Q" and roles["transformer_blocks.0.attn2.to_k"] == "CA-K"
     assert roles["transformer_blocks.1.ff.net.2"] == "FF-2" and roles["adaln_single.linear"] == "adaLN"
     assert roles["caption_projection.linear_1"] == "c-embed" and roles["pos_embed.proj"] == "pos-embed"
-    units = {u.name: u for u in graph.units}
-    assert set(units["transformer_blocks.0:SA"].layers) == {f"transformer_blocks.0.attn1.{p}"
-                                                           for p in ("to_q", "to_k", "to_v", "to_out.0")}
-    assert units["t-embed"].layers[-1] == "adaln_single.linear" and len(units["t-embed"].layers) == 3
-    assert graph.nodes[units["transformer_blocks.0:FF"].anchor].role == "FF-2"
-    assert units["transformer_blocks.0:FF"].hop == 1 and units["transformer_blocks.0:SA"].hop == 2
+    subgraphs = {s.name: s for s in graph.subgraphs}
+    assert set(subgraphs["transformer_blocks.0:SA"].layers) == {f"transformer_blocks.0.attn1.{p}"
+                                                               for p in ("to_q", "to_k", "to_v", "to_out.0")}
+    assert subgraphs["t-embed"].layers[-1] == "adaln_single.linear" and len(subgraphs["t-embed"].layers) == 3
+    assert graph.nodes[subgraphs["transformer_blocks.0:FF"].anchor].role == "FF-2"
+    assert subgraphs["transformer_blocks.0:FF"].hop == 1 and subgraphs["transformer_blocks.0:SA"].hop == 2
     # x·(1 + scale) + shift is one modulate node fed by the norm and the adaLN layer
     adaln = graph.weight_node["adaln_single.linear"]
     preds = graph.predecessors()
@@ -101,9 +101,9 @@ def test_pixart_roles_units_and_folded_modulation(graphs):
     assert {graph.nodes[p].role for p in preds[modulate]} == {"norm", "adaLN"} and adaln in preds[modulate]
 
 
-def test_dit_attention_unit_holds_its_adaln_layer_as_in_the_paper(graphs):
+def test_dit_attention_subgraph_holds_its_adaln_layer_as_in_the_paper(graphs):
     _, graph = graphs["dit"]
-    sa = {u.name: u for u in graph.units}["transformer_blocks.0:SA"]
+    sa = {s.name: s for s in graph.subgraphs}["transformer_blocks.0:SA"]
     assert "transformer_blocks.0.norm1.linear" in sa.layers and len(sa.layers) == 5
 
 
@@ -127,7 +127,7 @@ def test_unknown_denoisers_get_generic_roles_not_errors():
                        up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=8).eval()
     graph = DenoiserGraph.from_model(unet, inputs={"sample": torch.randn(1, 3, 8, 8), "timestep": torch.tensor([10])})
     assert sorted(graph.unit_names) == sorted(u.name for u in quantizable_units(unet))
-    assert max(len(u.layers) for u in graph.units) <= 5  # two attentions under one up block: split by module path
+    assert max(len(s.layers) for s in graph.subgraphs) <= 5  # two attentions under one up block: split by module path
     sana = SanaTransformer2DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16,
                                   num_layers=2, num_cross_attention_heads=2, cross_attention_head_dim=16,
                                   cross_attention_dim=32, caption_channels=24, sample_size=8, patch_size=1).eval()
@@ -175,7 +175,7 @@ def test_networkx_view_save_load_and_the_block_figure(graphs, tmp_path):
     assert {g.nodes[n]["fqn"] for n in weights} == {u.split(":")[0] for u in graph.unit_names}
     path = graph.save(tmp_path / "graph.json")
     loaded = DenoiserGraph.load(path)
-    assert loaded.nodes == graph.nodes and loaded.edges == graph.edges and loaded.units == graph.units
+    assert loaded.nodes == graph.nodes and loaded.edges == graph.edges and loaded.subgraphs == graph.subgraphs
     assert loaded.block_names == graph.block_names
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(CorruptFileError):
@@ -187,10 +187,10 @@ def test_networkx_view_save_load_and_the_block_figure(graphs, tmp_path):
 def test_encode_features_follow_the_configuration(graphs):
     model, graph = graphs["pixart"]
     mq = MultiQuantizer.build(model, progress=False)
-    options = mq.search_space()
+    option_table = mq.search_space()
     config = mq.sample(0)
     mixed = QuantConfig({**dict(config), "proj_out": None})
-    data = graph.encode([mixed, mq.uniform(QuantSpec("uaq", 3))], options, hops=4, targets=[1.0, 2.0])
+    data = graph.encode([mixed, mq.uniform(QuantSpec("uaq", 3))], option_table, hops=4, targets=[1.0, 2.0])
     assert len(data) == 2 and data[1].y.item() == 2.0
     col = {name: i for i, name in enumerate(NUMERIC_FEATURES)}
     for unit in ("transformer_blocks.0.attn1.to_q", "proj_out"):
@@ -199,7 +199,7 @@ def test_encode_features_follow_the_configuration(graphs):
         if spec is None:
             assert METHOD_CODES[data[0].method[node]] == "float" and x[col["bits"]] == 1 and x[col["error"]] == 0
         else:
-            row = options[(options.unit == unit) & (options.option == spec.key)].iloc[0]
+            row = option_table[(option_table.unit == unit) & (option_table.option == spec.key)].iloc[0]
             assert METHOD_CODES[data[0].method[node]] == spec.method
             assert x[col["bits"]] == pytest.approx(spec.w_bits / 16)
             assert x[col["error"]] == pytest.approx(row.error)
@@ -210,16 +210,16 @@ def test_encode_features_follow_the_configuration(graphs):
     assert data[0].anchor[:, 0].sum() == len(graph.unit_names) and data[0].anchor.shape[1] == 5
     assert [ROLES[r] for r in data[0].role[:3].tolist()] == [n.role for n in graph.nodes[:3]]
     with pytest.raises(MissingLayerError):
-        graph.encode([QuantConfig({"proj_out": None})], options)
+        graph.encode([QuantConfig({"proj_out": None})], option_table)
 
 
 def test_encode_rejects_a_foreign_option_table(graphs):
     model, graph = graphs["pixart"]
-    options = pd.DataFrame({"unit": ["x"], "option": ["uaq-4"], "w_bits": [4], "n_weights": [1], "size_bits": [4],
-                            "error": [0.1]})
+    option_table = pd.DataFrame({"unit": ["x"], "option": ["uaq-4"], "w_bits": [4], "n_weights": [1], "size_bits": [4],
+                                 "error": [0.1]})
     config = QuantConfig(dict.fromkeys(graph.unit_names, DEFAULT_OPTIONS[0]))
     with pytest.raises(QsdError, match="no row"):
-        graph.encode([config], options)
+        graph.encode([config], option_table)
     with pytest.raises(QsdError, match="lacks column"):
-        graph.encode([config], options.drop(columns="error"))
-    assert np.isfinite(graph.encode([QuantConfig(dict.fromkeys(graph.unit_names))], options)[0].x.numpy()).all()
+        graph.encode([config], option_table.drop(columns="error"))
+    assert np.isfinite(graph.encode([QuantConfig(dict.fromkeys(graph.unit_names))], option_table)[0].x.numpy()).all()

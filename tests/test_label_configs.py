@@ -177,7 +177,9 @@ def test_regime_verdicts():
         "kind": ["float", "uniform", "uniform", "uniform", "uniform", "random"],
         "fid": [20.0, 30.0, 60.0, 25.0, 50.0, 40.0],
         "prompt_accuracy": [0.9, 0.8, 0.6, 0.85, 0.7, 0.75],
-        "avg_bits": [16.0, 4.25, 3.25, 6.0, 5.0, 4.0]})
+        "avg_bits": [16.0, 4.25, 3.25, 6.0, 5.0, 4.0],
+        "method": [None, "uaq", "uaq", "kmeans_c", "kmeans_c", None],
+        "w_bits": pd.array([None, 4, 3, 4, 3, None], dtype="Int64")})
     verdict = stage.regime(labels, [20.0, 21.0, 23.0])
     assert verdict["float_is_best"] and verdict["w3_worse_than_w4"]
     assert verdict["best_w4"] == "uniform uaq-4" and verdict["best_w4_fid_ratio"] == 1.5  # K-Means-C-4 is > 4.5 bits

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 
 from qsd.errors import InvalidSettingError
-from qsd.predictor.target import MAX_LENGTH, TargetExpression, paper_target
+from qsd.predictor.target import MAX_LENGTH, PAPER_TARGET, TargetExpression
 
 FRAME = pd.DataFrame({"fid": [10.0, 20.0, 15.0], "avg_bits": [3.5, 4.0, 3.0], "clip_score": [0.3, 0.2, 0.25]})
 
 
 def test_paper_target_evaluates_minus_fid_minus_lambda_bits():
-    target = paper_target(10.0)
+    target = TargetExpression(PAPER_TARGET, {"lambda": 10.0})
     np.testing.assert_allclose(target.evaluate(FRAME), [-45.0, -60.0, -45.0])
     assert target.variables == ("fid", "avg_bits") and target.constants == {"lambda": 10.0}
     assert target == TargetExpression("-fid - lambda * avg_bits", {"lambda": 10})
@@ -64,7 +64,7 @@ def test_unknown_names_get_a_hint_and_keywords_need_constants():
 
 def test_missing_values_are_reported_unless_dropped():
     frame = FRAME.assign(fid=[10.0, None, np.nan])
-    target = paper_target(1.0)
+    target = TargetExpression(PAPER_TARGET, {"lambda": 1.0})
     with pytest.raises(InvalidSettingError, match=r"column 'fid' is missing \(NaN/None\) in 2 of 3 rows"):
         target.evaluate(frame)
     usable = target.usable_rows(frame)
@@ -77,13 +77,13 @@ def test_missing_values_are_reported_unless_dropped():
 
 
 def test_json_round_trip_str_and_slug():
-    target = paper_target(10.0)
+    target = TargetExpression(PAPER_TARGET, {"lambda": 10.0})
     restored = TargetExpression.from_json(json.loads(json.dumps(target.to_json())))
     assert restored == target and restored.slug == target.slug and pickle.loads(pickle.dumps(target)) == target
     np.testing.assert_array_equal(restored.evaluate(FRAME), target.evaluate(FRAME))
     assert str(target) == "-fid - lambda * avg_bits (lambda=10)"
     assert target.slug == "neg_fid_minus_10_times_avg_bits"
-    assert paper_target(0.5).slug == "neg_fid_minus_0p5_times_avg_bits"
+    assert TargetExpression(PAPER_TARGET, {"lambda": 0.5}).slug == "neg_fid_minus_0p5_times_avg_bits"
     for text in ("log(fid) / (1 + avg_bits) ** 2", "-fid*1e-3 - -avg_bits", "+" * 40 + "fid"):
         slug = TargetExpression(text).slug
         assert re.fullmatch(r"[A-Za-z0-9_]+", slug) and len(slug) <= 120

@@ -1,6 +1,6 @@
 """Search (qsd.search): exact bit-budget knapsack, batched variant scores, configurations, frontiers and insights.
 
-The scored denoiser is a hand-built graph with units of 1, 2 and 4 layers; its option table is synthetic (6 options
+The scored denoiser is a hand-built graph with subgraphs of 1, 2 and 4 layers; its option table is synthetic (6 options
 per layer) and the fold predictors are tiny GNNs trained for two epochs on a few encoded configurations.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 from qsd.config import METHODS, QuantConfig, QuantSpec
 from qsd.errors import InfeasibleBudgetError, InvalidSettingError
-from qsd.graph import DenoiserGraph, GraphNode, GraphUnit
+from qsd.graph import DenoiserGraph, GraphNode, Subgraph
 from qsd.graph.encode import encode_configs
 from qsd.predictor.model import PredictorSettings
 from qsd.predictor.training import TrainSettings, train_predictor
@@ -24,7 +24,14 @@ from qsd.search.construct import budget_config, error_scores, ridge_scores, rule
 from qsd.search.insights import insights, winners
 from qsd.search.knapsack import pareto_variants, solve_budget
 from qsd.search.pareto import dominated_fraction, frontier_fid, pareto_front
-from qsd.search.scores import FoldScorer, UnitBatch, anchor_score, candidates, score_unit, score_variants
+from qsd.search.scores import (
+    CandidateVariants,
+    FoldScorer,
+    anchor_score,
+    candidates,
+    score_candidate,
+    score_variants,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +49,8 @@ def combine(role: str, block: int) -> GraphNode:
 
 
 def tiny_graph() -> DenoiserGraph:
-    """Embeddings, one attention block (SA unit of 4 layers, anchor 3 hops away), two feed-forward blocks, output."""
+    """Embeddings, one attention block (SA subgraph of 4 layers, anchor 3 hops away), two feed-forward blocks,
+    output."""
     nodes = [
         GraphNode("input", "input-x", "hidden_states", -1), GraphNode("input", "input-t", "timestep", -1),
         GraphNode("input", "input-c", "encoder_hidden_states", -1),
@@ -59,19 +67,19 @@ def tiny_graph() -> DenoiserGraph:
     edges = [(0, 6), (1, 3), (3, 4), (2, 5), (6, 7), (4, 7), (5, 7), (7, 8), (7, 9), (7, 10), (8, 11), (9, 11),
              (10, 11), (11, 12), (7, 13), (12, 13), (13, 14), (14, 15), (13, 16), (15, 16), (16, 17), (17, 18),
              (16, 19), (18, 19), (19, 20)]
-    units = [
-        GraphUnit("t-embed", "t-embed", -1, ("time.linear_1", "time.linear_2"), 4, 1),
-        GraphUnit("c-embed", "c-embed", -1, ("caption.linear",), 5, 0),
-        GraphUnit("pos-embed", "pos-embed", -1, ("pos_embed.proj",), 6, 0),
-        GraphUnit("blocks.0:SA", "SA", 0, tuple(nodes[i].name for i in (8, 9, 10, 12)), 13, 3),
-        GraphUnit("blocks.0:FF", "FF", 0, ("blocks.0.ff.net.0", "blocks.0.ff.net.2"), 16, 2),
-        GraphUnit("blocks.1:FF", "FF", 1, ("blocks.1.ff.net.0", "blocks.1.ff.net.2"), 19, 2),
-        GraphUnit("output", "output", -1, ("proj_out",), 20, 0),
+    subgraphs = [
+        Subgraph("t-embed", "t-embed", -1, ("time.linear_1", "time.linear_2"), 4, 1),
+        Subgraph("c-embed", "c-embed", -1, ("caption.linear",), 5, 0),
+        Subgraph("pos-embed", "pos-embed", -1, ("pos_embed.proj",), 6, 0),
+        Subgraph("blocks.0:SA", "SA", 0, tuple(nodes[i].name for i in (8, 9, 10, 12)), 13, 3),
+        Subgraph("blocks.0:FF", "FF", 0, ("blocks.0.ff.net.0", "blocks.0.ff.net.2"), 16, 2),
+        Subgraph("blocks.1:FF", "FF", 1, ("blocks.1.ff.net.0", "blocks.1.ff.net.2"), 19, 2),
+        Subgraph("output", "output", -1, ("proj_out",), 20, 0),
     ]
-    return DenoiserGraph(nodes, edges, units, ["blocks.0", "blocks.1"], "TinyDenoiser")
+    return DenoiserGraph(nodes, edges, subgraphs, ["blocks.0", "blocks.1"], "TinyDenoiser")
 
 
-def option_table(graph: DenoiserGraph, seed: int = 0) -> pd.DataFrame:
+def synthetic_option_table(graph: DenoiserGraph, seed: int = 0) -> pd.DataFrame:
     """A `search_space()`-shaped table: 6 options per layer, random overheads and errors (3 bits err more)."""
     rng = np.random.default_rng(seed)
     rows = [{"unit": node.name, "method": spec.method, "w_bits": spec.w_bits, "option": spec.key,
@@ -87,31 +95,31 @@ def graph() -> DenoiserGraph:
 
 
 @pytest.fixture(scope="module")
-def options(graph) -> pd.DataFrame:
-    return option_table(graph)
+def option_table(graph) -> pd.DataFrame:
+    return synthetic_option_table(graph)
 
 
 @pytest.fixture(scope="module")
-def scorers(graph, options) -> list[FoldScorer]:
+def scorers(graph, option_table) -> list[FoldScorer]:
     """Two fold scorers (different seeds and hop qualities, one negative)."""
     rng = np.random.default_rng(0)
     configs = [QuantConfig({layer: OPTIONS[rng.integers(len(OPTIONS))] for layer in graph.unit_names})
                for _ in range(16)]
-    error = options.set_index(["unit", "option"])["error"]
+    error = option_table.set_index(["unit", "option"])["error"]
     targets = [-sum(error[layer, spec.key] for layer, spec in config.items()) for config in configs]
-    data = graph.encode(configs, options, hops=SETTINGS.hops, targets=targets)
+    data = graph.encode(configs, option_table, hops=SETTINGS.hops, targets=targets)
     return [FoldScorer(train_predictor(data, SETTINGS, TrainSettings(epochs=2, batch_size=8, seed=seed)), quality)
             for seed, quality in ((0, (0.5, -0.25, 1.0)), (1, (1.0, 0.5, 0.75)))]
 
 
 @pytest.fixture(scope="module")
-def tables(graph, scorers, options) -> dict[str, pd.DataFrame]:
-    return {level: score_variants(graph, scorers, options, level) for level in ("node", "subgraph")}
+def tables(graph, scorers, option_table) -> dict[str, pd.DataFrame]:
+    return {level: score_variants(graph, scorers, option_table, level) for level in ("node", "subgraph")}
 
 
 # ---------------------------------------------------------------------- knapsack
 def random_instance(rng: np.random.Generator, weight_scale: float):
-    """3-4 units of 2-5 variants: sizes of 2-5 bits per weight, normal scores (rounded half the time: ties)."""
+    """3-4 candidates of 2-5 variants: sizes of 2-5 bits per weight, normal scores (rounded half the time: ties)."""
     variants = rng.integers(2, 6, rng.integers(3, 5))
     n_weights = float(rng.integers(10, 1000)) * weight_scale
     sizes = [rng.uniform(2, 5, v) * n_weights / len(variants) for v in variants]
@@ -171,29 +179,31 @@ def test_pareto_variants_keep_exactly_the_non_dominated():
     ("subgraph", "blocks.0:FF", 1, 5), ("subgraph", "t-embed", 1, 5), ("subgraph", "blocks.0:SA", 37, 250),
     ("node", "proj_out", 1, 4),
 ])
-def test_batched_scores_equal_one_by_one(graph, scorers, options, level, name, stride, batch):
-    """Uneven batches of `batch` variants against every `stride`-th variant encoded and scored alone (the SA unit's
-    hop, 3, is capped at the predictor's 2)."""
+def test_batched_scores_equal_one_by_one(graph, scorers, option_table, level, name, stride, batch):
+    """Uneven batches of `batch` variants against every `stride`-th variant encoded and scored alone (the SA
+    subgraph's hop, 3, is capped at the predictor's 2)."""
     candidate = next(c for c in candidates(graph, level) if c.name == name)
-    unit = UnitBatch(graph, candidate, options, SETTINGS.hops)
-    assert len(unit) == len(OPTIONS) ** len(candidate.layers)
-    batched = score_unit(scorers, unit, batch_variants=batch)
-    alone = [anchor_score(scorers, encode_configs(unit.local, [unit.variant(i)], options, SETTINGS.hops)[0],
-                          torch.tensor([unit.anchor]), candidate.hop)[0] for i in range(0, len(unit), stride)]
+    variants = CandidateVariants(graph, candidate, option_table, SETTINGS.hops)
+    assert len(variants) == len(OPTIONS) ** len(candidate.layers)
+    batched = score_candidate(scorers, variants, batch_variants=batch)
+    alone = [anchor_score(scorers, encode_configs(variants.local, [variants.variant(i)], option_table,
+                                                  SETTINGS.hops)[0],
+                          torch.tensor([variants.anchor]), candidate.hop)[0] for i in range(0, len(variants), stride)]
     np.testing.assert_allclose(batched[::stride], alone, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(score_unit(scorers, unit, batch_variants=len(unit)), batched, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(score_candidate(scorers, variants, batch_variants=len(variants)), batched, rtol=0,
+                               atol=1e-5)
     assert np.ptp(batched) > 1e-3  # the variants' features reach the anchor
 
 
 @pytest.mark.parametrize("level", ["node", "subgraph"])
-def test_score_tables_are_reproducible_and_complete(graph, scorers, options, tables, level):
+def test_score_tables_are_reproducible_and_complete(graph, scorers, option_table, tables, level):
     table = tables[level]
-    pd.testing.assert_frame_equal(score_variants(graph, scorers, options, level), table)
+    pd.testing.assert_frame_equal(score_variants(graph, scorers, option_table, level), table)
     expected = ({layer: 1 for layer in graph.unit_names} if level == "node"
-                else {u.name: len(u.layers) for u in graph.units})
+                else {s.name: len(s.layers) for s in graph.subgraphs})
     assert table.groupby("unit", sort=False).size().to_dict() == {u: 6 ** k for u, k in expected.items()}
     assert not table.duplicated(["unit", "options"]).any()
-    option = {(r.unit, r.option): np.array([r.size_bits, r.n_weights, r.error]) for r in options.itertuples()}
+    option = {(r.unit, r.option): np.array([r.size_bits, r.n_weights, r.error]) for r in option_table.itertuples()}
     for row in table.itertuples():
         pairs = zip(row.layers.split("|"), row.options.split("|"), strict=True)
         np.testing.assert_allclose([row.size_bits, row.n_weights, row.error], sum(option[p] for p in pairs),
@@ -201,37 +211,38 @@ def test_score_tables_are_reproducible_and_complete(graph, scorers, options, tab
     assert np.isfinite(table["score"]).all()
 
 
-def test_scoring_settings_are_checked(graph, scorers, options):
+def test_scoring_settings_are_checked(graph, scorers, option_table):
     with pytest.raises(InvalidSettingError, match="level"):
         candidates(graph, "block")
     with pytest.raises(InvalidSettingError, match="hop qualities"):
         FoldScorer(scorers[0].predictor, (1.0, 1.0))
     with pytest.raises(InvalidSettingError, match="at least one"):
-        score_variants(graph, [], options, "node")
+        score_variants(graph, [], option_table, "node")
 
 
-def test_units_whose_paths_cross_another_units_layer_are_scored(scorers):
-    """Units {a, c} and {b} with a → b → add ← c (as a U-Net's skip half, whose path to its anchor crosses conv2)."""
+def test_subgraphs_whose_paths_cross_another_subgraphs_layer_are_scored(scorers):
+    """Subgraphs {a, c} and {b} with a → b → add ← c (as a U-Net's skip half, whose path to its anchor crosses
+    conv2)."""
     nodes = [GraphNode("input", "input-x", "hidden_states", -1), weight("res-conv", "a", 0, 64),
              weight("res-conv", "b", 0, 64), weight("skip", "c", 0, 64), combine("add", 0)]
-    units = [GraphUnit("ac", "res", 0, ("a", "c"), 4, 2), GraphUnit("b", "res", 0, ("b",), 2, 0)]
-    graph = DenoiserGraph(nodes, [(0, 1), (1, 2), (2, 4), (0, 3), (3, 4)], units, ["block"], "Tiny")
-    table = score_variants(graph, scorers, option_table(graph), "subgraph")
+    subgraphs = [Subgraph("ac", "res", 0, ("a", "c"), 4, 2), Subgraph("b", "res", 0, ("b",), 2, 0)]
+    graph = DenoiserGraph(nodes, [(0, 1), (1, 2), (2, 4), (0, 3), (3, 4)], subgraphs, ["block"], "Tiny")
+    table = score_variants(graph, scorers, synthetic_option_table(graph), "subgraph")
     assert table.groupby("unit").size().to_dict() == {"ac": 36, "b": 6}
 
 
 # ---------------------------------------------------------------------- construct
-def unit_rows(unit: str, layers: tuple[str, ...], variants: dict[str, float], type_: str = "other", block: int = -1,
-              roles: tuple[str, ...] | None = None, weights: int = 100) -> list[dict]:
-    """Score-table rows of one unit: `variants` maps 'option|option…' to its score; each layer has `weights`
-    weights, size = weights × bits, error = −score."""
-    return [{"unit": unit, "type": type_, "block": block, "layers": "|".join(layers),
+def score_rows(name: str, layers: tuple[str, ...], variants: dict[str, float], type_: str = "other", block: int = -1,
+               roles: tuple[str, ...] | None = None, weights: int = 100) -> list[dict]:
+    """Score-table rows of one candidate (`name`: its `unit` column): `variants` maps 'option|option…' to its score;
+    each layer has `weights` weights, size = weights × bits, error = −score."""
+    return [{"unit": name, "type": type_, "block": block, "layers": "|".join(layers),
              "roles": "|".join(roles or ("linear",) * len(layers)), "options": key,
              "size_bits": sum(weights * QuantSpec.parse(k).w_bits for k in key.split("|")),
              "n_weights": weights * len(layers), "error": -score, "score": score} for key, score in variants.items()]
 
 
-def test_rule_config_takes_every_units_top_variant(graph, tables):
+def test_rule_config_takes_every_candidates_top_variant(graph, tables):
     table = tables["subgraph"]
     config = rule_config(table)
     assert sorted(config) == sorted(graph.unit_names)
@@ -241,12 +252,12 @@ def test_rule_config_takes_every_units_top_variant(graph, tables):
 
 
 @pytest.mark.parametrize("level", ["node", "subgraph"])
-def test_budget_config_spends_at_most_the_budget(tables, options, level):
+def test_budget_config_spends_at_most_the_budget(tables, option_table, level):
     table = tables[level]
-    per_unit = table.groupby("unit")["size_bits"]
+    per_candidate = table.groupby("unit")["size_bits"]
     n = table.groupby("unit")["n_weights"].first().sum()
-    lo, hi = per_unit.min().sum() / n, per_unit.max().sum() / n
-    sizes = options.set_index(["unit", "option"])["size_bits"]
+    lo, hi = per_candidate.min().sum() / n, per_candidate.max().sum() / n
+    sizes = option_table.set_index(["unit", "option"])["size_bits"]
     for budget in np.linspace(lo, hi, 4):
         built = budget_config(table, budget)
         avg_bits = sum(sizes[layer, spec.key] for layer, spec in built.config.items()) / n
@@ -257,17 +268,17 @@ def test_budget_config_spends_at_most_the_budget(tables, options, level):
 
 def test_budget_config_says_why_bits_stay_unused():
     variants = {"uaq-3": 1.0, "uaq-4": 0.0}  # the scores prefer the smaller variant
-    table = pd.DataFrame(unit_rows("u", ("a",), variants) + unit_rows("v", ("b",), variants))
+    table = pd.DataFrame(score_rows("u", ("a",), variants) + score_rows("v", ("b",), variants))
     assert budget_config(table, 3.0).note == ""
     generous = budget_config(table, 4.0)
     assert generous.solution.avg_bits == 3.0 and generous.note.startswith("1.000 bits of the budget unused")
 
 
-def test_yardstick_scores(tables, options):
+def test_yardstick_scores(tables, option_table):
     node = tables["node"]
     np.testing.assert_array_equal(error_scores(node)["score"], -node["error"])
     pd.testing.assert_frame_equal(error_scores(node).drop(columns="score"), node.drop(columns="score"))
-    coefficients = options[["unit", "option"]].assign(coefficient=np.arange(len(options), dtype=float))
+    coefficients = option_table[["unit", "option"]].assign(coefficient=np.arange(len(option_table), dtype=float))
     coefficients = pd.concat([coefficients, pd.DataFrame({"unit": ["proj_out"], "option": ["float"],
                                                           "coefficient": [99.0]})])
     expected = node.merge(coefficients, left_on=["layers", "options"], right_on=["unit", "option"])["coefficient"]
@@ -277,10 +288,10 @@ def test_yardstick_scores(tables, options):
 
 
 def test_score_tables_that_break_the_contract_are_refused():
-    table = pd.DataFrame(unit_rows("u", ("a", "b"), {"uaq-4|uaq-4": 1.0}) + unit_rows("v", ("b",), {"uaq-3": 0.0}))
-    with pytest.raises(InvalidSettingError, match="two units"):
+    table = pd.DataFrame(score_rows("u", ("a", "b"), {"uaq-4|uaq-4": 1.0}) + score_rows("v", ("b",), {"uaq-3": 0.0}))
+    with pytest.raises(InvalidSettingError, match="two candidates"):
         rule_config(table)
-    with pytest.raises(InvalidSettingError, match="two units"):
+    with pytest.raises(InvalidSettingError, match="two candidates"):
         budget_config(table, 4.0)
     with pytest.raises(InvalidSettingError, match="column"):
         rule_config(table.drop(columns="n_weights"))
@@ -307,18 +318,18 @@ NODE_SCORES = {  # layer: (role, scores in OPTIONS order uaq-4, uaq-3, kmeans_c-
     "b": ("SA-Q", (0.4, 0.2, 0.6, 0.1, 1.4, 0.3)),  # top kmeans_a-4, spread 1.3
     "c": ("FF-1", (2.0, 1.9, 1.95, 1.85, 1.8, 1.7)),  # top uaq-4, spread 0.3
 }
-UNIT_SPREADS = {("t-embed", "t-embed", -1): 3.0, ("c-embed", "c-embed", -1): 1.0,
+SUBGRAPH_SPREADS = {("t-embed", "t-embed", -1): 3.0, ("c-embed", "c-embed", -1): 1.0,
                 **{(f"blocks.{b}:SA", "SA", b): s for b, s in enumerate((0.5, 1.0, 2.0))},
                 **{(f"blocks.{b}:FF", "FF", b): s for b, s in enumerate((0.1, 0.2, 0.3))}}
 
 
 def insight_tables(drop: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     node = pd.DataFrame([row for layer, (role, scores) in NODE_SCORES.items()
-                         for row in unit_rows(layer, (layer,), dict(zip([o.key for o in OPTIONS], scores, strict=True)),
-                                              roles=(role,))])
-    units = pd.DataFrame([row for (unit, type_, block), spread in UNIT_SPREADS.items() if unit not in drop
-                          for row in unit_rows(unit, ("x",), {"uaq-4": 0.0, "uaq-3": spread}, type_, block)])
-    return node, units
+                         for row in score_rows(layer, (layer,), dict(zip([o.key for o in OPTIONS], scores,
+                                                                         strict=True)), roles=(role,))])
+    subgraphs = pd.DataFrame([row for (name, type_, block), spread in SUBGRAPH_SPREADS.items() if name not in drop
+                              for row in score_rows(name, ("x",), {"uaq-4": 0.0, "uaq-3": spread}, type_, block)])
+    return node, subgraphs
 
 
 def test_insights_report_the_statistics_of_the_tables():
@@ -338,15 +349,16 @@ def test_insights_report_the_statistics_of_the_tables():
 def test_insights_leave_out_what_the_tables_cannot_support():
     topics = [i.topic for i in insights(*insight_tables(drop=("c-embed", "blocks.2:SA", "blocks.2:FF")))]
     assert "t-embed vs c-embed" not in topics and "depth" not in topics
-    node, units = insight_tables()
-    less = insights(node, units.assign(score=np.where(units["type"] == "t-embed", units["score"] / 10, units["score"])))
+    node, subgraphs = insight_tables()
+    less = insights(node, subgraphs.assign(score=np.where(subgraphs["type"] == "t-embed", subgraphs["score"] / 10,
+                                                          subgraphs["score"])))
     assert less[0].statistics["t_embed_spread"] == pytest.approx(0.3) and "less sensitive" in less[0].text
 
 
 def test_winners_are_the_top_variants_options():
-    table = pd.DataFrame(unit_rows("u", ("q", "k"), {"uaq-4|uaq-4": 0.0, "kmeans_a-3|uaq-4": 2.0, "uaq-3|uaq-3": 1.0},
-                                   roles=("SA-Q", "SA-K"))
-                         + unit_rows("v", ("f",), {"kmeans_c-4": -1.0, "uaq-3": -2.0}, roles=("FF-1",)))
+    table = pd.DataFrame(score_rows("u", ("q", "k"), {"uaq-4|uaq-4": 0.0, "kmeans_a-3|uaq-4": 2.0, "uaq-3|uaq-3": 1.0},
+                                    roles=("SA-Q", "SA-K"))
+                         + score_rows("v", ("f",), {"kmeans_c-4": -1.0, "uaq-3": -2.0}, roles=("FF-1",)))
     expected = pd.DataFrame({"layer": ["q", "k", "f"], "role": ["SA-Q", "SA-K", "FF-1"],
                              "option": ["kmeans_a-3", "uaq-4", "kmeans_c-4"], "method": ["kmeans_a", "uaq", "kmeans_c"],
                              "bits": [3, 4, 4]})
@@ -354,10 +366,10 @@ def test_winners_are_the_top_variants_options():
 
 
 # ---------------------------------------------------------------------- active labelling
-def test_active_loop_grows_its_labels_and_measures_both_arms_alike(graph, options, one_thread):
+def test_active_loop_grows_its_labels_and_measures_both_arms_alike(graph, option_table, one_thread):
     """Both arms start from the same labels (identical round-0 frontier and held-out Spearman); each round the active
     arm adds `per_round` new configurations, the random arm the next ones of its stream."""
-    error = options.set_index(["unit", "option"])["error"]
+    error = option_table.set_index(["unit", "option"])["error"]
 
     def fid(config: QuantConfig) -> float:
         return float(np.exp(5 * sum(error[layer, spec.key] for layer, spec in config.items())))
@@ -370,13 +382,13 @@ def test_active_loop_grows_its_labels_and_measures_both_arms_alike(graph, option
 
     rng = np.random.default_rng(1)
     draw = [QuantConfig({layer: OPTIONS[rng.integers(len(OPTIONS))] for layer in graph.unit_names}) for _ in range(26)]
-    weights = options.groupby("unit")["n_weights"].first().sum()
-    bits = options.groupby("unit")["size_bits"].agg(["min", "max"]).sum() / weights
+    weights = option_table.groupby("unit")["n_weights"].first().sum()
+    bits = option_table.groupby("unit")["size_bits"].agg(["min", "max"]).sum() / weights
     settings = ActiveSettings(initial=4, rounds=2, per_round=2, budgets=(float(bits.mean()),), folds=2,
                               predictor=PredictorSettings(hops=SETTINGS.hops), training=TrainSettings(epochs=1))
     pool = Pool(draw[:8], np.array([fid(c) for c in draw[:8]]), draw[8:14], np.array([fid(c) for c in draw[8:14]]),
                 draw[14:])
-    result = ActiveLoop(graph, options, label, settings).run(pool)
+    result = ActiveLoop(graph, option_table, label, settings).run(pool)
     table = result.checkpoints
     assert table.groupby("arm")["labels"].apply(list).to_dict() == {"active-arm": [4, 6, 8], "random-arm": [4, 6, 8]}
     first = table[table["round"] == 0].set_index("arm")
@@ -387,4 +399,4 @@ def test_active_loop_grows_its_labels_and_measures_both_arms_alike(graph, option
     assert all(f == pytest.approx(fid(c)) for _, c, f in active)
     assert {name.split(" ")[0] for batch in calls for name in batch} == {"random-arm", "active-arm"}
     with pytest.raises(InvalidSettingError, match="needs 8"):
-        ActiveLoop(graph, options, label, settings).run(Pool(draw[:5], np.ones(5), [], np.ones(0), []))
+        ActiveLoop(graph, option_table, label, settings).run(Pool(draw[:5], np.ones(5), [], np.ones(0), []))

@@ -53,6 +53,20 @@ def test_exports_and_dataset_card(tmp_path):
     assert card["fid_range"] == [10.0, 13.0] and card["avg_bits_range"] == [3.5, 3.5]
 
 
+def test_uniform_rows_carry_their_method_and_bits_as_columns(tmp_path):
+    """`to_pandas` derives `method` and `w_bits` from each configuration (uniform rows only); the exports hold the
+    stored columns."""
+    uniform = LabelRecord(QuantConfig.uniform(UNITS, QuantSpec("kmeans_a", 4)), "uniform", "uniform kmeans_a-4", {})
+    floating = LabelRecord(QuantConfig.uniform(UNITS, None), "float", "float", {})
+    with LabelStore(tmp_path / "labels.sqlite", PROTOCOL) as store:
+        store.add_many([uniform, floating, record(0)])
+        frame = store.to_pandas()
+        csv = pd.read_csv(store.to_csv(tmp_path / "labels.csv"))
+    assert frame["method"].iloc[0] == "kmeans_a" and frame["method"].isna().tolist() == [False, True, True]
+    assert frame["w_bits"].iloc[0] == 4 and frame["w_bits"].isna().tolist() == [False, True, True]
+    assert list(csv.columns) == list(frame.columns[:-2]) and {"method", "w_bits"}.isdisjoint(csv.columns)
+
+
 def test_bad_inputs_get_clear_errors(tmp_path):
     with pytest.raises(MissingFileError, match="no label dataset"):
         LabelStore(tmp_path / "missing.sqlite")

@@ -189,6 +189,11 @@ class QuantConfig(Mapping[str, QuantSpec | None]):
             raise UnsupportedSpecError(f"this config mixes activation bit widths {sorted(found, key=str)}")
         return next(iter(found), None)
 
+    def shared_spec(self) -> QuantSpec | None:
+        """The one spec every unit has (a uniform configuration); None when the units differ or are all float."""
+        specs = set(self._layers.values())
+        return next(iter(specs)) if len(specs) == 1 else None
+
     # Serialisation
     def to_json(self) -> dict:
         return {

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from qsd.actquant import apply_activation_bits
+from qsd.bits import count_bits
 from qsd.config import METHODS, QuantConfig, QuantSpec
 from qsd.errors import CorruptFileError, ModelMismatchError, QsdError
 from qsd.files import atomic_write, tensor_digest
@@ -142,17 +143,18 @@ class MultiQuantizer:
 
         Float units and the overhead count at the parameter precision (`QuantizerSettings.param_dtype`, FP16, the
         paper's convention). Only the quantizable layers' weights enter (biases, norms and embeddings are the same
-        in every configuration).
+        in every configuration; `qsd.bits`).
         """
         config.validate(self.unit_names, self.options)
-        size = fp = n = 0
+        p = self.settings.param_bits
+        layers = []
         for unit in self.units:
-            spec, p = config[unit.name], self.settings.param_bits
-            numel = self.quantized[unit.name][self.options[0]].numel
-            n += numel
-            fp += numel * p
-            size += numel * p if spec is None else self.quantized[unit.name][spec.weights_only].size_bits(p)
-        return {"avg_bits": size / n, "quantized_bytes": size / 8, "fp_bytes": fp / 8, "n_weights": n}
+            spec = config[unit.name]
+            size = None if spec is None else self.quantized[unit.name][spec.weights_only].size_bits(p)
+            layers.append((self.quantized[unit.name][self.options[0]].numel, size))
+        count = count_bits(layers, p)
+        return {"avg_bits": count.avg_bits, "quantized_bytes": count.size_bits / 8,
+                "fp_bytes": count.n_weights * p / 8, "n_weights": count.n_weights}
 
     def summed_error(self, config: QuantConfig) -> float:
         """Sum of the units' relative errors under `config` (float units add 0)."""

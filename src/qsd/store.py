@@ -146,27 +146,38 @@ class LabelStore:
     def fingerprints(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT fingerprint FROM labels")}
 
-    def to_pandas(self) -> pd.DataFrame:
-        """One row per label: fingerprint, kind, name, sample_index, config (JSON text), metrics, provenance
-        (JSON text), labelled_at. Ordered as labelled."""
+    def stored(self) -> pd.DataFrame:
+        """One row per label as stored: fingerprint, kind, name, sample_index, config (JSON text), metrics,
+        provenance (JSON text), labelled_at. Ordered as labelled."""
         return pd.read_sql_query("SELECT * FROM labels ORDER BY rowid", self._db)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The `stored` rows plus `method` and `w_bits`, the quantization every unit of the row's configuration
+        shares (`QuantConfig.shared_spec`: set for the uniform rows, empty for mixed and float ones)."""
+        frame = self.stored()
+        specs = [QuantConfig.loads(text).shared_spec() for text in frame["config"]]
+        frame["method"] = [None if spec is None else spec.method for spec in specs]
+        frame["w_bits"] = pd.array([None if spec is None else spec.w_bits for spec in specs], dtype="Int64")
+        return frame
 
     def configs(self) -> dict[str, QuantConfig]:
         """fingerprint -> QuantConfig of every row."""
         return {fp: QuantConfig.loads(text) for fp, text in self._db.execute("SELECT fingerprint, config FROM labels")}
 
     def to_csv(self, path: str | Path) -> Path:
-        self.to_pandas().to_csv(path, index=False)
+        """The `stored` rows as CSV."""
+        self.stored().to_csv(path, index=False)
         return Path(path)
 
     def to_parquet(self, path: str | Path) -> Path:
-        self.to_pandas().to_parquet(path, index=False)
+        """The `stored` rows as Parquet."""
+        self.stored().to_parquet(path, index=False)
         return Path(path)
 
     def summary(self, kinds: Iterable[str] | None = None) -> dict:
         """Dataset card of the rows of `kinds` (default all): counts per kind, avg-bits and FID ranges, the
         protocol."""
-        frame = self.to_pandas()
+        frame = self.stored()
         if kinds is not None:
             frame = frame[frame["kind"].isin(list(kinds))]
 

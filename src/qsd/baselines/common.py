@@ -1,5 +1,6 @@
 """What every baseline shares: the result it returns, which layers it quantizes, round-to-nearest weights, average
-bits counted as the rest of qsd counts them, and static activation quantizers calibrated on a `CalibrationSet`.
+bits counted as the rest of qsd counts them (`qsd.bits`), and static activation quantizers calibrated on a
+`CalibrationSet`.
 
 Every baseline works on a copy of the float denoiser (`quantized_copy`): weights are fake-quantized in place of the
 float ones, activation quantizers are attached as in `qsd.actquant`, and the float denoiser is never touched.
@@ -18,11 +19,10 @@ from qsd.actquant import SplitInputQuantizer, StaticQuantizer, StepClock, set_in
 from qsd.actquant.attach import channel_dim
 from qsd.actquant.static import finalize_observed
 from qsd.baselines.calibration import CalibrationSet, denoiser_output
+from qsd.bits import FLOAT_BITS, count_bits
 from qsd.layers import QUANTIZABLE_TYPES, Unit, quantizable_units
 from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
 
-PARAM_BITS = 16
-"""Overhead (scales, zero points) and float layers count at FP16, as everywhere in qsd (paper §3.1)."""
 MIN_MAX = QuantizerSettings(uaq_clip_ratios=(0.0,))
 
 
@@ -112,16 +112,14 @@ def rtn_weights_(denoiser: nn.Module, units: Sequence[Unit], bits: int) -> None:
 
 def mixed_average_bits(denoiser: nn.Module, unit_bits: Mapping[str, int]) -> float:
     """Average bits per weight of the quantizable layers when each unit in `unit_bits` is that many bits per-channel
-    affine (Δ and z per output channel at FP16) and every other unit is FP16."""
+    affine (Δ and z per output channel at FP16) and every other unit is FP16 (`qsd.bits`, paper §3.1)."""
     modules = dict(denoiser.named_modules())
-    total = weights = 0
+    layers = []
     for unit in quantizable_units(denoiser):
         piece = unit.weight_slice(modules[unit.module].weight)
-        n, rows = piece.numel(), piece.shape[0]
-        weights += n
-        bits = unit_bits.get(unit.name)
-        total += PARAM_BITS * n if bits is None else bits * n + 2 * PARAM_BITS * rows
-    return total / weights
+        n, rows, bits = piece.numel(), piece.shape[0], unit_bits.get(unit.name)
+        layers.append((n, None if bits is None else bits * n + 2 * FLOAT_BITS * rows))
+    return count_bits(layers).avg_bits
 
 
 def average_bits(denoiser: nn.Module, units: Sequence[Unit], bits: int) -> float:

@@ -7,11 +7,12 @@ Pipeline (baselines.md §1.2), on a copy of the float denoiser:
      weights and activations dynamically quantized and the adaptive timestep weighting; W·γ is stored in the layer
      and the layer's input quantizer divides by γ (`StaticQuantizer.smooth`);
   3. the weight grid is re-initialised on W·γ by an MSE search per output channel;
-  4. weight reconstruction (BRECQ/AdaRound, `qsd.baselines.reconstruction`) against the float network's block
-     outputs, activation quantization off (the quantizers still divide by γ). It performs step 3 itself on the float
-     W·γ it is given, with its "mse" grid: qsd's UAQ clipping search, ratios 0, 0.1, …, 0.9 scored by the L2.4 error
-     (DMQ searches 80 ratios 1 % apart). With `recon_iters = 0` steps 3-4 are round-to-nearest on a grid searched
-     over `grid_ratios` ratios 1 % apart by the L`grid_p` error (DMQ's 80 and L2.4) instead;
+  4. weight reconstruction (BRECQ/AdaRound, `qsd.baselines.reconstruction`, settings `reconstruction`) against the
+     float network's block outputs, activation quantization off (the quantizers still divide by γ). It performs step 3
+     itself on the float W·γ it is given, with its default "mse" grid: qsd's UAQ clipping search, ratios 0, 0.1, …,
+     0.9 scored by the L2.4 error (DMQ searches 80 ratios 1 % apart). With `reconstruction.iters = 0` steps 3-4 are
+     round-to-nearest on a grid searched over `grid_ratios` ratios 1 % apart by the L`grid_p` error (DMQ's 80 and
+     L2.4) instead;
   5. per-step static activation ranges (one set per calibration step, EMA 0.95 over batches of 16, chosen at run time
      by a step clock hooked to the copy) and PTS voting on the `pts_layers` (`qsd.baselines.pts`).
 
@@ -42,7 +43,6 @@ import torch
 from torch import nn
 
 from qsd.actquant import (
-    SplitInputQuantizer,
     StaticQuantizer,
     StepClock,
     set_attention_quantizers,
@@ -52,6 +52,7 @@ from qsd.actquant.attach import channel_dim, input_quantizer
 from qsd.baselines.calibration import CalibrationSet
 from qsd.baselines.common import (
     BaselineResult,
+    attach_static,
     average_bits,
     call_order,
     quantized_copy,
@@ -60,12 +61,14 @@ from qsd.baselines.common import (
 )
 from qsd.baselines.les import fold_scales_, learn_scales
 from qsd.baselines.pts import PtsPart, calibrate_steps
+from qsd.baselines.reconstruction import ReconstructionSettings, reconstruct_weights
 from qsd.errors import InvalidSettingError
 from qsd.layers import Unit, quantizable_units
+from qsd.quantize import units_by_module
 from qsd.quantizers import QuantizerSettings, quantize_weight
 
 METHOD = "dmq"
-SMOKE = {"les_iters": 2, "les_batch": 4, "recon_iters": 2, "recon_batch": 4}
+SMOKE = {"les_iters": 2, "les_batch": 4, "reconstruction": {"iters": 2, "batch": 4}}
 """Overrides of `Settings` in a CI smoke run."""
 TIME_EMBEDDING = re.compile(
     r"(^|\.)(time_embedding|time_embed|timestep_embedder|t_embedder|add_embedding|time_text_embed|time_extra_emb"
@@ -78,7 +81,7 @@ modulation (all kept float, as DMQ keeps `time_embed` and `emb_layers`): the U-N
 embedding and each ResBlock's `time_emb_proj`; PixArt's `adaln_single.*`; DiT's timestep embedder, its per-block
 adaLN-Zero projection `norm1.linear` and final-layer modulation `proj_out_1`; the same roles in SD3 and Hunyuan-DiT
 (`time_text_embed`, `time_extra_emb`, `norm*.linear`)."""
-PAPER = {"les_iters": 6000, "les_batch": 32, "les_rows_per_step": 256, "recon_iters": 20000, "recon_batch": 32,
+PAPER = {"les_iters": 6000, "les_batch": 32, "les_rows_per_step": 256, "reconstruction": {"iters": 20000, "batch": 32},
          "calibration_steps": 20, "act_batch": 16}
 """DMQ's own values for the LDM U-Nets (baselines.md §1.3-1.5), recorded beside the scaled-down ones used."""
 
@@ -103,13 +106,9 @@ class Settings:
     """Weight grid MSE search: clipping ratios 0, 1 %, …, (grid_ratios − 1) % tried per output channel."""
     grid_p: float = 2.4
     """Weight grid MSE search: the Lp norm that scores a ratio."""
-    recon_iters: int = 300
-    """Weight reconstruction iterations per block (paper: 20,000); 0: round to nearest on the MSE grid instead."""
-    recon_batch: int = 32
-    recon_lr: float = 1e-3
-    recon_reg_weight: float = 0.01
-    recon_warmup: float = 0.2
-    recon_beta: tuple[float, float] = (20.0, 2.0)
+    reconstruction: ReconstructionSettings = ReconstructionSettings()
+    """Weight reconstruction (paper: 20,000 iterations per block); `iters` 0: round to nearest on the MSE grid
+    instead."""
     per_step_ranges: bool = True
     """One static activation range per calibration step (DMQ); False: one range for all steps."""
     act_batch: int = 16
@@ -163,38 +162,19 @@ def pts_units(units: Sequence[Unit], pts_layers: str) -> list[Unit]:
 def attach_scaled(denoiser: nn.Module, units: Sequence[Unit], bits: int, n_sets: int, clock: StepClock | None,
                   momentum: float | None, gammas: dict[str, torch.Tensor] | None = None
                   ) -> dict[str, StaticQuantizer]:
-    """A `StaticQuantizer` on the input of every unit of `units` (split layers: one per half), carrying its
-    slice of the layer's γ where `gammas` has one; replaces any input quantizer the layers had. Returns unit name →
-    quantizer, in observe mode."""
-    modules = dict(denoiser.named_modules())
-    by_module: dict[str, list[Unit]] = {}
-    for unit in quantizable_units(denoiser):
-        by_module.setdefault(unit.module, []).append(unit)
-    wanted = {u.name for u in units}
-    quantizers: dict[str, StaticQuantizer] = {}
-    for module_name, module_units in by_module.items():
-        if not any(u.name in wanted for u in module_units):
-            continue
-        module = modules[module_name]
-        dim = channel_dim(module)
+    """`attach_static`'s quantizers (one on the input of every unit of `units`, split layers: one per half), each
+    carrying its slice of the layer's γ where `gammas` has one; replaces any input quantizer the layers had. Returns
+    unit name → quantizer, in observe mode."""
+    quantizers = attach_static(denoiser, units, bits, n_sets, clock, momentum)
+    for module_name, module_units in units_by_module(quantizable_units(denoiser)):
         gamma = None if gammas is None else gammas.get(module_name)
-        parts: list[StaticQuantizer | None] = []
-        for u in module_units:
-            if u.name not in wanted:
-                parts.append(None)
-                continue
-            q = StaticQuantizer(bits, n_sets, clock, dim, momentum=momentum)
-            if gamma is not None:
-                q.smooth = gamma[u.in_start:u.in_stop].clone()
-            quantizers[u.name] = q
-            parts.append(q)
-        if len(module_units) == 1:
-            set_input_quantizer(module, parts[0])
-        else:
-            if gamma is not None and None in parts:
-                raise InvalidSettingError(f"{module_name}: LES scales both halves of a split layer; quantize both")
-            set_input_quantizer(module, SplitInputQuantizer([(u.in_start, u.in_stop) for u in module_units], parts,
-                                                            dim))
+        scaled = [u for u in module_units if u.name in quantizers]
+        if gamma is None or not scaled:
+            continue
+        if len(scaled) < len(module_units):
+            raise InvalidSettingError(f"{module_name}: LES scales both halves of a split layer; quantize both")
+        for u in scaled:
+            quantizers[u.name].smooth = gamma[u.in_start:u.in_stop].clone()
     return quantizers
 
 
@@ -283,18 +263,14 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
         quantizers, chosen = _activations(model, units, calibration, a_bits, settings, gammas)
         for q in quantizers.values():
             q.set_mode("float")  # x/γ only: the float function, for the weight steps
-    if settings.recon_iters > 0:
-        from qsd.baselines.reconstruction import ReconstructionSettings, reconstruct_weights
-
-        recon = ReconstructionSettings(iters=settings.recon_iters, batch=settings.recon_batch, lr=settings.recon_lr,
-                                       reg_weight=settings.recon_reg_weight, warmup=settings.recon_warmup,
-                                       beta=tuple(settings.recon_beta), grid="mse")
+    if settings.reconstruction.iters > 0:
         threads = torch.get_num_threads()
-        record["reconstruction"] = reconstruct_weights(denoiser, model, units, w_bits, calibration, recon, seed=seed)
+        record["reconstruction_stats"] = reconstruct_weights(denoiser, model, units, w_bits, calibration,
+                                                             settings.reconstruction, seed=seed)
         torch.set_num_threads(threads)  # its grid search (numba) resets the OpenMP thread count torch shares
     else:
         mse_grid_weights_(model, units, w_bits, settings.grid_ratios, settings.grid_p)
-        record["reconstruction"] = {"note": "recon_iters = 0: round to nearest on the MSE grid"}
+        record["reconstruction_stats"] = {"note": "reconstruction.iters = 0: round to nearest on the MSE grid"}
     seconds["weights"] = time.perf_counter() - weights_start
     if a_bits is not None:
         activations_start = time.perf_counter()

@@ -3,6 +3,6 @@
 
 from qsd.graph.denoiser_graph import DenoiserGraph, GraphNode
 from qsd.graph.features import METHOD_CODES, NUMERIC_FEATURES, ROLES
-from qsd.graph.units import GraphUnit
+from qsd.graph.subgraphs import Subgraph
 
-__all__ = ["DenoiserGraph", "GraphNode", "GraphUnit", "METHOD_CODES", "NUMERIC_FEATURES", "ROLES"]
+__all__ = ["DenoiserGraph", "GraphNode", "METHOD_CODES", "NUMERIC_FEATURES", "ROLES", "Subgraph"]

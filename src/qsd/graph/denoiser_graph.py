@@ -1,7 +1,7 @@
 """`DenoiserGraph`: a denoiser as a DAG of weight layers and combine operations (paper §3.3, Fig. 2; code.md §4).
 
 Built automatically from one traced forward pass (`qsd.graph.trace`) for any diffusers denoiser, with roles and
-blocks (`qsd.graph.roles`) and units (`qsd.graph.units`). Saved as JSON (no pickle), drawn or inspected through
+blocks (`qsd.graph.roles`) and subgraphs (`qsd.graph.subgraphs`). Saved as JSON (no pickle), drawn or inspected through
 `to_networkx()`, and turned into predictor inputs by `encode` (`qsd.graph.encode`).
 """
 
@@ -21,8 +21,15 @@ from qsd.config import QuantConfig
 from qsd.errors import CorruptFileError, MissingFileError, QsdError
 from qsd.files import write_json
 from qsd.graph.roles import block_of, block_prefixes, input_role, owner_of, unit_role
+from qsd.graph.subgraphs import (
+    MAX_SUBGRAPH_LAYERS,
+    Subgraph,
+    group_layers,
+    subgraph_anchor,
+    subgraph_hop,
+    subgraph_type,
+)
 from qsd.graph.trace import Trace, trace_dataflow
-from qsd.graph.units import MAX_UNIT_LAYERS, GraphUnit, group_layers, unit_anchor, unit_hop, unit_type
 from qsd.layers import SKIP_SUFFIX
 
 FILE_FORMAT = "qsd.DenoiserGraph"
@@ -33,7 +40,8 @@ UNCAPPED_HOPS = 64
 @dataclass(frozen=True)
 class GraphNode:
     """One node. `name`: the unit name for weight nodes (`qsd.layers`; `<module>:skip` for skip halves), the
-    combine kind, or the input argument. `block`: block index in execution order, −1 outside blocks."""
+    combine kind, or the input argument. `block`: block index in execution order, −1 outside blocks. `unit`: the
+    name of the weight node's subgraph (`qsd.graph.subgraphs`)."""
 
     kind: str
     role: str
@@ -49,13 +57,13 @@ class GraphNode:
 
 
 class DenoiserGraph:
-    """Nodes (weight layers, combine operations, inputs), data-flow edges, units and the block count."""
+    """Nodes (weight layers, combine operations, inputs), data-flow edges, subgraphs and the block count."""
 
-    def __init__(self, nodes: Sequence[GraphNode], edges: Sequence[tuple[int, int]], units: Sequence[GraphUnit],
+    def __init__(self, nodes: Sequence[GraphNode], edges: Sequence[tuple[int, int]], subgraphs: Sequence[Subgraph],
                  block_names: Sequence[str], model_class: str) -> None:
         self.nodes = list(nodes)
         self.edges = sorted(set(map(tuple, edges)))
-        self.units = list(units)
+        self.subgraphs = list(subgraphs)
         self.block_names = list(block_names)
         """Module path of each block (`transformer_blocks.3`, `up_blocks.1`, `mid_block`), by block index."""
         self.n_blocks = len(self.block_names)
@@ -66,14 +74,14 @@ class DenoiserGraph:
     # ------------------------------------------------------------------ building
     @classmethod
     def from_model(cls, denoiser: nn.Module, inputs: Mapping | None = None, run: Callable[[], object] | None = None,
-                   split_concat_inputs: bool = True, max_unit_layers: int = MAX_UNIT_LAYERS) -> DenoiserGraph:
+                   split_concat_inputs: bool = True, max_subgraph_layers: int = MAX_SUBGRAPH_LAYERS) -> DenoiserGraph:
         """Trace `denoiser(**inputs)` — or `run()`, any call that runs the denoiser once (e.g. a model wrapper's
         noise prediction) — into a graph. Units follow `split_concat_inputs` as the multiquantizer does."""
         if (inputs is None) == (run is None):
             raise QsdError("DenoiserGraph.from_model needs exactly one of inputs= (forward keyword arguments) or run= "
                            "(a call that runs the denoiser), e.g. inputs=qsd.models.random_init.example_inputs(arch)")
         trace = trace_dataflow(denoiser, run or (lambda: denoiser(**inputs)), split_concat_inputs)
-        return cls._from_trace(denoiser, trace, max_unit_layers)
+        return cls._from_trace(denoiser, trace, max_subgraph_layers)
 
     @classmethod
     def from_diffusion_model(cls, model, **kwargs) -> DenoiserGraph:
@@ -87,7 +95,7 @@ class DenoiserGraph:
                                                                               model.condition(prompts)), **kwargs)
 
     @classmethod
-    def _from_trace(cls, denoiser: nn.Module, trace: Trace, max_unit_layers: int) -> DenoiserGraph:
+    def _from_trace(cls, denoiser: nn.Module, trace: Trace, max_subgraph_layers: int) -> DenoiserGraph:
         traced = _prune(trace)
         index = {old: new for new, old in enumerate(traced)}
         preds = [{index[p] for p in trace.nodes[old].preds if p in index} for old in traced]
@@ -129,24 +137,24 @@ class DenoiserGraph:
             block = block_index.get(block_of(unit.module, blocks), -1)
             before = first_block_module is None or position.get(unit.module, 0) < first_block_module
             owner = owners[node.name] if block >= 0 else ""
-            kind = unit_type(roles[node.name], block, "context" in unit.module, before, owner in owners_with_sa)
+            kind = subgraph_type(roles[node.name], block, "context" in unit.module, before, owner in owners_with_sa)
             keys[node.name] = (kind, owner)
             numel = unit.weight_slice(modules[unit.module].weight).numel()
             nodes.append(GraphNode("weight", roles[node.name], node.name, block, None, numel))
-        groups = group_layers(keys, max_unit_layers)
-        unit_of_layer = {layer: name for name, layers in groups.items() for layer in layers}
-        nodes = [GraphNode(n.kind, n.role, n.name, n.block, unit_of_layer.get(n.name), n.numel) for n in nodes]
+        groups = group_layers(keys, max_subgraph_layers)
+        subgraph_of_layer = {layer: name for name, layers in groups.items() for layer in layers}
+        nodes = [GraphNode(n.kind, n.role, n.name, n.block, subgraph_of_layer.get(n.name), n.numel) for n in nodes]
         rank = {n: i for i, n in enumerate(order)}
         combines = {i for i, n in enumerate(nodes) if n.kind == "combine"}
-        units = []
+        subgraphs = []
         for name, layers in groups.items():
             members = [weight_of[layer] for layer in layers]
-            anchor = unit_anchor(members, preds, order, combines)
-            units.append(GraphUnit(name, keys[layers[0]][0], nodes[anchor].block, tuple(layers), anchor,
-                                   unit_hop(members, anchor, preds, order, UNCAPPED_HOPS)))
-        units.sort(key=lambda u: rank[u.anchor])
+            anchor = subgraph_anchor(members, preds, order, combines)
+            subgraphs.append(Subgraph(name, keys[layers[0]][0], nodes[anchor].block, tuple(layers), anchor,
+                                      subgraph_hop(members, anchor, preds, order, UNCAPPED_HOPS)))
+        subgraphs.sort(key=lambda s: rank[s.anchor])
         edges = [(p, n) for n, ps in enumerate(preds) for p in ps]
-        return cls(nodes, edges, units, list(block_index), type(denoiser).__name__)
+        return cls(nodes, edges, subgraphs, list(block_index), type(denoiser).__name__)
 
     # ------------------------------------------------------------------ views
     @property
@@ -177,30 +185,30 @@ class DenoiserGraph:
         graph = self.to_networkx()
         return graph.subgraph([i for i, n in enumerate(self.nodes) if n.block == block]).copy()
 
-    def unit_table(self) -> pd.DataFrame:
-        """One row per unit: name, type, block, layers, anchor's role, hop."""
-        return pd.DataFrame([{"unit": u.name, "type": u.type, "block": u.block, "layers": len(u.layers),
-                              "anchor": self.nodes[u.anchor].name, "hop": u.hop} for u in self.units])
+    def subgraph_table(self) -> pd.DataFrame:
+        """One row per subgraph: name (column `unit`), type, block, layers, anchor's role, hop."""
+        return pd.DataFrame([{"unit": s.name, "type": s.type, "block": s.block, "layers": len(s.layers),
+                              "anchor": self.nodes[s.anchor].name, "hop": s.hop} for s in self.subgraphs])
 
     def check_config(self, config: QuantConfig) -> None:
         """Raise if `config` does not cover exactly this graph's weight units."""
         config.validate(self.unit_names)
 
     # ------------------------------------------------------------------ encoding
-    def encode(self, configs: Sequence[QuantConfig], options: pd.DataFrame, hops: int = 4,
+    def encode(self, configs: Sequence[QuantConfig], option_table: pd.DataFrame, hops: int = 4,
                targets: Sequence[float] | None = None) -> list:
         """Predictor inputs for `configs`: one torch-geometric `Data` per configuration (`qsd.graph.encode`).
-        `options`: the multiquantizer's `search_space()` table (stage 01's `search_space.csv`)."""
+        `option_table`: the multiquantizer's `search_space()` table (stage 01's `search_space.csv`)."""
         from qsd.graph.encode import encode_configs
 
-        return encode_configs(self, configs, options, hops, targets)
+        return encode_configs(self, configs, option_table, hops, targets)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
         return write_json(path, {
             "format": FILE_FORMAT, "version": FILE_VERSION, "model_class": self.model_class,
             "block_names": self.block_names, "nodes": [asdict(n) for n in self.nodes], "edges": self.edges,
-            "units": [asdict(u) for u in self.units]})
+            "units": [asdict(s) for s in self.subgraphs]})
 
     @classmethod
     def load(cls, path: str | Path) -> DenoiserGraph:
@@ -212,7 +220,7 @@ class DenoiserGraph:
             if data.get("format") != FILE_FORMAT or data.get("version") != FILE_VERSION:
                 raise CorruptFileError(f"{path}: not a {FILE_FORMAT} v{FILE_VERSION} file")
             return cls([GraphNode(**n) for n in data["nodes"]], [tuple(e) for e in data["edges"]],
-                       [GraphUnit(**{**u, "layers": tuple(u["layers"])}) for u in data["units"]],
+                       [Subgraph(**{**s, "layers": tuple(s["layers"])}) for s in data["units"]],
                        data["block_names"], data["model_class"])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise CorruptFileError(f"{path} is not a readable denoiser graph ({exc})") from None

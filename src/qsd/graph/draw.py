@@ -1,5 +1,5 @@
 """Drawing one block of a denoiser graph: nodes by data-flow depth, weight layers labelled with their role and
-coloured by unit type, combine operations as small grey nodes (paper Fig. 2)."""
+coloured by subgraph type, combine operations as small grey nodes (paper Fig. 2)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,20 @@ import matplotlib.pyplot as plt
 import networkx as nx
 
 from qsd.graph.denoiser_graph import DenoiserGraph
-from qsd.graph.units import UNIT_TYPES
+from qsd.graph.subgraphs import SUBGRAPH_TYPES
 from qsd.plotting import new_figure
 
 
 def draw_block(graph: DenoiserGraph, block: int, title: str | None = None) -> plt.Figure:
     """Figure of block `block`'s subgraph (its nodes and the edges between them), left to right in data-flow
-    order; one colour per unit, the legend naming unit types."""
+    order; one colour per subgraph type, the legend naming them."""
     sub = graph.block_subgraph(block)
     for layer, generation in enumerate(nx.topological_generations(sub)):
         for node in generation:
             sub.nodes[node]["layer"] = layer
     pos = nx.multipartite_layout(sub, subset_key="layer")
-    unit_type = {u.name: u.type for u in graph.units}
-    palette = dict(zip(UNIT_TYPES, plt.get_cmap("tab20").colors, strict=False))
+    subgraph_type = {s.name: s.type for s in graph.subgraphs}
+    palette = dict(zip(SUBGRAPH_TYPES, plt.get_cmap("tab20").colors, strict=False))
     depth = max((d["layer"] for _, d in sub.nodes(data=True)), default=0) + 1
     fig, ax = new_figure(min(max(8.0, 0.9 * depth), 18.0), 5.5)
     weights = [n for n, d in sub.nodes(data=True) if d["kind"] == "weight"]
@@ -28,7 +28,7 @@ def draw_block(graph: DenoiserGraph, block: int, title: str | None = None) -> pl
     nx.draw_networkx_edges(sub, pos, ax=ax, arrowsize=10, edge_color="0.55", node_size=900,
                            connectionstyle="arc3,rad=0.12")
     nx.draw_networkx_nodes(sub, pos, nodelist=others, ax=ax, node_size=260, node_color="0.85", edgecolors="0.4")
-    kinds = [unit_type[sub.nodes[n]["unit"]] for n in weights]
+    kinds = [subgraph_type[sub.nodes[n]["unit"]] for n in weights]
     nx.draw_networkx_nodes(sub, pos, nodelist=weights, ax=ax, node_size=900,
                            node_color=[palette[k] for k in kinds], edgecolors="0.2")
     nx.draw_networkx_labels(sub, pos, {n: sub.nodes[n]["role"] for n in sub.nodes}, ax=ax, font_size=7)

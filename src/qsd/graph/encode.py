@@ -17,43 +17,43 @@ import pandas as pd
 import torch
 from torch_geometric.data import Data
 
+from qsd.bits import FLOAT_BITS
 from qsd.config import QuantConfig
 from qsd.errors import InvalidSettingError
 from qsd.graph.features import METHOD_CODES, NUMERIC_FEATURES, ROLES
 
-PARAM_BITS = 16
 COLUMN = {name: i for i, name in enumerate(NUMERIC_FEATURES)}
 
 
 def hop_anchors(graph, hops: int) -> torch.Tensor:
-    """[nodes, hops + 1] masks: hop 0 = every weight node, hop m = the anchors of the units whose hop is m, the
+    """[nodes, hops + 1] masks: hop 0 = every weight node, hop m = the anchors of the subgraphs whose hop is m, the
     last hop also those beyond it (an empty column means: all nodes; code.md §5 hop-level readout)."""
     mask = torch.zeros(len(graph.nodes), hops + 1, dtype=torch.bool)
     mask[[i for i, n in enumerate(graph.nodes) if n.kind == "weight"], 0] = True
-    for unit in graph.units:
-        if unit.hop >= 1:
-            mask[unit.anchor, min(unit.hop, hops)] = True
+    for subgraph in graph.subgraphs:
+        if subgraph.hop >= 1:
+            mask[subgraph.anchor, min(subgraph.hop, hops)] = True
     return mask
 
 
-def option_lookup(options: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float, float]]:
+def option_lookup(option_table: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float, float]]:
     """(unit, option key) → (bits, compression, error) from a `search_space()` table."""
     needed = {"unit", "option", "w_bits", "n_weights", "size_bits", "error"}
-    if missing := needed - set(options.columns):
+    if missing := needed - set(option_table.columns):
         raise InvalidSettingError(f"the option table lacks column(s) {sorted(missing)}; pass the multiquantizer's "
                                   "search_space() table (stage 01's search_space.csv)")
-    return {(r.unit, r.option): (r.w_bits / PARAM_BITS, r.n_weights / r.size_bits, r.error)  # (16·n / size) / 16
-            for r in options.itertuples()}
+    return {(r.unit, r.option): (r.w_bits / FLOAT_BITS, r.n_weights / r.size_bits, r.error)  # (16·n / size) / 16
+            for r in option_table.itertuples()}
 
 
-def encode_configs(graph, configs: Sequence[QuantConfig], options: pd.DataFrame, hops: int,
+def encode_configs(graph, configs: Sequence[QuantConfig], option_table: pd.DataFrame, hops: int,
                    targets: Sequence[float] | None = None) -> list[Data]:
     """One `Data(x, method, role, edge_index, anchor[, y])` per configuration of `graph`'s weight units."""
     if hops < 1:
         raise InvalidSettingError(f"hops must be ≥ 1 (the predictor's GNN depth); got {hops}")
     if targets is not None and len(targets) != len(configs):
         raise InvalidSettingError(f"{len(configs)} configurations but {len(targets)} targets")
-    lookup = option_lookup(options)
+    lookup = option_lookup(option_table)
     weight_nodes = [i for i, n in enumerate(graph.nodes) if n.kind == "weight"]
     units = [graph.nodes[i].name for i in weight_nodes]
     base = np.zeros((len(graph.nodes), len(NUMERIC_FEATURES)), dtype=np.float32)
@@ -76,7 +76,7 @@ def encode_configs(graph, configs: Sequence[QuantConfig], options: pd.DataFrame,
             spec = config[unit]
             if spec is None:
                 method[node] = float_method
-                x[node, [COLUMN["bits"], COLUMN["compression"]]] = (1.0, 1.0 / PARAM_BITS)
+                x[node, [COLUMN["bits"], COLUMN["compression"]]] = (1.0, 1.0 / FLOAT_BITS)
                 continue
             if (unit, spec.key) not in lookup:
                 raise InvalidSettingError(f"the option table has no row for {unit!r} under {spec.key!r}; was it built "

@@ -161,11 +161,6 @@ class TargetExpression:
         return hash((self.text, tuple(self.constants.items())))
 
 
-def paper_target(lam: float) -> TargetExpression:
-    """The paper's target −FID − λ·avg_bits (§3.3)."""
-    return TargetExpression(PAPER_TARGET, {"lambda": float(lam)})
-
-
 # ---------------------------------------------------------------------- parsing and compiling
 def _checked_constants(constants: Mapping[str, float]) -> dict[str, float]:
     if not isinstance(constants, Mapping):

@@ -35,7 +35,7 @@ from qsd.predictor.training import TrainSettings
 from qsd.search.construct import BudgetConfig, budget_config
 from qsd.search.scores import FoldScorer, score_variants
 
-Labeller = Callable[[Sequence[QuantConfig], Sequence[str]], np.ndarray]
+LabelFunction = Callable[[Sequence[QuantConfig], Sequence[str]], np.ndarray]
 """(configurations, names) → their FIDs (labelling whatever is not labelled yet)."""
 MIN_HELDOUT = 3
 
@@ -87,22 +87,22 @@ class ActiveResult:
     """The active arm's labelled set at the end: (how it came in, configuration, FID)."""
 
 
-def fit_fold_scorers(graph: DenoiserGraph, options: pd.DataFrame, configs: Sequence[QuantConfig], fids: np.ndarray,
-                     folds: int, predictor: PredictorSettings, training: TrainSettings, seed: int = 0
-                     ) -> list[FoldScorer]:
+def fit_fold_scorers(graph: DenoiserGraph, option_table: pd.DataFrame, configs: Sequence[QuantConfig],
+                     fids: np.ndarray, folds: int, predictor: PredictorSettings, training: TrainSettings,
+                     seed: int = 0) -> list[FoldScorer]:
     """Cross-validated fold predictors of −FID on (`configs`, `fids`) (`seed`: the folds'), each with its hops'
     test Spearman."""
     hops = predictor.hops
-    graphs = graph.encode(configs, options, hops, targets=-np.asarray(fids, dtype=float))
+    graphs = graph.encode(configs, option_table, hops, targets=-np.asarray(fids, dtype=float))
     cv = cross_validate(graphs, kfold_splits(len(graphs), folds, seed), predictor, training)
     return [FoldScorer(fold, [float(cv.metrics[f"hop{m}_spearman"].iloc[k]) for m in range(hops + 1)])
             for k, fold in enumerate(cv.predictors)]
 
 
-def frontier_configs(graph: DenoiserGraph, options: pd.DataFrame, scorers: list[FoldScorer], level: str,
+def frontier_configs(graph: DenoiserGraph, option_table: pd.DataFrame, scorers: list[FoldScorer], level: str,
                      budgets: Sequence[float]) -> dict[float, BudgetConfig]:
     """The knapsack configuration of `scorers`' scores at every feasible budget."""
-    table = score_variants(graph, scorers, options, level)
+    table = score_variants(graph, scorers, option_table, level)
     built = {}
     for budget in budgets:
         try:
@@ -115,21 +115,22 @@ def frontier_configs(graph: DenoiserGraph, options: pd.DataFrame, scorers: list[
 class ActiveLoop:
     """The two arms on one graph and option table (see the module docstring)."""
 
-    def __init__(self, graph: DenoiserGraph, options: pd.DataFrame, label: Labeller, settings: ActiveSettings,
-                 progress: bool = False) -> None:
-        self.graph, self.options, self.label, self.settings, self.progress = graph, options, label, settings, progress
+    def __init__(self, graph: DenoiserGraph, option_table: pd.DataFrame, label: LabelFunction,
+                 settings: ActiveSettings, progress: bool = False) -> None:
+        self.graph, self.option_table, self.label = graph, option_table, label
+        self.settings, self.progress = settings, progress
 
     def _fit(self, configs: Sequence[QuantConfig], fids: np.ndarray) -> list[FoldScorer]:
         s = self.settings
-        return fit_fold_scorers(self.graph, self.options, configs, fids, s.folds, s.predictor, s.training, s.seed)
+        return fit_fold_scorers(self.graph, self.option_table, configs, fids, s.folds, s.predictor, s.training, s.seed)
 
     def _predictions(self, scorers: list[FoldScorer], configs: Sequence[QuantConfig]) -> np.ndarray:
         """[folds, configs] standardised predictions of −FID."""
-        graphs = self.graph.encode(configs, self.options, self.settings.predictor.hops)
+        graphs = self.graph.encode(configs, self.option_table, self.settings.predictor.hops)
         return np.stack([(s.predictor.predict(graphs) - s.predictor.y_mean) / s.predictor.y_std for s in scorers])
 
     def _frontier(self, scorers: list[FoldScorer]) -> dict[float, BudgetConfig]:
-        return frontier_configs(self.graph, self.options, scorers, self.settings.level, self.settings.budgets)
+        return frontier_configs(self.graph, self.option_table, scorers, self.settings.level, self.settings.budgets)
 
     def _checkpoint(self, arm: str, round_: int, configs: list[QuantConfig], fids: np.ndarray, pool: Pool
                     ) -> tuple[list[FoldScorer], dict[float, QuantConfig], list[dict]]:

@@ -1,10 +1,11 @@
 """Configurations from a score table (`qsd.search.scores.score_variants` or a yardstick in the same shape).
 
   * `rule_config`: the paper's rule (§3.4; code.md §6 "Building the configuration"): the top-scoring variant of
-    every unit, whatever its bits (the bit width follows only from the λ of the target the scores learnt).
+    every candidate (a layer or a subgraph: the table's `unit` column), whatever its bits (the bit width follows
+    only from the λ of the target the scores learnt).
   * `budget_config`: the best total score with average bits ≤ B (`qsd.search.knapsack`, exact).
   * Yardsticks scored per layer, for the same knapsack: `error_scores` (−relative quantization error, the classic
-    sensitivity proxy) and `ridge_scores` (the ridge regression's per-layer coefficients, `RidgeBaseline`).
+    sensitivity proxy) and `ridge_scores` (the ridge regression's per-layer coefficients, `RidgeYardstick`).
 """
 
 from __future__ import annotations
@@ -23,36 +24,36 @@ SLACK_BITS = 0.02
 """A budget solution further than this below its budget says why."""
 
 
-def per_unit(scores: pd.DataFrame) -> list[pd.DataFrame]:
-    """The score table split by unit (in first-appearance order), each with a fresh index."""
+def per_candidate(scores: pd.DataFrame) -> list[pd.DataFrame]:
+    """The score table split by candidate (its `unit` column, in first-appearance order), each with a fresh index."""
     _check(scores)
     return [rows.reset_index(drop=True) for _, rows in scores.groupby("unit", sort=False)]
 
 
 def total_weights(scores: pd.DataFrame) -> float:
-    """N: the weights of all units (every variant of a unit has the same)."""
-    return float(sum(rows["n_weights"].iloc[0] for rows in per_unit(scores)))
+    """N: the weights of all candidates (every variant of a candidate has the same)."""
+    return float(sum(rows["n_weights"].iloc[0] for rows in per_candidate(scores)))
 
 
 def lowest_budget(scores: pd.DataFrame) -> float:
     """The lowest feasible average bits: every unit at its smallest variant (a smaller budget fits nothing)."""
-    return float(sum(rows["size_bits"].min() for rows in per_unit(scores))) / total_weights(scores)
+    return float(sum(rows["size_bits"].min() for rows in per_candidate(scores))) / total_weights(scores)
 
 
 def config_of(rows: list[pd.Series]) -> QuantConfig:
-    """The configuration that takes variant `rows[u]` for every unit u."""
+    """The configuration that takes variant `rows[c]` for every candidate c."""
     layers: dict[str, QuantSpec] = {}
     for row in rows:
         for layer, key in zip(row["layers"].split(SEPARATOR), row["options"].split(SEPARATOR), strict=True):
             if layer in layers:
-                raise InvalidSettingError(f"layer {layer!r} belongs to two units of the score table")
+                raise InvalidSettingError(f"layer {layer!r} belongs to two candidates of the score table")
             layers[layer] = QuantSpec.parse(key)
     return QuantConfig(layers)
 
 
 def rule_config(scores: pd.DataFrame) -> QuantConfig:
-    """The paper's rule: every unit's top-scoring variant."""
-    return config_of([rows.loc[rows["score"].idxmax()] for rows in per_unit(scores)])
+    """The paper's rule: every candidate's top-scoring variant."""
+    return config_of([rows.loc[rows["score"].idxmax()] for rows in per_candidate(scores)])
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,10 @@ class BudgetConfig:
 
 def budget_config(scores: pd.DataFrame, budget: float) -> BudgetConfig:
     """The configuration of maximum total score with average bits ≤ `budget` (exact; `solve_budget`)."""
-    units = per_unit(scores)
-    solution = solve_budget([u["size_bits"].to_numpy() for u in units], [u["score"].to_numpy() for u in units],
+    groups = per_candidate(scores)
+    solution = solve_budget([g["size_bits"].to_numpy() for g in groups], [g["score"].to_numpy() for g in groups],
                             total_weights(scores), budget)
-    config = config_of([u.loc[c] for u, c in zip(units, solution.choice, strict=True)])
+    config = config_of([g.loc[c] for g, c in zip(groups, solution.choice, strict=True)])
     note = ""
     if solution.avg_bits < budget - SLACK_BITS:
         note = (f"{budget - solution.avg_bits:.3f} bits of the budget unused: no choice that spends more bits "
@@ -82,7 +83,7 @@ def error_scores(node_scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def ridge_scores(node_scores: pd.DataFrame, coefficients: pd.DataFrame) -> pd.DataFrame:
-    """The node-level table with score = the ridge coefficient of (layer, option) (`RidgeBaseline.coefficients`:
+    """The node-level table with score = the ridge coefficient of (layer, option) (`RidgeYardstick.coefficients`:
     higher = better)."""
     lookup = coefficients.set_index(["unit", "option"])["coefficient"]
     keys = list(zip(node_scores["layers"], node_scores["options"], strict=True))

@@ -1,12 +1,13 @@
 """Quantifiable sensitivity insights from score tables (paper §5, Figs. 7, 12, 13; code.md §7).
 
-A unit's *sensitivity* is the spread of its variants' scores (max − min): how much the choice of quantization for
-that unit moves the predicted quality. Box plots pool all variants' scores per category as the paper does; the
-statements below compare spreads and report each statistic, so a reader can hold them against the paper's.
+A candidate's (a layer's or a subgraph's) *sensitivity* is the spread of its variants' scores (max − min): how much
+the choice of quantization for that candidate moves the predicted quality. Box plots pool all variants' scores per
+category as the paper does; the statements below compare spreads and report each statistic, so a reader can hold
+them against the paper's.
 
 Statements (each only where the model has the categories):
   1. t-embed vs c-embed (paper: t-embed is more sensitive in every architecture);
-  2. the most and least sensitive op types and unit types;
+  2. the most and least sensitive op types and subgraph types;
   3. which methods and bit widths the top-1 variants of the layers prefer (paper: K-Means in DiTs, UAQ in U-Nets);
   4. whether sensitivity changes with depth (Spearman of block index against block spread);
   5. whether the predictor agrees with the per-layer quantization error (Spearman of score against −error).
@@ -33,7 +34,8 @@ class Insight:
 
 
 def spreads(scores: pd.DataFrame, by: str = "unit") -> pd.DataFrame:
-    """Per unit: its category columns and the spread (max − min), median and max of its variants' scores."""
+    """Per candidate (`by`: the score table's `unit` column): its category columns and the spread (max − min),
+    median and max of its variants' scores."""
     grouped = scores.groupby(by, sort=False)
     table = grouped[["type", "block", "roles"]].first()
     table["spread"] = grouped["score"].max() - grouped["score"].min()
@@ -43,7 +45,7 @@ def spreads(scores: pd.DataFrame, by: str = "unit") -> pd.DataFrame:
 
 
 def winners(scores: pd.DataFrame) -> pd.DataFrame:
-    """Every layer's option in its unit's top-1 variant: columns layer, role, option, method, bits."""
+    """Every layer's option in its candidate's top-1 variant: columns layer, role, option, method, bits."""
     top = scores.loc[scores.groupby("unit", sort=False)["score"].idxmax()]
     rows = [(layer, role, option) for _, r in top.iterrows()
             for layer, role, option in zip(r["layers"].split(SEPARATOR), r["roles"].split(SEPARATOR),
@@ -60,8 +62,8 @@ def insights(node_scores: pd.DataFrame, subgraph_scores: pd.DataFrame) -> list[I
     nodes = spreads(node_scores)
     nodes["op"] = nodes["roles"]
     by_op = nodes.groupby("op")["spread"].mean().sort_values(ascending=False)
-    units = spreads(subgraph_scores)
-    by_type = units.groupby("type")["spread"].mean().sort_values(ascending=False)
+    subgraphs = spreads(subgraph_scores)
+    by_type = subgraphs.groupby("type")["spread"].mean().sort_values(ascending=False)
     if {"t-embed", "c-embed"} <= set(by_type.index):
         t, c = float(by_type["t-embed"]), float(by_type["c-embed"])
         out.append(Insight("t-embed vs c-embed",
@@ -83,7 +85,7 @@ def insights(node_scores: pd.DataFrame, subgraph_scores: pd.DataFrame) -> list[I
                        f"DiTs, UAQ in U-Nets); {low:.0%} at {chosen['bits'].min()} bits",
                        {"method_share": {k: round(float(v), 4) for k, v in methods.items()},
                         "low_bit_share": round(low, 4)}))
-    blocks = units[units["block"] >= 0].groupby("block")["spread"].mean()
+    blocks = subgraphs[subgraphs["block"] >= 0].groupby("block")["spread"].mean()
     if len(blocks) >= 3:
         rho = float(spearmanr(blocks.index, blocks.to_numpy()).statistic)
         trend = "deeper blocks more sensitive" if rho > 0 else "earlier blocks more sensitive"

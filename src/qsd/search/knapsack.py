@@ -1,14 +1,14 @@
-"""Exact bit-budget selection: one variant per unit, maximum total score, average bits ≤ B (a multiple-choice
+"""Exact bit-budget selection: one variant per candidate, maximum total score, average bits ≤ B (a multiple-choice
 knapsack; beyond the paper, whose released code had no budget and moved the bit width only through the λ of its
 target equation — code.md §6 "Building the configuration").
 
     maximise   Σ_u Σ_v s_uv · x_uv
-    subject to Σ_v x_uv = 1 for every unit u,     Σ_u Σ_v b_uv · x_uv ≤ B · N,     x_uv ∈ {0, 1}
+    subject to Σ_v x_uv = 1 for every candidate u,     Σ_u Σ_v b_uv · x_uv ≤ B · N,     x_uv ∈ {0, 1}
 
-Notation: s_uv score and b_uv size in bits (indices + overhead, FP16) of variant v of unit u; N the number of
-weights of all units, so Σ b / N is the paper's average bit width.
+Notation: s_uv score and b_uv size in bits (indices + overhead, FP16) of variant v of candidate u (a layer or a
+subgraph); N the number of weights of all candidates, so Σ b / N is the paper's average bit width.
 
-Solved exactly by `scipy.optimize.milp` (HiGHS branch and bound) after removing, per unit, every variant that
+Solved exactly by `scipy.optimize.milp` (HiGHS branch and bound) after removing, per candidate, every variant that
 another one dominates (no more bits and at least the score; ties keep the first), which cannot change the optimum.
 """
 
@@ -30,7 +30,7 @@ TOLERANCE = 1e-9
 
 @dataclass(frozen=True)
 class KnapsackSolution:
-    """The chosen variant index per unit, its total score and average bits, and the solver's message."""
+    """The chosen variant index per candidate, its total score and average bits, and the solver's message."""
 
     choice: tuple[int, ...]
     score: float
@@ -53,19 +53,19 @@ def pareto_variants(sizes: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def solve_budget(sizes: Sequence[np.ndarray], scores: Sequence[np.ndarray], n_weights: float, budget: float
                  ) -> KnapsackSolution:
-    """The best choice (one variant per unit) with Σ sizes ≤ budget · n_weights. `sizes[u]`, `scores[u]`: arrays
-    over unit u's variants. Raises `InfeasibleBudgetError` when even the smallest variants exceed the budget."""
+    """The best choice (one variant per candidate) with Σ sizes ≤ budget · n_weights. `sizes[u]`, `scores[u]`: arrays
+    over candidate u's variants. Raises `InfeasibleBudgetError` when even the smallest variants exceed the budget."""
     if len(sizes) != len(scores) or not sizes:
-        raise InvalidSettingError(f"solve_budget needs one size and one score array per unit; got {len(sizes)} and "
-                                  f"{len(scores)}")
+        raise InvalidSettingError(f"solve_budget needs one size and one score array per candidate; got {len(sizes)} "
+                                  f"and {len(scores)}")
     sizes = [np.asarray(s, dtype=float) for s in sizes]
     scores = [np.asarray(s, dtype=float) for s in scores]
     for u, (size, score) in enumerate(zip(sizes, scores, strict=True)):
         if size.shape != score.shape or size.ndim != 1 or not len(size):
-            raise InvalidSettingError(f"unit {u}: sizes {size.shape} and scores {score.shape} must be equal, "
+            raise InvalidSettingError(f"candidate {u}: sizes {size.shape} and scores {score.shape} must be equal, "
                                       "non-empty 1-d arrays")
         if not (np.isfinite(size).all() and np.isfinite(score).all()):
-            raise InvalidSettingError(f"unit {u}: sizes and scores must be finite")
+            raise InvalidSettingError(f"candidate {u}: sizes and scores must be finite")
     if n_weights <= 0:
         raise InvalidSettingError(f"n_weights must be positive, got {n_weights}")
     per_weight = [s / n_weights for s in sizes]  # bits per weight: O(1) coefficients keep HiGHS exact at any size

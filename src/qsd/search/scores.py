@@ -1,21 +1,22 @@
-"""Node- and subgraph-level sensitivity scores of every quantization variant of every unit (paper §3.4, Eq. 4;
+"""Node- and subgraph-level sensitivity scores of every quantization variant of every candidate (paper §3.4, Eq. 4;
 code.md §6 "Score").
 
-Each variant — one option per layer of the unit — is encoded as the unit's isolated subgraph (its layers, every node
-on their paths to the anchor, the anchor; another unit's layer on such a path stays float, as the released code
-fixed its combine nodes) and scored by every fold predictor k:
+A candidate is a weight layer (node level) or a subgraph (`qsd.graph.subgraphs`). Each variant — one option per layer
+of the candidate — is encoded as the candidate's isolated graph (its layers, every node on their paths to the anchor,
+the anchor; another candidate's layer on such a path stays float, as the released code fixed its combine nodes) and
+scored by every fold predictor k:
 
     s_k = ρ_k^(h) · (‖e_k^(h)[anchor]‖₁ − μ_k^(h)) / σ_k^(h),        s = Σ_k s_k
 
-Notation: h = the unit's hop (0 at node level), capped at the predictor's depth M; e_k^(h) the fold predictor's
+Notation: h = the candidate's hop (0 at node level), capped at the predictor's depth M; e_k^(h) the fold predictor's
 hop-h node embeddings; μ_k^(h), σ_k^(h) its node-norm moments on its training graphs (`hop_moments`); ρ_k^(h) the
 test Spearman of its hop-h graph embedding (stage 03's metrics), so hops that rank well weigh more and a hop
-that ranks backwards flips its sign. Higher = better for the target the predictors learnt. A unit whose hop exceeds
-M is read at hop M, so its layers further than M edges from the anchor do not move its score (the released code
+that ranks backwards flips its sign. Higher = better for the target the predictors learnt. A candidate whose hop
+exceeds M is read at hop M, so its layers further than M edges from the anchor do not move its score (the released code
 had the same horizon); raise the predictor's `hops` for such models.
 
-Levels: `node` scores each weight layer alone (6 variants), `subgraph` all 6^k combinations of a unit of k
-layers. All variants of a unit go through the predictor in batched forward passes over one template subgraph
+Levels: `node` scores each weight layer alone (6 variants), `subgraph` all 6^k combinations of a subgraph of k
+layers. All variants of a candidate go through the predictor in batched forward passes over one template subgraph
 whose weight-node features are gathered per variant (the released code deep-copied a networkx graph per variant
 and scored them one at a time).
 """
@@ -36,7 +37,7 @@ from qsd.config import QuantConfig, QuantSpec
 from qsd.errors import InvalidSettingError
 from qsd.graph import DenoiserGraph
 from qsd.graph.encode import COLUMN, METHOD_CODES, encode_configs, option_lookup
-from qsd.graph.units import GraphUnit
+from qsd.graph.subgraphs import Subgraph
 from qsd.predictor.model import l1_norms
 from qsd.predictor.training import TrainedPredictor
 
@@ -61,25 +62,25 @@ class FoldScorer:
 
 
 @dataclass(frozen=True)
-class UnitCandidate(GraphUnit):
-    """A unit to score (`GraphUnit`: layers, type, block, anchor, hop) with the node set of its isolated subgraph."""
+class Candidate(Subgraph):
+    """A layer or subgraph to score (`Subgraph`: layers, type, block, anchor, hop) with the node set of its isolated
+    graph."""
 
     nodes: tuple[int, ...] = ()
 
 
-def candidates(graph: DenoiserGraph, level: str) -> list[UnitCandidate]:
-    """The units scored at `level`: every weight layer alone (node) or every graph unit (subgraph)."""
+def candidates(graph: DenoiserGraph, level: str) -> list[Candidate]:
+    """The candidates scored at `level`: every weight layer alone (node) or every subgraph (subgraph)."""
     if level not in LEVELS:
         raise InvalidSettingError(f"level {level!r} is not one of {LEVELS}")
     if level == "node":
-        unit_of = {layer: u for u in graph.units for layer in u.layers}
-        return [UnitCandidate(name, unit_of[name].type, graph.nodes[i].block, (name,), i, 0, nodes=(i,))
+        subgraph_of = {layer: s for s in graph.subgraphs for layer in s.layers}
+        return [Candidate(name, subgraph_of[name].type, graph.nodes[i].block, (name,), i, 0, nodes=(i,))
                 for name, i in graph.weight_node.items()]
     preds = graph.predecessors()
-    return [UnitCandidate(unit.name, unit.type, unit.block, unit.layers, unit.anchor, unit.hop,
-                          nodes=tuple(sorted(_between([graph.weight_node[layer] for layer in unit.layers],
-                                                      unit.anchor, preds))))
-            for unit in graph.units]
+    return [Candidate(s.name, s.type, s.block, s.layers, s.anchor, s.hop,
+                      nodes=tuple(sorted(_between([graph.weight_node[layer] for layer in s.layers], s.anchor, preds))))
+            for s in graph.subgraphs]
 
 
 def _between(sources: list[int], anchor: int, preds: list[set[int]]) -> set[int]:
@@ -103,34 +104,34 @@ def _between(sources: list[int], anchor: int, preds: list[set[int]]) -> set[int]
     return (reached & ancestors) | set(sources) | {anchor}
 
 
-def subgraph(graph: DenoiserGraph, nodes: Sequence[int]) -> DenoiserGraph:
-    """The induced subgraph on `nodes` (same block numbering, no units)."""
+def induced_graph(graph: DenoiserGraph, nodes: Sequence[int]) -> DenoiserGraph:
+    """The induced graph on `nodes` (same block numbering, no subgraphs)."""
     index = {old: new for new, old in enumerate(nodes)}
     edges = [(index[a], index[b]) for a, b in graph.edges if a in index and b in index]
     return DenoiserGraph([graph.nodes[i] for i in nodes], edges, [], graph.block_names, graph.model_class)
 
 
-def unit_options(options: pd.DataFrame, layer: str) -> list[QuantSpec]:
+def unit_options(option_table: pd.DataFrame, layer: str) -> list[QuantSpec]:
     """The options of `layer` in the option table's order."""
-    rows = options[options["unit"] == layer]
+    rows = option_table[option_table["unit"] == layer]
     if rows.empty:
         raise InvalidSettingError(f"the option table has no rows for layer {layer!r}; was it built for this model?")
     return [QuantSpec.parse(key) for key in rows["option"]]
 
 
-class UnitBatch:
-    """All variants of one unit as batched predictor inputs over one template subgraph."""
+class CandidateVariants:
+    """All variants of one candidate as batched predictor inputs over one template graph."""
 
-    def __init__(self, graph: DenoiserGraph, candidate: UnitCandidate, options: pd.DataFrame, hops: int) -> None:
+    def __init__(self, graph: DenoiserGraph, candidate: Candidate, option_table: pd.DataFrame, hops: int) -> None:
         self.candidate = candidate
-        self.local = subgraph(graph, candidate.nodes)
+        self.local = induced_graph(graph, candidate.nodes)
         self.anchor = candidate.nodes.index(candidate.anchor)
-        self.specs = [unit_options(options, layer) for layer in candidate.layers]
+        self.specs = [unit_options(option_table, layer) for layer in candidate.layers]
         self.fixed = {layer: None for layer in self.local.unit_names if layer not in candidate.layers}
         first = QuantConfig(self.fixed | {layer: specs[0] for layer, specs in zip(candidate.layers, self.specs,
                                                                                   strict=True)})
-        self.template = encode_configs(self.local, [first], options, hops)[0]
-        lookup = option_lookup(options)
+        self.template = encode_configs(self.local, [first], option_table, hops)[0]
+        lookup = option_lookup(option_table)
         self.positions = [self.local.weight_node[layer] for layer in candidate.layers]
         self.method_table = [torch.tensor([METHOD_CODES.index(s.method) for s in specs]) for specs in self.specs]
         self.feature_table = [torch.tensor([lookup[layer, s.key] for s in specs], dtype=torch.float32)
@@ -141,7 +142,8 @@ class UnitBatch:
         return len(self.choices)
 
     def variant(self, index: int) -> QuantConfig:
-        """Variant `index` as a configuration of the subgraph's layers (another unit's layer on a path: float)."""
+        """Variant `index` as a configuration of the local graph's layers (another candidate's layer on a path:
+        float)."""
         row = self.choices[index].tolist()
         return QuantConfig(self.fixed | {layer: self.specs[j][c]
                                          for j, (layer, c) in enumerate(zip(self.candidate.layers, row, strict=True))})
@@ -176,30 +178,31 @@ def anchor_score(scorers: Sequence[FoldScorer], data: Data, anchors: torch.Tenso
     return total.numpy()
 
 
-def score_unit(scorers: Sequence[FoldScorer], unit: UnitBatch, batch_variants: int = BATCH_VARIANTS) -> np.ndarray:
-    """The score of every variant of `unit`, in `unit.choices` order, in batches of `batch_variants`."""
-    n = unit.template.num_nodes
+def score_candidate(scorers: Sequence[FoldScorer], variants: CandidateVariants,
+                    batch_variants: int = BATCH_VARIANTS) -> np.ndarray:
+    """The score of every variant in `variants`, in `variants.choices` order, in batches of `batch_variants`."""
+    n = variants.template.num_nodes
     scores = []
-    for start in range(0, len(unit), batch_variants):
-        stop = min(start + batch_variants, len(unit))
-        anchors = torch.arange(stop - start) * n + unit.anchor
-        scores.append(anchor_score(scorers, unit.batch(start, stop), anchors, unit.candidate.hop))
+    for start in range(0, len(variants), batch_variants):
+        stop = min(start + batch_variants, len(variants))
+        anchors = torch.arange(stop - start) * n + variants.anchor
+        scores.append(anchor_score(scorers, variants.batch(start, stop), anchors, variants.candidate.hop))
     return np.concatenate(scores)
 
 
-def score_variants(graph: DenoiserGraph, scorers: Sequence[FoldScorer], options: pd.DataFrame, level: str,
+def score_variants(graph: DenoiserGraph, scorers: Sequence[FoldScorer], option_table: pd.DataFrame, level: str,
                    progress: bool = False) -> pd.DataFrame:
-    """One row per (unit, variant): level, unit, type, block, hop, layers, roles, options (joined by '|'),
-    size_bits, n_weights, error (summed relative error), score."""
+    """One row per (candidate, variant): level, unit (the candidate's name), type, block, hop, layers, roles, options
+    (joined by '|'), size_bits, n_weights, error (summed relative error), score."""
     if not scorers:
         raise InvalidSettingError("scoring needs at least one fold predictor")
     hops = scorers[0].predictor.model_settings.hops
-    table = options.set_index(["unit", "option"])
+    table = option_table.set_index(["unit", "option"])
     frames = []
     for candidate in tqdm(candidates(graph, level), desc=f"{level} scores", disable=not progress):
-        unit = UnitBatch(graph, candidate, options, hops)
-        choices = unit.choices.numpy()
-        keys = [np.array([s.key for s in specs], dtype=object) for specs in unit.specs]
+        variants = CandidateVariants(graph, candidate, option_table, hops)
+        choices = variants.choices.numpy()
+        keys = [np.array([s.key for s in specs], dtype=object) for specs in variants.specs]
         columns = {}
         for column in ("size_bits", "n_weights", "error"):
             per_layer = [table.loc[[(layer, key) for key in keys[j]], column].to_numpy(dtype=float)
@@ -210,5 +213,5 @@ def score_variants(graph: DenoiserGraph, scorers: Sequence[FoldScorer], options:
             "hop": candidate.hop, "layers": SEPARATOR.join(candidate.layers),
             "roles": SEPARATOR.join(graph.nodes[graph.weight_node[layer]].role for layer in candidate.layers),
             "options": [SEPARATOR.join(keys[j][c] for j, c in enumerate(row)) for row in choices],
-            **columns, "score": score_unit(scorers, unit)}))
+            **columns, "score": score_candidate(scorers, variants)}))
     return pd.concat(frames, ignore_index=True)

@@ -48,10 +48,10 @@ from qsd.files import atomic_write
 from qsd.graph import DenoiserGraph
 from qsd.label_session import LabelSession
 from qsd.plotting import new_figure, savefig
-from qsd.predictor.baselines import RidgeBaseline
 from qsd.predictor.model import PredictorSettings
 from qsd.predictor.target import TARGETS, TargetExpression
 from qsd.predictor.training import TrainSettings
+from qsd.predictor.yardsticks import RidgeYardstick
 from qsd.provenance import write_run_record
 from qsd.run_folder import CONFIGS, FRONTIER_FILE, PREDICTOR, RunFolder
 from qsd.search.active import ActiveLoop, ActiveSettings, Pool, fit_fold_scorers, frontier_configs
@@ -177,7 +177,7 @@ def ridge_coefficients(labels: pd.DataFrame, node: pd.DataFrame, target: TargetE
     random_rows = labels[(labels["kind"] == "random") & labels["fid"].notna()]
     layers = list(dict.fromkeys(node["layers"]))
     options = [QuantSpec.parse(k) for k in dict.fromkeys(node["options"])]
-    ridge = RidgeBaseline(layers, options)
+    ridge = RidgeYardstick(layers, options)
     ridge.fit([QuantConfig.loads(c) for c in random_rows["config"]], target.evaluate(random_rows))
     return ridge.coefficients()
 
@@ -219,7 +219,7 @@ def run(settings: Settings) -> Result:
     check_budgets(settings, scores)
     recipe = PredictorRecipe.of_run(run_folder)
     constructions, configs = construct(settings, scores, labels, run_folder.targets())
-    graph, options = run_folder.graph(), run_folder.option_table()
+    graph, option_table = run_folder.graph(), run_folder.option_table()
     session = LabelSession.of_run(run_folder, settings.progress)
     directory = settings.output_dir(STAGE)
     (directory / "configs").mkdir(exist_ok=True)
@@ -233,13 +233,13 @@ def run(settings: Settings) -> Result:
     constructions.to_csv(directory / "constructions.csv", index=False)
     active, labelled_here = None, set(constructions["fingerprint"])
     if settings.active_rounds > 0:
-        active, active_fingerprints = active_comparison(settings, session, labels, graph, options, recipe)
+        active, active_fingerprints = active_comparison(settings, session, labels, graph, option_table, recipe)
         active.to_csv(directory / "active.csv", index=False)
         labelled_here |= active_fingerprints
     if settings.refit:
         labels = run_folder.labels()
         rows = labels[labels["kind"].isin(["random", "uniform"]) | labels["fingerprint"].isin(labelled_here)]
-        constructions = pd.concat([constructions, refit_frontier(settings, session, rows, graph, options, recipe)],
+        constructions = pd.concat([constructions, refit_frontier(settings, session, rows, graph, option_table, recipe)],
                                   ignore_index=True)
         constructions.to_csv(directory / "constructions.csv", index=False)
     labels = run_folder.labels()
@@ -259,15 +259,15 @@ def write_frontier(directory: Path, constructions: pd.DataFrame, method: str) ->
 
 
 def refit_frontier(settings: Settings, session: LabelSession, labels: pd.DataFrame, graph: DenoiserGraph,
-                   options: pd.DataFrame, recipe: PredictorRecipe) -> pd.DataFrame:
+                   option_table: pd.DataFrame, recipe: PredictorRecipe) -> pd.DataFrame:
     """The budget configurations of fold predictors trained on `labels` (the run's random and uniform rows and what
     this stage labelled before: a re-run trains on the same rows), labelled; rows of the constructions table
     (method `gnn-refit`)."""
     rows = labels[labels["fid"].notna()]
-    scorers = fit_fold_scorers(graph, options, [QuantConfig.loads(c) for c in rows["config"]],
+    scorers = fit_fold_scorers(graph, option_table, [QuantConfig.loads(c) for c in rows["config"]],
                                rows["fid"].to_numpy(dtype=float), settings.refit_folds, recipe.predictor,
                                recipe.training(settings.refit_epochs, settings.seed), seed=settings.seed)
-    built = frontier_configs(graph, options, scorers, settings.level, settings.budgets)
+    built = frontier_configs(graph, option_table, scorers, settings.level, settings.budgets)
     names = {budget: f"{REFIT} ≤{budget:.2f} bits" for budget in built}
     configs = RunFolder(settings.model_id, settings.run_id).path(STAGE) / "configs"
     for budget, b in built.items():
@@ -281,7 +281,7 @@ def refit_frontier(settings: Settings, session: LabelSession, labels: pd.DataFra
 
 
 def active_comparison(settings: Settings, session: LabelSession, labels: pd.DataFrame, graph: DenoiserGraph,
-                      options: pd.DataFrame, recipe: PredictorRecipe) -> tuple[pd.DataFrame, set[str]]:
+                      option_table: pd.DataFrame, recipe: PredictorRecipe) -> tuple[pd.DataFrame, set[str]]:
     """Step 4: the active loop against random labelling on the run's random stream (`qsd.search.active`); the
     random configurations after the label budget are the held-out set; every new label goes to the store.
     Returns the checkpoints and the fingerprints of every configuration the loop labelled."""
@@ -304,7 +304,7 @@ def active_comparison(settings: Settings, session: LabelSession, labels: pd.Data
         return session.fids([LabelJob(c, "constructed", name) for c, name in zip(batch, names, strict=True)],
                             progress=False)
 
-    return ActiveLoop(graph, options, label, active_settings, settings.progress).run(pool).checkpoints, labelled
+    return ActiveLoop(graph, option_table, label, active_settings, settings.progress).run(pool).checkpoints, labelled
 
 
 def active_summary(checkpoints: pd.DataFrame) -> dict:
@@ -332,7 +332,7 @@ def _file_name(name: str) -> str:
 
 def _summary(settings: Settings, constructions: pd.DataFrame, labels: pd.DataFrame) -> dict:
     uniform = labels[labels["kind"] == "uniform"]
-    w4 = uniform[uniform["name"].str.endswith("-4") & (uniform["avg_bits"] <= settings.w4_max_avg_bits)]
+    w4 = uniform[(uniform["w_bits"] == 4) & (uniform["avg_bits"] <= settings.w4_max_avg_bits)]
     best_w4 = w4.loc[w4["fid"].idxmin()] if len(w4) else None
     built = constructions[constructions["fid"].notna()]
     sub = built[built["avg_bits"] <= SUB_BITS]
@@ -432,7 +432,7 @@ def plot_pareto(result: Result) -> Figure:
     ax.scatter(uniform["avg_bits"], uniform["fid"], marker="s", s=36, facecolor="none", edgecolor="crimson",
                label="uniform")
     for row in uniform.itertuples():
-        ax.annotate(row.name.removeprefix("uniform "), (row.avg_bits, row.fid), fontsize=6, color="crimson",
+        ax.annotate(QuantSpec(row.method, int(row.w_bits)).key, (row.avg_bits, row.fid), fontsize=6, color="crimson",
                     textcoords="offset points", xytext=(4, 2))
     for method, rows in built[built["budget"].notna() & built["fid"].notna()].groupby("method", sort=False):
         ax.plot(rows["avg_bits"], rows["fid"], marker="o", ms=4, lw=1.4, label=f"{method} knapsack")

@@ -174,10 +174,10 @@ def regime(labels: pd.DataFrame, float_fids: list[float], w4_max_avg_bits: float
     spread = max(float_fids) - min(float_fids)
     quantized = labels[labels["kind"] != "float"]
     uniform = labels[labels["kind"] == "uniform"].set_index("name")
-    methods = sorted({n.removeprefix("uniform ").rsplit("-", 1)[0] for n in uniform.index})
-    pairs = {m: (uniform.loc[f"uniform {m}-3", "fid"], uniform.loc[f"uniform {m}-4", "fid"]) for m in methods
-             if f"uniform {m}-3" in uniform.index and f"uniform {m}-4" in uniform.index}
-    w4 = uniform[uniform.index.str.endswith("-4") & (uniform["avg_bits"] <= w4_max_avg_bits)]
+    fid = uniform.set_index(["method", "w_bits"])["fid"]
+    pairs = {m: (fid[m, 3], fid[m, 4]) for m in sorted(set(uniform["method"]))
+             if (m, 3) in fid.index and (m, 4) in fid.index}
+    w4 = uniform[(uniform["w_bits"] == 4) & (uniform["avg_bits"] <= w4_max_avg_bits)]
     best_w4 = w4["fid"].idxmin() if len(w4) else None
     prompt_accuracy = by_name.loc["float", "prompt_accuracy"]
     return {
@@ -271,11 +271,11 @@ def plot_fid_vs_bits(result: Result) -> Figure:
                  aspect=40, pad=0.02)
     markers = {"uaq": "s", "kmeans_c": "o", "kmeans_a": "^"}
     for row in uniform.itertuples():
-        option = row.name.removeprefix("uniform ")
-        ax.scatter(row.avg_bits, row.fid, marker=markers[option.rsplit("-", 1)[0]], s=70, facecolor="none",
+        option = QuantSpec(row.method, int(row.w_bits)).key
+        ax.scatter(row.avg_bits, row.fid, marker=markers[row.method], s=70, facecolor="none",
                    edgecolor="crimson", linewidth=1.5)
         ax.annotate(option, (row.avg_bits, row.fid), textcoords="offset points", fontsize=7, color="crimson",
-                    xytext=LABEL_OFFSETS[option.rsplit("-", 1)[0]])
+                    xytext=LABEL_OFFSETS[row.method])
     float_rows = labels[labels["kind"] == "float"]
     if len(float_rows):
         ax.axhline(float_rows["fid"].iloc[0], color="black", linestyle="--", linewidth=1,

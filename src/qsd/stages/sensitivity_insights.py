@@ -77,14 +77,14 @@ def run(settings: Settings) -> Result:
     """Score every variant at both levels for both targets; write the table, the insights and the summary."""
     settings = settings.effective()
     run = RunFolder(settings.model_id, settings.run_id)
-    graph, options = run.graph(), run.option_table()
+    graph, option_table = run.graph(), run.option_table()
     scorers_of = {target: run.fold_scorers(target) for target in TARGETS}
     directory = settings.output_dir(STAGE)
     frames, folds = [], {}
     for target, scorers in scorers_of.items():
         folds[target] = len(scorers)
         for level in LEVELS:
-            frames.append(score_variants(graph, scorers, options, level, settings.progress).assign(target=target))
+            frames.append(score_variants(graph, scorers, option_table, level, settings.progress).assign(target=target))
     scores = pd.concat(frames, ignore_index=True)
     scores = scores[["target"] + [c for c in scores.columns if c != "target"]]
     scores.to_parquet(directory / SCORES_FILE, index=False)

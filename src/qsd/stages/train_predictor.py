@@ -8,7 +8,7 @@ Steps:
   2. Two targets, both "higher is better": the paper's `-fid - lambda * avg_bits` and FID alone (the harder one:
      in the paper's target the exactly known bits carry part of the ranking).
   3. For each target, K seeded folds: the GNN with the chosen loss (L_orig + 1/(M+1) Σ_m L_rank, paper Eq. 3),
-     and on the same folds the simple baselines — summed layer error, ridge regression on one-hot layer choices,
+     and on the same folds the simple yardsticks — summed layer error, ridge regression on one-hot layer choices,
      an MLP. With `compare_losses`, the other losses too (paper target), and with `compare_readout`, the
      all-node readout against the paper's anchor-node readout.
   4. Metrics per fold and mean ± std (Spearman, Kendall τ, NDCG@10, MAE, per-hop Spearman); which method wins.
@@ -36,13 +36,13 @@ from qsd.graph.draw import draw_block
 from qsd.models import load_model
 from qsd.multiquant import MultiQuantizer
 from qsd.plotting import new_figure, savefig
-from qsd.predictor.baselines import BASELINES, evaluate_baselines
 from qsd.predictor.cross_validation import CrossValidation, cross_validate
 from qsd.predictor.folds import kfold_splits
 from qsd.predictor.losses import RANK_LOSSES
 from qsd.predictor.model import READOUTS, PredictorSettings
 from qsd.predictor.target import TargetExpression, named_targets
 from qsd.predictor.training import TrainSettings
+from qsd.predictor.yardsticks import YARDSTICKS, evaluate_yardsticks
 from qsd.provenance import write_run_record
 from qsd.run_folder import GRAPH_FILE, PREDICTOR, RunFolder, predictor_variant
 from qsd.stages import StageSettings
@@ -125,7 +125,7 @@ class Result:
     directory: Path
     dataset: Dataset
     runs: dict[tuple[str, str, str], CrossValidation]
-    baselines: pd.DataFrame
+    yardsticks: pd.DataFrame
     metrics: pd.DataFrame
     summary: dict
 
@@ -145,7 +145,7 @@ def load_dataset(model_id: str, run_id: str, kinds: tuple[str, ...] = ("random",
 
 
 def run(settings: Settings) -> Result:
-    """Build the dataset, cross-validate every GNN variant and the baselines; write metrics and predictors (the
+    """Build the dataset, cross-validate every GNN variant and the yardsticks; write metrics and predictors (the
     `plot_*` functions draw and save the figures)."""
     settings = settings.effective()
     dataset = load_dataset(settings.model_id, settings.run_id, settings.kinds)
@@ -163,16 +163,16 @@ def run(settings: Settings) -> Result:
             directory=_folder(directory / "predictors" / target / predictor_variant(loss, readout)),
             progress=settings.progress, label=f"{target} {predictor_variant(loss, readout)}")
     mq = dataset.multiquantizer
-    baselines = pd.concat([
-        evaluate_baselines(dataset.configs, dataset.labels, encoded[name][1], splits, mq.unit_names, mq.options,
-                           settings.seed, errors=mq.errors).assign(target=name) for name in targets],
+    yardsticks = pd.concat([
+        evaluate_yardsticks(dataset.configs, dataset.labels, encoded[name][1], splits, mq.unit_names, mq.options,
+                            settings.seed, errors=mq.errors).assign(target=name) for name in targets],
         ignore_index=True)
-    metrics = _metrics_table(runs, baselines)
+    metrics = _metrics_table(runs, yardsticks)
     metrics.to_csv(directory / "metrics.csv", index=False)
     _predictions(runs, settings, dataset).to_csv(directory / "predictions.csv", index=False)
     summary = _summary(settings, dataset, runs, metrics)
     write_run_record(directory, settings, summary)
-    return Result(settings, directory, dataset, runs, baselines, metrics, summary)
+    return Result(settings, directory, dataset, runs, yardsticks, metrics, summary)
 
 
 def _folder(path: Path) -> Path:
@@ -180,11 +180,11 @@ def _folder(path: Path) -> Path:
     return path
 
 
-def _metrics_table(runs: dict[tuple[str, str, str], CrossValidation], baselines: pd.DataFrame) -> pd.DataFrame:
+def _metrics_table(runs: dict[tuple[str, str, str], CrossValidation], yardsticks: pd.DataFrame) -> pd.DataFrame:
     """One row per (target, method, fold)."""
     frames = [cv.metrics.assign(target=target, method=predictor_variant(loss, readout))
               for (target, loss, readout), cv in runs.items()]
-    frames.append(baselines.rename(columns={"baseline": "method"}))
+    frames.append(yardsticks.rename(columns={"yardstick": "method"}))
     table = pd.concat(frames, ignore_index=True)
     first = ["target", "method", "fold"]
     return table[first + [c for c in table.columns if c not in first]]
@@ -213,7 +213,7 @@ def _summary(settings: Settings, dataset: Dataset, runs: dict, metrics: pd.DataF
     per_target = {}
     for target, expression in settings.targets().items():
         rows = means.loc[target]
-        baseline_rows = rows.loc[[b for b in BASELINES if b in rows.index]]
+        baseline_rows = rows.loc[[b for b in YARDSTICKS if b in rows.index]]
         best = baseline_rows["spearman"].idxmax()
         cv = runs[target, settings.loss, settings.readout]
         per_target[target] = {
@@ -234,7 +234,7 @@ def _summary(settings: Settings, dataset: Dataset, runs: dict, metrics: pd.DataF
     return {
         "n_configs": len(dataset.configs), "kinds": list(settings.kinds), "folds": settings.folds,
         "graph_nodes": len(dataset.graph.nodes), "graph_edges": len(dataset.graph.edges),
-        "graph_units": len(dataset.graph.units), "weight_layers": len(dataset.graph.unit_names),
+        "graph_units": len(dataset.graph.subgraphs), "weight_layers": len(dataset.graph.unit_names),
         "chosen": chosen, "targets": per_target,
         "loss_spearman_mean": {m: float(paper[m]) for m in paper.index if m.startswith("gnn-")},
         "train_seconds_per_fold": float(np.mean([cv.metrics["seconds"].mean() for cv in runs.values()])),

@@ -1,17 +1,17 @@
-"""Units: the paper's subgraphs, whose quantization choices are scored and chosen together (paper §3.4;
+"""Subgraphs: the paper's groups of layers whose quantization choices are scored and chosen together (paper §3.4;
 code.md §6 "candidate units").
 
 Derived from roles and module structure instead of hand-written lists: inside a block, the layers of one
-owner (a transformer block, a resnet, a U-Net `Transformer2DModel`) form one unit per kind — SA (Q, K, V, Out,
+owner (a transformer block, a resnet, a U-Net `Transformer2DModel`) form one subgraph per kind — SA (Q, K, V, Out,
 plus the block's own adaLN layer as in DiT), CA, FF, res (convs, time projection, shortcut), skip (the skip
 halves of concatenation-fed layers), proj-in, proj-out, up/down-sample, and the context stream of joint
 attention (SD3). Outside blocks the
-layers form t-embed (with the adaLN layer that runs before the blocks), c-embed, pos-embed and output units.
-A unit that would hold more than `max_layers` layers (e.g. two attentions directly under one U-Net block) is
+layers form t-embed (with the adaLN layer that runs before the blocks), c-embed, pos-embed and output subgraphs.
+A subgraph that would hold more than `max_layers` layers (e.g. two attentions directly under one U-Net block) is
 split by module path, so subgraph-level scoring stays tractable (6^k variants; the paper's largest has 6^5).
-Each unit's *anchor* is its output node (`unit_anchor`) and its *hop* the longest path (in edges) from one of
-its layers to the anchor: a unit scored at hop m (capped at the predictor's depth when encoding) reads the
-anchor's m-th GNN embedding, which has then seen the whole unit.
+Each subgraph's *anchor* is its output node (`subgraph_anchor`) and its *hop* the longest path (in edges) from one
+of its layers to the anchor: a subgraph scored at hop m (capped at the predictor's depth when encoding) reads the
+anchor's m-th GNN embedding, which has then seen the whole subgraph.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-MAX_UNIT_LAYERS = 5
-UNIT_OF_ROLE = {
+MAX_SUBGRAPH_LAYERS = 5
+SUBGRAPH_OF_ROLE = {
     "SA-Q": "SA", "SA-K": "SA", "SA-V": "SA", "SA-Out": "SA",
     "CA-Q": "CA", "CA-K": "CA", "CA-V": "CA", "CA-Out": "CA",
     "ctx-Q": "ctx-attn", "ctx-K": "ctx-attn", "ctx-V": "ctx-attn", "ctx-Out": "ctx-attn",
@@ -31,14 +31,14 @@ UNIT_OF_ROLE = {
     "skip": "skip", "proj-in": "proj-in", "proj-out": "proj-out", "up-sample": "up-sample",
     "down-sample": "down-sample",
 }
-"""Role → unit type (roles not listed form a unit of their own type: `other`)."""
-UNIT_TYPES = ("t-embed", "c-embed", "pos-embed", "SA", "CA", "ctx-attn", "FF", "ctx-FF", "res", "skip",
+"""Role → subgraph type (roles not listed form a subgraph of their own type: `other`)."""
+SUBGRAPH_TYPES = ("t-embed", "c-embed", "pos-embed", "SA", "CA", "ctx-attn", "FF", "ctx-FF", "res", "skip",
               "proj-in", "proj-out", "up-sample", "down-sample", "adaLN", "output", "other")
 
 
 @dataclass(frozen=True)
-class GraphUnit:
-    """One unit: its layers (unit names of `qsd.layers`), type, block, anchor node and hop."""
+class Subgraph:
+    """One subgraph: its layers (unit names of `qsd.layers`), type, block, anchor node and hop."""
 
     name: str
     type: str
@@ -48,8 +48,8 @@ class GraphUnit:
     hop: int
 
 
-def unit_type(role: str, block: int, is_context: bool, before_blocks: bool, in_block_sa: bool) -> str:
-    """Unit type of a layer with `role`. adaLN layers join their block's SA unit (DiT's `norm1.linear`) or the
+def subgraph_type(role: str, block: int, is_context: bool, before_blocks: bool, in_block_sa: bool) -> str:
+    """Subgraph type of a layer with `role`. adaLN layers join their block's SA subgraph (DiT's `norm1.linear`) or the
     context stream's; outside blocks they belong to t-embed before the blocks and to output after them."""
     if role == "adaLN":
         if block >= 0:
@@ -57,21 +57,21 @@ def unit_type(role: str, block: int, is_context: bool, before_blocks: bool, in_b
         return "t-embed" if before_blocks else "output"
     if role == "skip" and block < 0:
         return "other"
-    return UNIT_OF_ROLE.get(role, "other")
+    return SUBGRAPH_OF_ROLE.get(role, "other")
 
 
-def group_layers(keys: dict[str, tuple[str, str]], max_layers: int = MAX_UNIT_LAYERS) -> dict[str, list[str]]:
-    """Unit name → layers, from each layer's (unit type, scope) key (scope '' outside blocks); oversized groups
+def group_layers(keys: dict[str, tuple[str, str]], max_layers: int = MAX_SUBGRAPH_LAYERS) -> dict[str, list[str]]:
+    """Subgraph name → layers, from each layer's (subgraph type, scope) key (scope '' outside blocks); oversized groups
     are split by the layers' module paths, one path segment at a time."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for layer, key in keys.items():
         groups[key].append(layer)
-    units: dict[str, list[str]] = {}
+    subgraphs: dict[str, list[str]] = {}
     for (kind, scope), layers in groups.items():
         for part, members in _split(layers, max_layers, depth=1).items():
             name = f"{part}:{kind}" if part else (f"{scope}:{kind}" if scope else kind)
-            units[name] = members
-    return units
+            subgraphs[name] = members
+    return subgraphs
 
 
 def _split(layers: list[str], max_layers: int, depth: int) -> dict[str, list[str]]:
@@ -89,8 +89,8 @@ def _split(layers: list[str], max_layers: int, depth: int) -> dict[str, list[str
     return out
 
 
-def unit_anchor(layer_nodes: list[int], preds: list[set[int]], order: list[int], combines: set[int]) -> int:
-    """The unit's output node: its last layer in data-flow order, or, where its layers end in parallel branches
+def subgraph_anchor(layer_nodes: list[int], preds: list[set[int]], order: list[int], combines: set[int]) -> int:
+    """The subgraph's output node: its last layer in data-flow order, or, where its layers end in parallel branches
     (split halves, a resnet's conv2 and shortcut, parallel embedders), the first combine node all of them reach."""
     rank = {n: i for i, n in enumerate(order)}
     members = set(layer_nodes)
@@ -107,8 +107,8 @@ def unit_anchor(layer_nodes: list[int], preds: list[set[int]], order: list[int],
     return max(members, key=rank.__getitem__)
 
 
-def unit_hop(layer_nodes: list[int], anchor: int, preds: list[set[int]], order: list[int], cap: int) -> int:
-    """Longest path (edges) from any of the unit's layer nodes to its anchor (`order`: the nodes in topological
+def subgraph_hop(layer_nodes: list[int], anchor: int, preds: list[set[int]], order: list[int], cap: int) -> int:
+    """Longest path (edges) from any of the subgraph's layer nodes to its anchor (`order`: the nodes in topological
     order), capped at `cap`."""
     longest = dict.fromkeys(layer_nodes, 0)
     for node in order:

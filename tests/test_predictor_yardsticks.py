@@ -1,4 +1,4 @@
-"""Baselines of the predictor comparison: summed layer error, ridge and MLP on one-hot per-layer choices."""
+"""Yardsticks of the predictor comparison: summed layer error, ridge and MLP on one-hot per-layer choices."""
 
 import numpy as np
 import pandas as pd
@@ -9,17 +9,17 @@ from scipy import stats
 from qsd.config import QuantConfig, QuantSpec
 from qsd.errors import InvalidSettingError, UnsupportedSpecError
 from qsd.multiquant import DEFAULT_OPTIONS
-from qsd.predictor.baselines import (
-    BASELINES,
-    FLOAT,
-    RidgeBaseline,
-    config_features,
-    evaluate_baselines,
-    feature_columns,
-    make_baseline,
-)
 from qsd.predictor.folds import kfold_splits
 from qsd.predictor.metrics import spearman
+from qsd.predictor.yardsticks import (
+    FLOAT,
+    YARDSTICKS,
+    RidgeYardstick,
+    config_features,
+    evaluate_yardsticks,
+    feature_columns,
+    make_yardstick,
+)
 
 UNITS = [f"blocks.{b}.{layer}" for b in range(3) for layer in ("attn.to_q", "attn.to_k", "attn.to_out.0", "ff.net.2")]
 N = 120
@@ -44,7 +44,7 @@ def synthetic():
 def held_out(synthetic, name, seed=0):
     configs, targets, frame, _, _ = synthetic
     train, test = kfold_splits(N, 5, seed=0)[0]
-    model = make_baseline(name, UNITS, DEFAULT_OPTIONS, seed)
+    model = make_yardstick(name, UNITS, DEFAULT_OPTIONS, seed)
     model.fit([configs[i] for i in train], targets[train], frame.iloc[train])
     return model, model.score([configs[i] for i in test], frame.iloc[test]), targets[test]
 
@@ -66,7 +66,7 @@ def test_features_are_one_hot_per_unit():
 @pytest.mark.comparison
 def test_ridge_ranks_held_out_configs_and_recovers_the_per_option_effects(synthetic):
     model, scores, targets = held_out(synthetic, "ridge")
-    assert isinstance(model, RidgeBaseline)
+    assert isinstance(model, RidgeYardstick)
     above(spearman(scores, targets), 0.9, 0.03, "ridge held-out Spearman vs 0.9")
     coefficients = model.coefficients()
     assert list(coefficients.columns) == ["unit", "option", "coefficient"] and len(coefficients) == len(UNITS) * 7
@@ -91,39 +91,39 @@ def test_mlp_ranks_held_out_configs_and_is_deterministic_for_a_seed(synthetic):
 
 def test_summed_error_is_minus_the_summed_error_column_or_table(synthetic):
     configs, _, frame, _, errors = synthetic
-    from_frame = make_baseline("summed_error", UNITS, DEFAULT_OPTIONS).score(configs, frame)
-    from_table = make_baseline("summed_error", UNITS, DEFAULT_OPTIONS, errors=errors).score(configs)
+    from_frame = make_yardstick("summed_error", UNITS, DEFAULT_OPTIONS).score(configs, frame)
+    from_table = make_yardstick("summed_error", UNITS, DEFAULT_OPTIONS, errors=errors).score(configs)
     np.testing.assert_allclose(from_frame, -frame["summed_error"].fillna(0.0))
     np.testing.assert_allclose(from_table, from_frame)
     assert from_frame[-1] == 0.0, "the all-float configuration has no error"
     broken = frame.assign(summed_error=frame["summed_error"].where(frame.index != 3))
     with pytest.raises(InvalidSettingError, match="summed_error is missing for 1 quantized"):
-        make_baseline("summed_error", UNITS, DEFAULT_OPTIONS).score(configs, broken)
+        make_yardstick("summed_error", UNITS, DEFAULT_OPTIONS).score(configs, broken)
     with pytest.raises(InvalidSettingError, match="frame row 0 is not the store row"):
-        make_baseline("summed_error", UNITS, DEFAULT_OPTIONS).score(configs[::-1], frame)
+        make_yardstick("summed_error", UNITS, DEFAULT_OPTIONS).score(configs[::-1], frame)
     with pytest.raises(InvalidSettingError, match="error table has no entry"):
-        make_baseline("summed_error", UNITS, DEFAULT_OPTIONS, errors={}).score(configs[:1])
+        make_yardstick("summed_error", UNITS, DEFAULT_OPTIONS, errors={}).score(configs[:1])
 
 
 @pytest.mark.comparison
-def test_evaluate_baselines_gives_k_rows_per_baseline(synthetic):
+def test_evaluate_yardsticks_gives_k_rows_per_yardstick(synthetic):
     configs, targets, frame, _, _ = synthetic
     splits = kfold_splits(N, 3, seed=0)
-    result = evaluate_baselines(configs, frame, targets, splits, UNITS, DEFAULT_OPTIONS, seed=0)
-    assert list(result.columns) == ["baseline", "fold", "n_train", "n_test", "spearman", "kendall", "ndcg10", "mae"]
-    assert result.groupby("baseline")["fold"].apply(list).to_dict() == {b: [0, 1, 2] for b in BASELINES}
-    assert result.loc[result["baseline"] == "summed_error", "mae"].isna().all()
-    assert result.loc[result["baseline"] != "summed_error", "mae"].notna().all()
-    above(result.loc[result["baseline"] == "ridge", "spearman"].min(), 0.9, 0.02, "ridge's worst fold Spearman vs 0.9")
+    result = evaluate_yardsticks(configs, frame, targets, splits, UNITS, DEFAULT_OPTIONS, seed=0)
+    assert list(result.columns) == ["yardstick", "fold", "n_train", "n_test", "spearman", "kendall", "ndcg10", "mae"]
+    assert result.groupby("yardstick")["fold"].apply(list).to_dict() == {b: [0, 1, 2] for b in YARDSTICKS}
+    assert result.loc[result["yardstick"] == "summed_error", "mae"].isna().all()
+    assert result.loc[result["yardstick"] != "summed_error", "mae"].notna().all()
+    above(result.loc[result["yardstick"] == "ridge", "spearman"].min(), 0.9, 0.02, "ridge's worst fold Spearman vs 0.9")
 
 
 def test_bad_requests_get_clear_errors(synthetic):
     configs, targets, _, _, _ = synthetic
-    with pytest.raises(InvalidSettingError, match="unknown baseline 'ridg'.*did you mean 'ridge'"):
-        make_baseline("ridg", UNITS, DEFAULT_OPTIONS)
+    with pytest.raises(InvalidSettingError, match="unknown yardstick 'ridg'.*did you mean 'ridge'"):
+        make_yardstick("ridg", UNITS, DEFAULT_OPTIONS)
     with pytest.raises(InvalidSettingError, match="not fitted"):
-        make_baseline("ridge", UNITS, DEFAULT_OPTIONS).score(configs)
+        make_yardstick("ridge", UNITS, DEFAULT_OPTIONS).score(configs)
     with pytest.raises(InvalidSettingError, match="one finite target per configuration"):
-        make_baseline("ridge", UNITS, DEFAULT_OPTIONS).fit(configs, targets[:-1])
+        make_yardstick("ridge", UNITS, DEFAULT_OPTIONS).fit(configs, targets[:-1])
     with pytest.raises(InvalidSettingError, match="needs the store rows"):
-        make_baseline("summed_error", UNITS, DEFAULT_OPTIONS).score(configs)
+        make_yardstick("summed_error", UNITS, DEFAULT_OPTIONS).score(configs)

@@ -1,6 +1,6 @@
-"""Simple baselines the GNN predictor is compared against, on the same folds and metrics (paper §4, Tab. 1).
+"""Simple yardsticks the GNN predictor is compared against, on the same folds and metrics (paper §4, Tab. 1).
 
-Each baseline scores configurations, higher = predicted better (as the targets, paper §3.3):
+Each yardstick scores configurations, higher = predicted better (as the targets, paper §3.3):
 
 - `summed_error`: −(sum of the units' relative weight-quantization errors), the store's `summed_error` column
   or a per-unit error table (`MultiQuantizer.errors`); no training, and its score has no units.
@@ -28,7 +28,7 @@ from qsd.config import QuantConfig, QuantSpec
 from qsd.errors import InvalidSettingError, closest_names
 from qsd.predictor.metrics import mae, ranking_metrics
 
-BASELINES = ("summed_error", "ridge", "mlp")
+YARDSTICKS = ("summed_error", "ridge", "mlp")
 FLOAT = "float"
 """Option label of a unit kept at full precision."""
 RIDGE_ALPHAS = np.logspace(-3, 3, 13)
@@ -40,13 +40,13 @@ ErrorTable = Mapping[str, Mapping[QuantSpec, float]]
 """unit name -> option -> relative weight error (the shape of `MultiQuantizer.errors`)."""
 
 
-class Baseline(Protocol):
+class Yardstick(Protocol):
     name: str
     predicts_target: bool
     """True when `score` is a prediction in the target's units (so an MAE means something)."""
 
     def fit(self, configs: Sequence[QuantConfig], targets: np.ndarray, frame: pd.DataFrame | None = None
-            ) -> Baseline: ...
+            ) -> Yardstick: ...
 
     def score(self, configs: Sequence[QuantConfig], frame: pd.DataFrame | None = None) -> np.ndarray: ...
 
@@ -73,8 +73,8 @@ def config_features(configs: Sequence[QuantConfig], unit_names: Sequence[str], o
     return features
 
 
-# ---------------------------------------------------------------------- baselines
-class SummedErrorBaseline:
+# ---------------------------------------------------------------------- yardsticks
+class SummedErrorYardstick:
     """Score = −Σ units' relative errors; from `errors` when given, else from the frame's `summed_error` column
     (NaN there is read as 0 for an all-float configuration, which has no error)."""
 
@@ -85,14 +85,14 @@ class SummedErrorBaseline:
         self.errors = errors
 
     def fit(self, configs: Sequence[QuantConfig], targets: np.ndarray, frame: pd.DataFrame | None = None
-            ) -> SummedErrorBaseline:
+            ) -> SummedErrorYardstick:
         return self
 
     def score(self, configs: Sequence[QuantConfig], frame: pd.DataFrame | None = None) -> np.ndarray:
         if self.errors is not None:
             return -np.array([self._summed(config) for config in configs], dtype=np.float64)
         if frame is None or "summed_error" not in frame.columns:
-            raise InvalidSettingError("the summed_error baseline needs the store rows of the configurations (a frame "
+            raise InvalidSettingError("the summed_error yardstick needs the store rows of the configurations (a frame "
                                       "with a summed_error column) or a per-unit error table")
         _check_aligned(configs, frame)
         summed = frame["summed_error"].to_numpy(np.float64)
@@ -140,13 +140,13 @@ class OneHotRegressor:
 
     def score(self, configs: Sequence[QuantConfig], frame: pd.DataFrame | None = None) -> np.ndarray:
         if not self.fitted:
-            raise InvalidSettingError(f"the {self.name} baseline is not fitted; call fit(configs, targets) first")
+            raise InvalidSettingError(f"the {self.name} yardstick is not fitted; call fit(configs, targets) first")
         features = config_features(configs, self.unit_names, self.options)
         with threadpool_limits(1):
             return np.asarray(self.estimator.predict(features), dtype=np.float64)
 
 
-class RidgeBaseline(OneHotRegressor):
+class RidgeYardstick(OneHotRegressor):
     """`RidgeCV` on the one-hot choices; `coefficients()` are per-(unit, option) effects on the target."""
 
     def __init__(self, unit_names: Sequence[str], options: Sequence[QuantSpec]):
@@ -155,39 +155,39 @@ class RidgeBaseline(OneHotRegressor):
     def coefficients(self) -> pd.DataFrame:
         """Columns unit, option (a `QuantSpec.key` or `float`), coefficient (target units; higher = better)."""
         if not self.fitted:
-            raise InvalidSettingError("the ridge baseline is not fitted; call fit(configs, targets) first")
+            raise InvalidSettingError("the ridge yardstick is not fitted; call fit(configs, targets) first")
         frame = pd.DataFrame(feature_columns(self.unit_names, self.options), columns=["unit", "option"])
         frame["coefficient"] = self.estimator.coef_
         return frame
 
 
-def make_baseline(name: str, unit_names: Sequence[str], options: Sequence[QuantSpec], seed: int = 0,
-                  errors: ErrorTable | None = None) -> Baseline:
-    """A fresh, unfitted baseline by name (one of `BASELINES`)."""
+def make_yardstick(name: str, unit_names: Sequence[str], options: Sequence[QuantSpec], seed: int = 0,
+                   errors: ErrorTable | None = None) -> Yardstick:
+    """A fresh, unfitted yardstick by name (one of `YARDSTICKS`)."""
     if name == "summed_error":
-        return SummedErrorBaseline(errors)
+        return SummedErrorYardstick(errors)
     if name == "ridge":
-        return RidgeBaseline(unit_names, options)
+        return RidgeYardstick(unit_names, options)
     if name == "mlp":
         mlp = MLPRegressor(hidden_layer_sizes=MLP_HIDDEN, solver="lbfgs", alpha=MLP_L2, max_iter=MLP_MAX_ITER,
                            random_state=seed)
         return OneHotRegressor("mlp", TransformedTargetRegressor(mlp, transformer=StandardScaler()),
                                unit_names, options)
-    hint = closest_names(str(name), BASELINES, n=1)
-    raise InvalidSettingError(f"unknown baseline {name!r}; available: {', '.join(BASELINES)}"
+    hint = closest_names(str(name), YARDSTICKS, n=1)
+    raise InvalidSettingError(f"unknown yardstick {name!r}; available: {', '.join(YARDSTICKS)}"
                               + (f" (did you mean {hint[0]!r}?)" if hint else ""))
 
 
 # ---------------------------------------------------------------------- evaluation
-def evaluate_baselines(configs: Sequence[QuantConfig], frame: pd.DataFrame | None, targets: np.ndarray,
-                       splits: Sequence[tuple[np.ndarray, np.ndarray]], unit_names: Sequence[str],
-                       options: Sequence[QuantSpec], seed: int = 0, baselines: Sequence[str] = BASELINES,
-                       errors: ErrorTable | None = None) -> pd.DataFrame:
-    """Fit each baseline on each fold's training part and rank its test part.
+def evaluate_yardsticks(configs: Sequence[QuantConfig], frame: pd.DataFrame | None, targets: np.ndarray,
+                        splits: Sequence[tuple[np.ndarray, np.ndarray]], unit_names: Sequence[str],
+                        options: Sequence[QuantSpec], seed: int = 0, yardsticks: Sequence[str] = YARDSTICKS,
+                        errors: ErrorTable | None = None) -> pd.DataFrame:
+    """Fit each yardstick on each fold's training part and rank its test part.
 
     `frame` holds the store rows of `configs` in the same order (needed by `summed_error` without `errors`).
-    Returns one row per (baseline, fold): baseline, fold, n_train, n_test, spearman, kendall, ndcg10 and mae
-    (target units; NaN for a baseline whose score is not a prediction of the target).
+    Returns one row per (yardstick, fold): yardstick, fold, n_train, n_test, spearman, kendall, ndcg10 and mae
+    (target units; NaN for a yardstick whose score is not a prediction of the target).
     """
     targets = np.asarray(targets, dtype=np.float64)
     if targets.shape != (len(configs),):
@@ -195,12 +195,12 @@ def evaluate_baselines(configs: Sequence[QuantConfig], frame: pd.DataFrame | Non
     if frame is not None:
         _check_aligned(configs, frame)
     rows = []
-    for name in baselines:
+    for name in yardsticks:
         for fold, (train, test) in enumerate(splits):
-            model = make_baseline(name, unit_names, options, seed, errors)
+            model = make_yardstick(name, unit_names, options, seed, errors)
             model.fit([configs[i] for i in train], targets[train], None if frame is None else frame.iloc[train])
             scores = model.score([configs[i] for i in test], None if frame is None else frame.iloc[test])
-            rows.append({"baseline": name, "fold": fold, "n_train": len(train), "n_test": len(test),
+            rows.append({"yardstick": name, "fold": fold, "n_train": len(train), "n_test": len(test),
                          **ranking_metrics(scores, targets[test]),
                          "mae": mae(scores, targets[test]) if model.predicts_target else np.nan})
     return pd.DataFrame(rows)
