@@ -59,8 +59,8 @@ def test_bad_settings_fail_with_the_accepted_range():
 def test_stage_05_with_an_infeasible_budget_fails_before_writing_naming_the_lowest(copied_run):
     before = snapshot(copied_run.path(STAGES[0]).parent)
     with pytest.raises(InfeasibleBudgetError, match=r"lowest feasible budget .*: 3\.\d{3} average bits") as error:
-        build_configs.run(build_configs.Settings(model_id=copied_run.model_id, run_id=copied_run.run_id, smoke=True,
-                                                 budgets=(1.0,), overwrite=True))
+        build_configs.run(build_configs.Settings(model_id=copied_run.model_id, run_id=copied_run.run_id,
+                                                 budgets=(1.0,), overwrite=True))  # a smoke run takes its own budgets
     lowest = float(str(error.value).split("budget of run")[1].split(": ")[1].split(" ")[0])
     assert 3.0 < lowest < 3.5
     assert snapshot(copied_run.path(STAGES[0]).parent) == before, "nothing in the run folder changed"
@@ -105,7 +105,8 @@ def test_stage_06_rows_depend_on_neither_progress_nor_other_budgets(copied_run):
         return {name: depends_on for name, _, depends_on in final_comparison.plan(context, configs, lambda: None)}
 
     built = copied_run.frontier()["budget"].tolist()
-    quiet, loud = plan(progress=False, budgets=(max(built),)), plan(progress=True, budgets=(max(built),))
+    top = {"budgets": (max(built),), "w3x_budget": max(built)}
+    quiet, loud = plan(progress=False, **top), plan(progress=True, **top)
     assert quiet == loud
-    more = plan(budgets=tuple(built))
+    more = plan(budgets=tuple(built), w3x_budget=max(built))
     assert set(quiet) < set(more) and all(more[name] == deps for name, deps in quiet.items())

@@ -19,8 +19,9 @@ from qsd.models import DEFAULT_MODEL_ID, get_entry
 from qsd.row_cache import canonical
 from qsd.run_folder import RunFolder
 
-RESULT_NEUTRAL = ("progress", "overwrite")
-"""Settings of every stage that never change its results."""
+RESULT_NEUTRAL = ("model_id", "run_id", "progress", "overwrite")
+"""Settings of every stage that never change its results (the run folder already names the model and run: a copied
+run folder is the same run)."""
 
 
 def smoke_value(value: object, smoke: object) -> object:
