@@ -16,8 +16,8 @@ from typing import ClassVar, Self
 
 from qsd.errors import InvalidSettingError, SettingsMismatchError
 from qsd.models import DEFAULT_MODEL_ID, get_entry
-from qsd.row_cache import canonical
 from qsd.run_folder import RunFolder
+from qsd.store import protocol_difference
 
 RESULT_NEUTRAL = ("model_id", "run_id", "progress", "overwrite")
 """Settings of every stage that never change its results (the run folder already names the model and run: a copied
@@ -74,9 +74,9 @@ class StageSettings:
         saved_path = path / "settings.json"
         if saved_path.is_file() and not self.overwrite:
             neutral = {*RESULT_NEUTRAL, *self.NEUTRAL}
-            saved, now = json.loads(saved_path.read_text()), canonical(dataclasses.asdict(self))
-            differences = [f"{k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
-                           for k in sorted(set(saved) | set(now)) if k not in neutral and saved.get(k) != now.get(k)]
+            saved, now = json.loads(saved_path.read_text()), dataclasses.asdict(self)
+            differences = protocol_difference({k: v for k, v in saved.items() if k not in neutral},
+                                              {k: v for k, v in now.items() if k not in neutral})
             if differences:
                 listed = "\n  ".join(differences)
                 raise SettingsMismatchError(
