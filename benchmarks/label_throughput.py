@@ -12,7 +12,8 @@ recomputed for the FID of every configuration. It is timed on the first `--naive
 per-image cost extrapolated to `--images` (the reference-feature cost is added once, as measured).
 
 qsd is measured in every variant of `--variants` (compute dtype: bfloat16 autocast or float32; the denoiser
-torch.compile'd or eager); the first is the headline and stage 02's default (bfloat16, compiled). The naive
+torch.compile'd or eager); the first is the headline and stage 02's default (compiled, in this machine's native
+dtype: bfloat16 with bf16 units, else float32; `qsd.sampling.native_compute_dtype`). The naive
 protocol runs eagerly in each of those dtypes, and the headline speed-up is against the *fastest* naive dtype
 (on CPUs without fast bf16 the naive batch-1 loop is quicker in float32). Steady-state seconds per
 configuration exclude the one-off compilation, which `first_label_s` includes.
@@ -44,7 +45,15 @@ from qsd.labelling import Labeller
 from qsd.metrics.prompt_accuracy import prompt_accuracy
 from qsd.models import feature_backend, load_model
 from qsd.multiquant import MultiQuantizer
-from qsd.sampling import SamplingProtocol, generate, guidance_condition, guided_noise, initial_noise
+from qsd.sampling import (
+    COMPUTE_DTYPES,
+    SamplingProtocol,
+    generate,
+    guidance_condition,
+    guided_noise,
+    initial_noise,
+    native_compute_dtype,
+)
 
 BENCH_SPEC = QuantSpec("kmeans_c", 4)
 
@@ -146,7 +155,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--naive-images", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--variants", default="bfloat16:compiled,bfloat16:eager,float32:compiled,float32:eager",
+    native, other = sorted(COMPUTE_DTYPES, key=lambda dtype: dtype != native_compute_dtype())
+    parser.add_argument("--variants", default=f"{native}:compiled,{native}:eager,{other}:compiled,{other}:eager",
                         help="qsd variants dtype:compiled|eager; the first is the headline (stage 02's default)")
     args = parser.parse_args()
     results = {m: bench_model(m, args) for m in args.models.split(",")}

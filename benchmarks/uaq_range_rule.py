@@ -2,7 +2,7 @@
 
 For one model at its entry's guidance: the float model's FID under 3 noise seeds, then uniform W4 and W3 UAQ
 under each range rule (the paper's clipping search, min-max, the search scored by L4 and by L8), and uniform
-K-Means-C / K-Means-A, all labelled by stage 02's `Labeller` (compiled bfloat16, FP16 overhead). For every
+K-Means-C / K-Means-A, all labelled by stage 02's `Labeller` (compiled, native dtype, FP16 overhead). For every
 option it also reports where the weight error sits: the relative error on each layer's largest 1 % of
 weights against the rest, and the share of a layer's largest |weight| the quantized layer keeps (median over
 layers). `--keep-float a,b` keeps the units whose names contain any of those strings float (e.g. the output
@@ -24,7 +24,7 @@ from qsd.labelling import Labeller
 from qsd.models import load_model
 from qsd.multiquant import MultiQuantizer
 from qsd.quantizers import QuantizerSettings
-from qsd.sampling import SamplingProtocol
+from qsd.sampling import SamplingProtocol, native_compute_dtype
 
 RULES = {"paper": QuantizerSettings(), "min-max": QuantizerSettings(uaq_clip_ratios=(0.0,)),
          "search L4": QuantizerSettings(uaq_clip_p=4.0), "search L8": QuantizerSettings(uaq_clip_p=8.0)}
@@ -55,8 +55,9 @@ def main() -> None:
     parser.add_argument("--keep-float", default="", help="comma-separated substrings of units kept float")
     args = parser.parse_args()
     model = load_model(args.model)
-    protocol = SamplingProtocol(n_images=args.images, steps=model.entry.sampler.steps,
-                                guidance=model.entry.sampler.guidance, compute_dtype="bfloat16", compile=True)
+    sampler = model.entry.sampler
+    protocol = SamplingProtocol(n_images=args.images, steps=sampler.steps, guidance=sampler.guidance,
+                                compute_dtype=native_compute_dtype(), compile=True)
     labeller = Labeller(model, protocol, progress=False)
     float_fids = labeller.seed_scores(3)[0]["fid_seeds"]
     print(f"float FID over 3 seeds: {float_fids}", flush=True)

@@ -61,7 +61,7 @@ def fake_run(root: Path, summaries=SUMMARIES, seconds=SECONDS) -> Path:
         (run / stage).mkdir(parents=True)
         (run / stage / "summary.json").write_text(json.dumps(summary))
         (run / stage / "provenance.json").write_text(json.dumps({"git_sha": "0123456789abcdef"}))
-        (run / stage / "settings.json").write_text(json.dumps({"smoke": False}))
+        (run / stage / "settings.json").write_text(json.dumps({"smoke": False, "compute_dtype": "float32"}))
         if stage in seconds:
             notebook = {"cells": [], "nbformat": 4, "nbformat_minor": 5,
                         "metadata": {"papermill": {"duration": seconds[stage], "exception": None}}}
@@ -109,9 +109,9 @@ def test_readme_blocks_are_rewritten_and_nothing_else(tmp_path):
     assert readme.read_text() == new
     assert without_blocks(new) == without_blocks(README)
     assert "old headline" not in new and "| old | table |" not in new
-    assert ("- **Labels** (stage 02, 160 random configurations): float FID 25.6; best uniform W4 (`uniform uaq-4`) "
-            "at 1.54× the float FID; every uniform W3 worse than its W4: true; float best beyond its seed spread: "
-            "true.") in new
+    assert ("- **Labels** (stage 02, 160 random configurations, computed in float32): float FID 25.6; best uniform "
+            "W4 (`uniform uaq-4`) at 1.54× the float FID; every uniform W3 worse than its W4: true; float best "
+            "beyond its seed spread: true.") in new
     assert "GNN test Spearman on FID 0.888 ± 0.025 (best baseline mlp 0.793)" in new
     assert ("`gnn-refit ≤3.70 bits` at A6, FID 53.3 ± 6.2 (3.70 bits); best W4A6 baseline DMQ, FID 25.9 ± 2.3; "
             "float 23.1. W3.x A6 beats every W4A6 baseline beyond the seed spread: **false**; baselines it beats at "

@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 
+from qsd import sampling
 from qsd.errors import InvalidSettingError
 from qsd.models import get_entry
 from qsd.sampling import SamplingProtocol
@@ -45,6 +46,17 @@ def test_none_means_the_models_protocol():
     assert multiquantizer.Settings().effective().damage_steps == steps
     trained = train_denoisers.Settings(model_id="tiny_dit").effective()
     assert trained.train_steps == train_denoisers.TRAIN_STEPS["tiny_dit"]
+
+
+@pytest.mark.parametrize("bf16_units, expected", [(True, "bfloat16"), (False, "float32")])
+def test_auto_compute_dtype_is_the_cpus_native_one_and_settings_record_it(monkeypatch, bf16_units, expected):
+    monkeypatch.setattr(sampling, "cpu_computes_bfloat16", lambda: bf16_units)
+    for stage in (train_denoisers, multiquantizer, label_configs):
+        assert stage.Settings().compute_dtype == "auto"
+        assert stage.Settings().effective().compute_dtype == expected, "settings.json records the resolved dtype"
+        assert stage.Settings(compute_dtype="bfloat16").effective().compute_dtype == "bfloat16", "a named one stays"
+    with pytest.raises(InvalidSettingError, match="'auto'"):
+        SamplingProtocol(compute_dtype="auto")
 
 
 def test_sampling_protocol_for_model_takes_the_entry_and_overrides():

@@ -71,6 +71,8 @@ class StageRecord:
     failed: bool = False
     git_sha: str | None = None
     smoke: bool | None = None
+    compute_dtype: str | None = None
+    """The denoiser's compute precision while sampling (a sampling stage's resolved setting)."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def read_stage(directory: Path, name: str) -> StageRecord:
     settings = _read_json(folder / "settings.json") or {}
     return StageRecord(summary=summary, seconds=None if seconds is None else float(seconds),
                        failed=bool(papermill.get("exception")), git_sha=provenance.get("git_sha"),
-                       smoke=settings.get("smoke"))
+                       smoke=settings.get("smoke"), compute_dtype=settings.get("compute_dtype"))
 
 
 def read_run(directory: str | Path) -> Run:
@@ -325,7 +327,8 @@ def glance_lines(run: Run) -> list[str]:
         f"From `data/runs/{run.model_id}/{run.run_id}/` (`make results`; every field: "
         "[docs/results.md](docs/results.md)).",
         "",
-        f"- **Labels** (stage 02, {v(s02, 'by_kind', 'random')} random configurations): "
+        f"- **Labels** (stage 02, {v(s02, 'by_kind', 'random')} random configurations, computed in "
+        f"{run.stages[s02].compute_dtype or NOT_RUN}): "
         f"float FID {v(s02, 'float_fid', spec='.1f')}; "
         f"best uniform W4 ({name(s02, 'best_w4')}) at {v(s02, 'best_w4_fid_ratio', spec='.2f')}× the float FID; "
         f"every uniform W3 worse than its W4: {v(s02, 'w3_worse_than_w4')}; "

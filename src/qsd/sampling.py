@@ -29,6 +29,26 @@ from qsd.models.base import Condition, DiffusionModel, ModelEntry
 
 SEED_STRIDE = 1_000_003
 COMPUTE_DTYPES = ("float32", "bfloat16")
+AUTO_DTYPE = "auto"
+"""A stage setting that resolves to `native_compute_dtype` of the stage's device (a protocol holds the result)."""
+
+
+def cpu_computes_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX, as oneDNN reports it)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def native_compute_dtype(device: str = "cpu") -> str:
+    """'bfloat16' where `device` computes it natively (a bf16-capable GPU; a CPU with AVX512-BF16/AMX), else
+    'float32': emulated bfloat16 labelled 8x slower than float32 on a 2-core AVX2 CPU (docs/measurements.md)."""
+    if torch.device(device).type == "cuda":
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_computes_bfloat16() else "float32"
+
+
+def resolve_compute_dtype(name: str, device: str = "cpu") -> str:
+    """A stage's `compute_dtype` setting as a protocol's: 'auto' becomes `native_compute_dtype(device)`."""
+    return native_compute_dtype(device) if name == AUTO_DTYPE else name
 
 
 @dataclass(frozen=True)
@@ -57,7 +77,8 @@ class SamplingProtocol:
 
     def __post_init__(self) -> None:
         if self.compute_dtype not in COMPUTE_DTYPES:
-            raise InvalidSettingError(f"compute_dtype {self.compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+            raise InvalidSettingError(f"compute_dtype {self.compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)} "
+                                      f"(stage settings also take {AUTO_DTYPE!r})")
 
 
 @dataclass

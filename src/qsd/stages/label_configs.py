@@ -24,6 +24,7 @@ rows/ (the float model's seed FIDs, `qsd.row_cache`), summary.json.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -43,6 +44,7 @@ from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.row_cache import RowCache
 from qsd.run_folder import LABELS, RunFolder
+from qsd.sampling import AUTO_DTYPE, resolve_compute_dtype
 from qsd.stages import SamplingSettings
 from qsd.store import DATASET_KINDS, LabelStore
 
@@ -59,10 +61,10 @@ class Settings(SamplingSettings):
     smallest measured budget whose 5-fold GNN Spearman on FID clears 0.85 by more than its spread, and ≤ 20 min
     on 2 cores (docs/stages.md, "Label budget")."""
     n_images: int = 256
-    compute_dtype: str = "bfloat16"
-    """The denoiser's compute precision under autocast ('bfloat16' or 'float32'; see docs/deviations.md: bfloat16
-    changes the float model's FID by about 1 % and is 1.1-1.4x faster here; use float32 on CPUs without bf16
-    units)."""
+    compute_dtype: str = AUTO_DTYPE
+    """The denoiser's compute precision under autocast: 'bfloat16', 'float32', or 'auto' = bfloat16 where `device`
+    computes it natively, else float32 (docs/deviations.md: bfloat16 moves the float model's FID by about 1 %; it
+    is 1.1-1.4x faster with bf16 units and 8x slower without). settings.json records the resolved one."""
     compile: bool = True
     """Run the denoiser through torch.compile (`SamplingProtocol.compile`; docs/measurements.md: measured gain and
     one-off compile time). Needs a C++ compiler on CPU; set False where there is none."""
@@ -95,6 +97,9 @@ class Settings(SamplingSettings):
     NEUTRAL: ClassVar[tuple[str, ...]] = ("executor", "workers", "ray_address")
     """The executors label identically (tests/test_label_configs.py)."""
 
+    def resolve(self) -> Settings:
+        resolved = super().resolve()
+        return dataclasses.replace(resolved, compute_dtype=resolve_compute_dtype(self.compute_dtype, self.device))
 
 
 @dataclass

@@ -40,7 +40,7 @@ from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.quantizers import QuantizerSettings
 from qsd.run_folder import MULTIQUANTIZER, MULTIQUANTIZER_FILE, OPTION_TABLE_FILE
-from qsd.sampling import SamplingProtocol, generate
+from qsd.sampling import AUTO_DTYPE, SamplingProtocol, generate, resolve_compute_dtype
 from qsd.stages import StageSettings
 
 STAGE = MULTIQUANTIZER
@@ -62,8 +62,9 @@ class Settings(StageSettings):
     """Measure only the first this many units (None = all)."""
     damage_steps: int | None = None
     """Solver steps of the damage samples (None = the model's protocol)."""
-    compute_dtype: str = "bfloat16"
-    """The denoiser's compute precision while sampling (as in stage 02)."""
+    compute_dtype: str = AUTO_DTYPE
+    """The denoiser's compute precision while sampling (as in stage 02; 'auto' = bfloat16 where the CPU computes it
+    natively, else float32)."""
     compile: bool = True
     """torch.compile the denoiser while sampling (as in stage 02; never in smoke runs)."""
     progress: bool = True
@@ -77,7 +78,8 @@ class Settings(StageSettings):
     def resolve(self) -> Settings:
         entry = get_entry(self.model_id)
         return dataclasses.replace(self, quantizer=self.quantizer or entry.quantizer,
-                                   damage_steps=self.damage_steps or entry.sampler.steps)
+                                   damage_steps=self.damage_steps or entry.sampler.steps,
+                                   compute_dtype=resolve_compute_dtype(self.compute_dtype))
 
 
 @dataclass

@@ -37,7 +37,7 @@ from qsd.paths import project_root
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.run_folder import DENOISERS
-from qsd.sampling import SamplingProtocol, generate
+from qsd.sampling import AUTO_DTYPE, SamplingProtocol, generate, resolve_compute_dtype
 from qsd.stages import StageSettings
 
 STAGE = DENOISERS
@@ -63,8 +63,9 @@ class Settings(StageSettings):
     """Samples per guidance scale."""
     guidance_grid: tuple[float, ...] = GUIDANCE_GRID
     """Guidance scales swept. The entry's own scale is always added."""
-    compute_dtype: str = "bfloat16"
-    """The denoiser's compute precision while sampling (as in stage 02's labelling protocol)."""
+    compute_dtype: str = AUTO_DTYPE
+    """The denoiser's compute precision while sampling (as in stage 02's labelling protocol; 'auto' = bfloat16
+    where the CPU computes it natively, else float32)."""
     compile: bool = True
     """torch.compile the denoiser (as in stage 02; never in smoke runs); False where no C++ compiler is available."""
     progress: bool = True
@@ -78,7 +79,8 @@ class Settings(StageSettings):
     NEUTRAL: ClassVar[tuple[str, ...]] = ("checkpoint_every",)
 
     def resolve(self) -> Settings:
-        return dataclasses.replace(self, train_steps=self.train_steps or TRAIN_STEPS.get(self.model_id))
+        return dataclasses.replace(self, train_steps=self.train_steps or TRAIN_STEPS.get(self.model_id),
+                                   compute_dtype=resolve_compute_dtype(self.compute_dtype))
 
 
 @dataclass
