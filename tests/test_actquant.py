@@ -36,7 +36,7 @@ def test_tokenwise_matches_a_hand_computation():
                           atol=1e-4)
 
 
-def test_rows_are_tokens_or_sample_channels():
+def test_rows_are_tokens_or_spatial_positions():
     x = torch.randn(2, 5, 7)
     out = fake_quantize_tokens(x, 4)
     for b in range(2):
@@ -44,7 +44,16 @@ def test_rows_are_tokens_or_sample_channels():
             assert torch.equal(out[b, n], fake_quantize_tokens(x[b, n][None], 4)[0])
     conv = torch.randn(2, 3, 4, 4)
     out = fake_quantize_tokens(conv, 4)
-    assert torch.equal(out[1, 2], fake_quantize_tokens(conv[1, 2].reshape(1, -1), 4).reshape(4, 4))
+    assert torch.equal(out[1, :, 2, 3], fake_quantize_tokens(conv[1, :, 2, 3][None], 4)[0]), "a position, all channels"
+    # By hand, 2 bits. Position (0, 0) holds channels (-1, 0.5, 2): Δ = (2 + 1)/3 = 1, zero point 1, codes
+    # (0, round-half-even(0.5) + 1 = 1, 3), so x̂ = (-1, 0, 2). Position (0, 1) holds (0, 1, 3): Δ = 1, exact.
+    # Per (sample, channel) rows would have kept all six values exact (each channel's two values are its range).
+    small = torch.zeros(1, 3, 1, 2)
+    small[0, :, 0, 0] = torch.tensor([-1.0, 0.5, 2.0])
+    small[0, :, 0, 1] = torch.tensor([0.0, 1.0, 3.0])
+    out = fake_quantize_tokens(small, 2)
+    assert torch.equal(out[0, :, 0, 0], torch.tensor([-1.0, 0.0, 2.0]))
+    assert torch.equal(out[0, :, 0, 1], small[0, :, 0, 1])
 
 
 def test_constant_rows_survive_and_gradients_pass_straight_through():

@@ -3,7 +3,8 @@
 No calibration: every *row* of the tensor gets its own asymmetric range from its own min and max at run time.
 A row is
   * one token of a `[B, N, C]` input (every Linear of a transformer; attention Q/K/V as `[B·heads, N, d]`),
-  * one (sample, channel) of a `[B, C, H, W]` convolution input, over its H·W positions,
+  * one spatial position of one sample of a `[B, C, H, W]` convolution input, over its C channels: the granularity
+    an integer kernel can use (one scale per position of the im2col/implicit-GEMM input), as for a token,
   * one sample of a `[B, F]` input (timestep and conditioning MLPs).
 
 Notation (per row r, b bits): Δ_r = (max_r − min_r)/(2^b − 1), z_r = round(−min_r/Δ_r),
@@ -23,10 +24,17 @@ from qsd.errors import UnsupportedSpecError
 
 
 def as_rows(x: torch.Tensor) -> torch.Tensor:
-    """`x` viewed as the rows it is quantized by (see module docstring), `[rows, elements]`."""
+    """`x` as the rows it is quantized by (see module docstring), `[rows, elements]`."""
     if x.ndim >= 4:
-        return x.reshape(x.shape[0] * x.shape[1], -1)
+        return x.movedim(1, -1).reshape(-1, x.shape[1])
     return x.reshape(-1, x.shape[-1])
+
+
+def from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The inverse of `as_rows`: `rows` in the shape (and memory format) of `like`."""
+    if like.ndim >= 4:
+        return rows.reshape(like.movedim(1, -1).shape).movedim(-1, 1).contiguous()
+    return rows.reshape(like.shape)
 
 
 def fake_quantize_rows(rows: torch.Tensor, bits: int, unsigned: bool = False) -> torch.Tensor:
@@ -49,7 +57,7 @@ def fake_quantize_rows(rows: torch.Tensor, bits: int, unsigned: bool = False) ->
 
 def fake_quantize_tokens(x: torch.Tensor, bits: int, unsigned: bool = False) -> torch.Tensor:
     """`x` quantized token-wise (rows as in the module docstring), same shape and dtype."""
-    return fake_quantize_rows(as_rows(x), bits, unsigned).reshape(x.shape)
+    return from_rows(fake_quantize_rows(as_rows(x), bits, unsigned), x)
 
 
 class TokenwiseQuantizer(nn.Module):

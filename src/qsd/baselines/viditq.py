@@ -67,9 +67,8 @@ class Settings:
     """The dynamic part: "hadamard" (randomised Hadamard at power-of-two widths, random orthogonal otherwise),
     "random" (random orthogonal) or "none"."""
     balance_convs: bool = False
-    """Balance convolutions too (exact for every kernel size). Off: token-wise quantization treats a convolution
-    input per (sample, channel) row, so an input-channel scale leaves its activation rounding unchanged and only
-    re-weights the weight grid; in the DiTs the only convolution is the patch embedding."""
+    """Balance convolutions too (exact for every kernel size). Off: ViDiT-Q smooths linear layers; in the DiTs the
+    only convolution is the patch embedding."""
     mp_fraction: float = 0.0
     """Share of each group's layers raised to W8A8 (0: plain fixed bits; the paper's W4A8-MP keeps ~15 %)."""
     mp_w_bits: int = 8
