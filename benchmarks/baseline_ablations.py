@@ -56,7 +56,7 @@ def main() -> None:
                         "contains this text (the float row is always measured)")
     args = parser.parse_args()
     settings = stage.Settings(model_id=args.model_id, run_id=args.run_id)
-    labelling, protocol = stage.evaluation_protocol(RunFolder(args.model_id, args.run_id))
+    labelling, protocol = stage.evaluation_protocol(RunFolder(args.model_id, args.run_id), settings)
     model = load_model(args.model_id, device=labelling.device)
     labeller = Labeller(model, protocol, labelling.n_probe, labelling.batch_size, progress=False,
                         clip_dir=labelling.clip_dir)

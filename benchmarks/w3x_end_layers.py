@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--run_id", default="default")
     args = parser.parse_args()
     run = RunFolder(args.model_id, args.run_id)
-    labelling, protocol = stage.evaluation_protocol(run)
+    labelling, protocol = stage.evaluation_protocol(run, stage.Settings(model_id=args.model_id, run_id=args.run_id,
+                                                                         noise_seeds=SEEDS))
     model = load_model(args.model_id, device=labelling.device)
     mq = run.multiquantizer(model.denoiser)
     labeller = Labeller(model, protocol, labelling.n_probe, labelling.batch_size, progress=False,

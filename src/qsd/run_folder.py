@@ -67,6 +67,15 @@ class RunFolder:
         """The settings `stage` ran with (its settings.json: the effective settings)."""
         return json.loads(self.require(stage, "settings.json", f"stage-{stage[:2]} settings").read_text())
 
+    def sampled_seeds(self) -> set[int]:
+        """The noise seeds stages 00-02 sampled with, read from their settings: stage 02's labelling seed and the next
+        `float_seeds − 1` (its float spread; stage 05 labels at the same seed), and the `seed` of stages 00 and 01
+        where they ran. A held-out evaluation uses none of them."""
+        labels = self.settings(LABELS)
+        seeds = {labels["seed"] + i for i in range(labels["float_seeds"])}
+        return seeds | {self.settings(stage)["seed"] for stage in (DENOISERS, MULTIQUANTIZER)
+                        if (self.path(stage) / "settings.json").is_file()}
+
     # ------------------------------------------------------------------ stage 01
     def multiquantizer(self, denoiser: torch.nn.Module) -> MultiQuantizer:
         """Stage 01's multiquantizer for `denoiser`'s weights (a mismatched file is an error, never a rebuild)."""

@@ -7,9 +7,9 @@ Steps:
      budget below every built one is an error naming the lowest). Nothing upstream is re-run.
   2. Calibration set for the baselines: the float model's own inputs at every solver step while it samples
      `calibration_samples` images (noise seed `calibration_seed`, never an evaluation seed).
-  3. Rows, each sampled under stage 02's protocol (eagerly: activation quantizers are hooks) at `noise_seeds` noise
-     seeds (the protocol's seed and the next ones), FID and prompt accuracy (CLIP score with stage 02's CLIP) per
-     seed:
+  3. Rows, each sampled under stage 02's protocol (eagerly: activation quantizers are hooks) at `noise_seeds`
+     held-out noise seeds (`evaluation_seeds`: none that stages 00-05 labelled or selected with, nor the calibration
+     seed), FID and prompt accuracy (CLIP score with stage 02's CLIP) per seed:
      * the float model;
      * every baseline (`qsd.baselines`) at W4 with each of `baseline_a_bits`;
      * each Qua²SeDiMo configuration with each of `qsd_a_bits` (16 = float activations; otherwise the paper's
@@ -91,6 +91,9 @@ class Settings(StageSettings):
     """Images whose sampling trajectories calibrate the baselines (both guidance halves, every step)."""
     calibration_seed: int = 1000
     """Noise seed of the calibration trajectories (not an evaluation seed)."""
+    evaluation_seed: int | None = None
+    """First of the `noise_seeds` consecutive noise seeds every row is scored at; None = one past every seed the run
+    sampled with (`RunFolder.sampled_seeds`). Seeds the run labelled, selected or calibrated with are refused."""
     baseline_settings: dict = field(default_factory=dict)
     """Per baseline, overrides of its `Settings` (e.g. {"qdiffusion": {"iters": 100}})."""
     grid_images: int = 8
@@ -145,10 +148,27 @@ class Context:
     rows: RowCache
 
 
-def evaluation_protocol(run: RunFolder) -> tuple[LabellingSetup, SamplingProtocol]:
-    """Stage 02's labelling setup and its protocol, sampled eagerly (activation quantizers are forward hooks)."""
+def evaluation_seeds(run: RunFolder, settings: Settings) -> list[int]:
+    """The held-out noise seeds: `noise_seeds` consecutive ones from `evaluation_seed` (default: one past every seed
+    the run sampled with). Stage 05 chose its configurations with labels at stage 02's seed, so scoring them there
+    would favour them; a seed the run sampled with, or the calibration seed, is refused."""
+    sampled = run.sampled_seeds()
+    held_out = max(sampled) + 1
+    first = held_out if settings.evaluation_seed is None else settings.evaluation_seed
+    seeds = list(range(first, first + settings.noise_seeds))
+    if reused := sorted(set(seeds) & (sampled | {settings.calibration_seed})):
+        raise InvalidSettingError(
+            f"evaluation seeds {seeds} include {reused}, which this run already sampled with (labelling, selection "
+            f"and float spread: {sorted(sampled)}; calibration: {settings.calibration_seed}); choose an "
+            f"evaluation_seed whose {settings.noise_seeds} seeds avoid them, or leave it None (seeds from {held_out})")
+    return seeds
+
+
+def evaluation_protocol(run: RunFolder, settings: Settings) -> tuple[LabellingSetup, SamplingProtocol]:
+    """Stage 02's labelling setup and its protocol at the first held-out seed (`evaluation_seeds`), sampled eagerly
+    (activation quantizers are forward hooks); `Labeller.seed_scores` takes the next seeds from there."""
     setup = LabellingSetup.of(run.settings(LABELS))
-    return setup, dataclasses.replace(setup.protocol(), compile=False)
+    return setup, dataclasses.replace(setup.protocol(), seed=evaluation_seeds(run, settings)[0], compile=False)
 
 
 def measure(context: Context, name: str, variant: RowBuilder, depends_on: dict | None = None) -> dict:
@@ -254,7 +274,7 @@ def run(settings: Settings) -> Result:
     """Measure every row (see the module docstring), resuming from saved rows."""
     settings = settings.effective()
     run_folder = RunFolder(settings.model_id, settings.run_id)
-    labelling, protocol = evaluation_protocol(run_folder)
+    labelling, protocol = evaluation_protocol(run_folder, settings)
     configs = stage_configs(settings, run_folder)
     w3x_name = run_folder.frontier_config(settings.w3x_budget)[1]["name"]
     model = load_model(settings.model_id, device=labelling.device)
@@ -288,7 +308,8 @@ def run(settings: Settings) -> Result:
     if len(packed):
         packed.to_csv(directory / "packed.csv", index=False)
     grid = {name: grid_images(context, name) for name, *_ in rows}
-    summary = _summary(settings, table, w3x_name, packed)
+    summary = _summary(settings, table, w3x_name, packed) | {
+        "evaluation_seeds": evaluation_seeds(run_folder, settings), "sampled_seeds": sorted(run_folder.sampled_seeds())}
     write_run_record(directory, settings, summary)
     return Result(settings, directory, table, packed, grid, summary)
 
@@ -357,6 +378,8 @@ def _summary(settings: Settings, table: pd.DataFrame, w3x_name: str, packed: pd.
                     "w4a6_baselines_beaten_beyond_spread": beaten,
                     "w4a6_paired_fid_differences": paired,
                     "w4a6_baselines_beaten_paired": [name for name, d in paired.items() if d["beaten"]]}
+    summary["qsd_dominates"] = qsd_dominates(table)
+    summary["baseline_rows"] = int((table["family"] == "baseline").sum())
     if len(packed):
         summary["packed"] = {r["name"]: {"fid_packed": round(r["fid_packed"], 3),
                                          "packed_layers_vs_fp16": round(r["packed_layers_mib"] / r["fp16_layers_mib"],
@@ -374,6 +397,22 @@ def paired_difference(baseline_fids: Sequence[float], qsd_fids: Sequence[float])
     std = float(d.std(ddof=1)) if len(d) > 1 else 0.0
     return {"mean": round(float(d.mean()), 3), "std": round(std, 3), "per_seed": [round(float(x), 3) for x in d],
             "beaten": bool((d > 0).all() and d.mean() > std)}
+
+
+def qsd_dominates(table: pd.DataFrame) -> dict[str, dict]:
+    """The Pareto verdict at matched cost: the baseline rows some Qua²SeDiMo row dominates — same activation bits, no
+    more average weight bits, and lower FID paired by noise seed (`paired_difference` beaten). Per dominated baseline:
+    the dominating row with the largest mean difference, both rows' bits and the paired difference."""
+    qsd, dominated = table[table["family"] == "qsd"], {}
+    for _, base in table[table["family"] == "baseline"].iterrows():
+        rivals = qsd[(qsd["a_bits"] == base["a_bits"]) & (qsd["avg_bits"] <= base["avg_bits"])]
+        wins = [(paired_difference(base["fid_seeds"], q["fid_seeds"]), q) for _, q in rivals.iterrows()]
+        wins = [(d, q) for d, q in wins if d["beaten"]]
+        if wins:
+            d, q = max(wins, key=lambda win: win[0]["mean"])
+            dominated[base["name"]] = {"by": q["name"], "qsd_bits": round(float(q["avg_bits"]), 4),
+                                       "baseline_bits": round(float(base["avg_bits"]), 4), "paired": d}
+    return dominated
 
 
 def comparison_table(result: Result) -> pd.DataFrame:
@@ -406,12 +445,15 @@ def summary_text(result: Result) -> str:
         lines.append(f"paired by noise seed (lower FID at every seed, mean difference above its std): beats "
                      f"{len(s['w4a6_baselines_beaten_paired'])} of {len(s['w4a6_paired_fid_differences'])} W4A6 "
                      f"baselines")
+    if "qsd_dominates" in s:
+        lines.append(f"Pareto (same activation bits, no more weight bits, lower FID at every paired seed): "
+                     f"Qua²SeDiMo dominates {len(s['qsd_dominates'])} of {s['baseline_rows']} baseline rows")
     return "\n".join(lines)
 
 
 def packed_table(result: Result) -> pd.DataFrame:
     p = result.packed
-    return pd.DataFrame({"avg bits": p["avg_bits"].round(2), "FID packed (seed 0)": p["fid_packed"].round(1),
+    return pd.DataFrame({"avg bits": p["avg_bits"].round(2), "FID packed (first seed)": p["fid_packed"].round(1),
                          "layers MiB packed": p["packed_layers_mib"].round(4), "layers MiB fp16":
                          p["fp16_layers_mib"].round(4), "s packed": p["seconds_packed"].round(2),
                          "s float": p["seconds_float"].round(2)}).set_axis(p["name"].to_numpy())

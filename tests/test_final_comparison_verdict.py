@@ -1,0 +1,67 @@
+"""Stage 06's verdict rules: held-out evaluation seeds (disjoint from every seed the run labelled, selected or
+calibrated with) and the Pareto verdict `qsd_dominates`, each checked against values worked out by hand."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from qsd import run_folder
+from qsd.errors import InvalidSettingError
+from qsd.run_folder import DENOISERS, LABELS, MULTIQUANTIZER, RunFolder
+from qsd.stages import final_comparison as stage
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch) -> RunFolder:
+    """A run whose stages 00 and 02 ran at seed 0 (stage 02 with 3 float seeds) and stage 01 at seed 7."""
+    monkeypatch.setattr(run_folder, "project_root", lambda: tmp_path)
+    folder = RunFolder("tiny_pixart", "default")
+    for name, settings in ((DENOISERS, {"seed": 0}), (MULTIQUANTIZER, {"seed": 7}),
+                           (LABELS, {"seed": 0, "float_seeds": 3})):
+        folder.path(name).mkdir(parents=True)
+        (folder.path(name) / "settings.json").write_text(json.dumps(settings))
+    return folder
+
+
+def test_the_run_knows_every_seed_it_sampled_with(run):
+    assert run.sampled_seeds() == {0, 1, 2, 7}
+
+
+def test_evaluation_seeds_are_held_out_from_labelling_selection_and_calibration(run):
+    seeds = stage.evaluation_seeds(run, stage.Settings(noise_seeds=3))
+    assert seeds == [8, 9, 10], "one past every sampled seed, consecutive"
+    assert not set(seeds) & (run.sampled_seeds() | {stage.Settings().calibration_seed})
+    assert stage.evaluation_seeds(run, stage.Settings(noise_seeds=2, evaluation_seed=20)) == [20, 21]
+    with pytest.raises(InvalidSettingError, match=r"include \[1, 2\].*leave it None \(seeds from 8\)"):
+        stage.evaluation_seeds(run, stage.Settings(noise_seeds=3, evaluation_seed=1))
+    with pytest.raises(InvalidSettingError, match=r"include \[9\].*calibration: 9"):
+        stage.evaluation_seeds(run, stage.Settings(noise_seeds=3, calibration_seed=9))
+
+
+def row(name: str, family: str, bits: float, fids: list[float], a_bits: int = 6) -> dict:
+    return {"name": name, "family": family, "avg_bits": bits, "a_bits": a_bits, "fid_seeds": fids}
+
+
+def test_qsd_dominates_needs_no_more_bits_the_same_activations_and_a_paired_win():
+    table = pd.DataFrame([
+        row("DMQ W4A6", "baseline", 5.6, [30.0, 40.0, 35.0]),
+        row("RTN W4A6", "baseline", 4.2, [50.0, 60.0, 55.0]),
+        row("ViDiT-Q W4A6", "baseline", 4.2, [20.0, 25.0, 22.0]),
+        row("RTN W4A8", "baseline", 4.2, [50.0, 60.0, 55.0], a_bits=8),
+        row("Q W3.70A6", "qsd", 3.7, [40.0, 50.0, 45.0]),
+        row("Q W4.00A6", "qsd", 4.0, [28.0, 38.0, 33.0]),
+        row("Q W4.00A16", "qsd", 4.0, [1.0, 1.0, 1.0], a_bits=16),
+    ])
+    dominated = stage.qsd_dominates(table)
+    # DMQ: both Qua²SeDiMo A6 rows have fewer bits; W4.00 is lower by 2 at every seed (std 0 < mean 2);
+    # W3.70 is higher. RTN: both are lower, W3.70 by 10 and W4.00 by 22 at every seed: the larger mean wins.
+    # ViDiT-Q is lower than both; RTN W4A8 has no Qua²SeDiMo row at A8 (the A16 one does not count).
+    assert set(dominated) == {"DMQ W4A6", "RTN W4A6"}
+    assert dominated["DMQ W4A6"]["by"] == "Q W4.00A6" and dominated["DMQ W4A6"]["paired"]["mean"] == 2.0
+    assert dominated["DMQ W4A6"]["qsd_bits"] == 4.0 and dominated["DMQ W4A6"]["baseline_bits"] == 5.6
+    assert dominated["RTN W4A6"]["by"] == "Q W4.00A6" and dominated["RTN W4A6"]["paired"]["per_seed"] == [22.0] * 3
+    cheaper = table.assign(avg_bits=table["avg_bits"].where(table["family"] != "baseline", 3.8))
+    at_38 = stage.qsd_dominates(cheaper)  # every baseline at 3.8 bits: only W3.70 has no more bits
+    assert set(at_38) == {"RTN W4A6"} and at_38["RTN W4A6"]["by"] == "Q W3.70A6"
+    assert at_38["RTN W4A6"]["paired"]["mean"] == 10.0
