@@ -65,3 +65,25 @@ def test_qsd_dominates_needs_no_more_bits_the_same_activations_and_a_paired_win(
     at_38 = stage.qsd_dominates(cheaper)  # every baseline at 3.8 bits: only W3.70 has no more bits
     assert set(at_38) == {"RTN W4A6"} and at_38["RTN W4A6"]["by"] == "Q W3.70A6"
     assert at_38["RTN W4A6"]["paired"]["mean"] == 10.0
+
+
+def test_the_pareto_figure_has_a_panel_per_activation_width_and_draws_dominated_baselines_hollow(tmp_path):
+    table = pd.DataFrame([
+        row("float", "float", 16.0, [10.0, 11.0, 12.0], a_bits=16),
+        row("DMQ W4A6", "baseline", 5.6, [30.0, 40.0, 35.0]),
+        row("RTN W4A6", "baseline", 4.2, [50.0, 60.0, 55.0]),
+        row("RTN W4A8", "baseline", 4.2, [45.0, 50.0, 47.0], a_bits=8),
+        row("Qua²SeDiMo W3.70A6", "qsd", 3.7, [40.0, 50.0, 45.0]),
+        row("Qua²SeDiMo W4.00A6", "qsd", 4.0, [28.0, 38.0, 33.0]),
+    ])
+    table["fid_mean"] = table["fid_seeds"].map(lambda f: sum(f) / len(f))
+    table["fid_std"] = 1.0
+    settings = stage.Settings(smoke=True)
+    result = stage.Result(settings, tmp_path, table, pd.DataFrame(), {}, {"qsd_dominates": stage.qsd_dominates(table)})
+    fig = stage.plot_pareto(result)
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["A8", "A6"]
+    a6 = fig.axes[1]
+    hollow = {text.get_text() for text, line in zip(a6.texts, [ln for ln in a6.lines if ln.get_marker() == "o"],
+                                                    strict=True) if line.get_markerfacecolor() == "white"}
+    assert hollow == {"DMQ", "RTN"}, "both A6 baselines are dominated by Qua²SeDiMo W4.00A6 (4.0 bits, lower by 2+)"
+    assert (tmp_path / "06_pareto_tiny_pixart.png").is_file()

@@ -499,3 +499,35 @@ def plot_fid_a6(result: Result) -> Figure:
     ax.legend(fontsize=8)
     savefig(fig, f"06_fid_a6_{result.settings.model_id}", result.settings.figures_to(result.directory))
     return fig
+
+
+def plot_pareto(result: Result) -> Figure:
+    """The matched-cost view: FID (mean ± std over the noise seeds, log scale) against average weight bits for every
+    quantized row, one panel per activation width of the baselines; Qua²SeDiMo's rows joined in bit order, the
+    baselines it dominates (`qsd_dominates`) drawn hollow, the float model as a line."""
+    t, dominated = result.table, result.summary.get("qsd_dominates", {})
+    a_bits = sorted(set(t.loc[t["family"] == "baseline", "a_bits"]) | {HEADLINE_A_BITS}, reverse=True)
+    fig, axes = new_figure(5.5 * len(a_bits), 4.6, ncols=len(a_bits), squeeze=False)
+    colours = {"baseline": "#777777", "qsd": "#d1495b", "qsd+dmq": "#5b8fd1"}
+    float_fid = float(t.loc[t["family"] == "float", "fid_mean"].iloc[0])
+    for ax, a in zip(axes[0], a_bits, strict=True):
+        rows = t[(t["a_bits"] == a) & (t["family"] != "float")].sort_values("avg_bits")
+        for family, group in rows.groupby("family"):
+            if family == "qsd":
+                ax.plot(group["avg_bits"], group["fid_mean"], color=colours[family], lw=1, alpha=0.6)
+            for _, r in group.iterrows():
+                hollow = r["name"] in dominated
+                ax.errorbar(r["avg_bits"], r["fid_mean"], yerr=r["fid_std"], fmt="o", capsize=3,
+                            color=colours[family], mfc="white" if hollow else colours[family])
+                ax.annotate(r["name"].replace("Qua²SeDiMo ", "Q ").removesuffix(f" W4A{a}"), (r["avg_bits"],
+                            r["fid_mean"]), xytext=(5, 3), textcoords="offset points", fontsize=6)
+        ax.axhline(float_fid, color="black", ls="--", lw=1, label="float")
+        ax.set_yscale("log")
+        ax.set_xlabel("average weight bits (FP16 overhead and float layers included)")
+        ax.set_ylabel(f"FID (mean ± std over {result.settings.noise_seeds} seeds; log)")
+        ax.set_title(f"A{a}: W4 baselines (grey; hollow = dominated), Qua²SeDiMo (red),\n"
+                     "Qua²SeDiMo weights + DMQ activations (blue)", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{result.settings.model_id}: FID against bits at held-out seeds", fontsize=10)
+    savefig(fig, f"06_pareto_{result.settings.model_id}", result.settings.figures_to(result.directory))
+    return fig
