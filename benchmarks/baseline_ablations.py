@@ -8,7 +8,9 @@ prompts and solver, the same calibration set of 32 images at noise seed 1000, FI
     as first shipped (Adam at 1e-2 × Δ₀, kept even where they raised a block's loss);
   * attention float: Q-Diffusion quantizes Q, K, V and the softmax probabilities with static per-tensor ranges,
     ViDiT-Q token-wise; RTN, the reference, leaves attention's act-to-act products float;
-  * ViDiT-Q with its first and last layer float, as RTN and Q-Diffusion keep them.
+  * Q-Diffusion's weight grid as this project first had it (Lp search) and its softmax at the activation bits;
+  * ViDiT-Q with every layer quantized, with the first and last layer float instead of its released float layers, and
+    without smoothing, without rotation, at α = 0.5.
 Besides FID, each row's images at the first noise seed are compared pixel by pixel with the float model's
 (`sample_mse_vs_float`): FID can move with changes that are no closer to the float model's images.
 The run's stage 02 must exist (its protocol); nothing is re-run.
@@ -40,9 +42,16 @@ ABLATIONS = (
     ("qdiffusion", "steps learned as first shipped (lr 1e-2, none reverted)", A_BITS,
      {"act_steps": {"lr": 1e-2, "revert_worse": False}}),
     ("qdiffusion", "weights only (A16)", None, {}),
+    ("qdiffusion", "Lp-searched weight grid (before issue 28)", A_BITS, {"reconstruction": {"grid": "mse"}}),
+    ("qdiffusion", "softmax at the activation bits", A_BITS, {"softmax_bits": None}),
     ("viditq", "as in stage 06", A_BITS, {}),
     ("viditq", "attention float", A_BITS, {"quantize_attention": False}),
-    ("viditq", "first and last layer float", A_BITS, {"keep_first_last": True}),
+    ("viditq", "every layer quantized (the paper's text)", A_BITS, {"keep_released": False}),
+    ("viditq", "first and last layer float instead of its own", A_BITS,
+     {"keep_released": False, "keep_first_last": True}),
+    ("viditq", "without smoothing", A_BITS, {"smoothing": False}),
+    ("viditq", "without rotation", A_BITS, {"rotation": "none"}),
+    ("viditq", "alpha 0.5 (before issue 28)", A_BITS, {"alpha": 0.5}),
     ("viditq", "weights only (A16)", None, {}),
 )
 """(baseline, variant, activation bits (None: float), overrides of its stage-06 settings)."""

@@ -173,7 +173,10 @@ def test_qdiffusion_shares_ranges_and_quantizes_attention(results):
     model = results[("qdiffusion", "pixart")][0].denoiser
     quantizers = [m for m in model.modules() if isinstance(m, StaticQuantizer)]
     assert quantizers and all(q.n_sets == 1 and q.mode == "quantize" for q in quantizers)
-    assert isinstance(model.transformer_blocks[0].attn1.processor, QuantAttnProcessor)
+    processor = model.transformer_blocks[0].attn1.processor
+    assert isinstance(processor, QuantAttnProcessor)
+    assert (processor.query.bits, processor.key.bits, processor.value.bits, processor.probs.bits) == (6, 6, 6, 8), \
+        "the released code keeps the softmax probabilities at 8 bits"
     settings = results[("qdiffusion", "pixart")][0].settings
     assert settings["act_steps"] == {"iters": 12, "batch": 8, "lr": 3e-3, "revert_worse": True}
     assert settings["learned_steps_kept"] or settings["learned_steps_reverted"]
@@ -215,6 +218,14 @@ def test_tfmqdm_keeps_a_range_per_step(results, world):
     assert not torch.equal(quantizers[0].delta[0], quantizers[0].delta[-1])
     assert "up_blocks.1.resnets.1.time_emb_proj" in result.settings["temporal_features"]
     assert result.settings["per_step_activations"] == "all"
+
+
+@pytest.mark.parametrize("method", ["qdiffusion", "tfmqdm"])
+def test_defaults_are_the_released_ones(method):
+    """Min–max ('max' scaling) weight grids, softmax at 8 bits; TFMQ-DM's per-step ranges from every row of a step."""
+    settings = METHODS[method].Settings()
+    assert settings.reconstruction.grid == "minmax" and settings.softmax_bits == 8
+    assert getattr(settings, "act_batch_rows", None) is None
 
 
 def test_tfmqdm_refuses_an_unknown_per_step_choice():

@@ -144,9 +144,27 @@ def test_w4a6_beats_rtn_on_imbalanced_channels(arch):
           0.2, "ViDiT-Q W4A6 output error vs RTN")
 
 
+def test_keeps_its_released_float_layers(pixart):
+    """ViDiT-Q's released PTS script keeps PixArt's patch embedder, timestep embedder and adaLN block, and caption
+    embedder float; on a DiT the same roles (its per-block adaLN-Zero projections included)."""
+    model, calibration, _ = pixart
+    released = viditq.released_float_layers(model)
+    assert {n.split(".")[0] for n in released} == {"pos_embed", "adaln_single", "caption_projection"}
+    assert "pos_embed.proj" in released and "adaln_single.linear" in released
+    assert not any(n.startswith(("transformer_blocks", "proj_out")) for n in released)
+    result = viditq.quantize(model, calibration)
+    assert result.settings["float_layers"] == released and result.settings["keep_released"]
+    modules, floats = dict(result.denoiser.named_modules()), dict(model.named_modules())
+    for name in released:
+        assert input_quantizer(modules[name]) is None and torch.equal(modules[name].weight, floats[name].weight)
+    dit = viditq.released_float_layers(random_denoiser("dit", 0))
+    assert "pos_embed.proj" in dit and "proj_out_1" in dit and "proj_out_2" not in dit
+    assert any(n.endswith("norm1.linear") for n in dit) and any("timestep_embedder" in n for n in dit)
+
+
 def test_quantizes_every_layer_and_attention(pixart):
     model, calibration, _ = pixart
-    result = viditq.quantize(model, calibration)
+    result = viditq.quantize(model, calibration, settings=viditq.Settings(keep_released=False))
     assert result.method == "viditq" and result.settings["float_layers"] == []
     assert result.avg_bits == pytest.approx(average_bits(model, quantized_units(model), 4))
     modules = dict(result.denoiser.named_modules())
@@ -158,7 +176,7 @@ def test_quantizes_every_layer_and_attention(pixart):
     assert processors and all(isinstance(p, QuantAttnProcessor) and p.probs.unsigned for p in processors)
     assert result.settings["guided_calibration"] and result.settings["float_attention"] == []
     assert result.settings["smoothing_steps"] == [0]  # the highest-noise quarter of 4 steps
-    kept = viditq.quantize(model, calibration, settings=viditq.Settings(keep_first_last=True))
+    kept = viditq.quantize(model, calibration, settings=viditq.Settings(keep_released=False, keep_first_last=True))
     assert len(kept.settings["float_layers"]) == 2 and kept.avg_bits > result.avg_bits
     assert all(input_quantizer(dict(kept.denoiser.named_modules())[n]) is None for n in kept.settings["float_layers"])
 
@@ -185,10 +203,10 @@ def test_mixed_precision_raises_layers_of_both_groups(pixart):
     for group, size in mixed.settings["group_sizes"].items():  # round(15 %), at least one
         assert len(raised[group]) == max(1, math.floor(0.15 * size + 0.5))
     assert mixed.settings["mp_metrics"] == {"alignment": "guidance_error", "quality": "eps_error"}
-    assert set(mixed.settings["mp_sensitivity"]) == {u.module for u in quantized_units(model)}
+    quantized = quantized_units(model, viditq.released_float_layers(model))
+    assert set(mixed.settings["mp_sensitivity"]) == {u.module for u in quantized}
     assert mixed.avg_bits > plain.avg_bits
-    unit_bits = {u.name: 8 if u.module in {*raised["alignment"], *raised["quality"]} else 4
-                 for u in quantized_units(model)}
+    unit_bits = {u.name: 8 if u.module in {*raised["alignment"], *raised["quality"]} else 4 for u in quantized}
     assert mixed.avg_bits == pytest.approx(mixed_average_bits(model, unit_bits))
     modules = dict(mixed.denoiser.named_modules())
     for name in raised["alignment"] + raised["quality"]:

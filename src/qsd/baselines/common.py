@@ -9,6 +9,7 @@ float ones, activation quantizers are attached as in `qsd.actquant`, and the flo
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,22 @@ from qsd.layers import QUANTIZABLE_TYPES, Unit, quantizable_units
 from qsd.quantizers import QuantizedWeight, QuantizerSettings, quantize_weight
 
 MIN_MAX = QuantizerSettings(uaq_clip_ratios=(0.0,))
+TIME_EMBEDDING = re.compile(
+    r"(^|\.)(time_embedding|time_embed|timestep_embedder|t_embedder|add_embedding|time_text_embed|time_extra_emb"
+    r"|adaln_single)\."
+    r"|(^|\.)(time_emb_proj|emb_layers)(\.|$)"
+    r"|(^|\.)(norm1|norm1_context|norm_out)\.linear$"
+    r"|^proj_out_1$")
+"""Layers that only map the timestep / class / pooled-text embedding into the conditioning vector or a block's
+modulation (DMQ keeps them float as its `time_embed` and `emb_layers`; ViDiT-Q's release keeps PixArt's): the
+U-Net time embedding MLP, SDXL's added embedding and each ResBlock's `time_emb_proj`; PixArt's `adaln_single.*`;
+DiT's timestep embedder, its per-block adaLN-Zero projection `norm1.linear` and final-layer modulation `proj_out_1`;
+the same roles in SD3 and Hunyuan-DiT (`time_text_embed`, `time_extra_emb`, `norm*.linear`)."""
+
+
+def time_embedding_layers(denoiser: nn.Module) -> list[str]:
+    """Names of the denoiser's quantizable layers that `TIME_EMBEDDING` matches."""
+    return [u.module for u in quantizable_units(denoiser, split_concat_inputs=False) if TIME_EMBEDDING.search(u.module)]
 
 
 @dataclass
@@ -80,11 +97,12 @@ def quantized_units(denoiser: nn.Module, keep_float: Iterable[str] = ()) -> list
     return [u for u in quantizable_units(denoiser) if u.module not in keep]
 
 
-def prepared_copy(denoiser: nn.Module, calibration: CalibrationSet,
-                  keep_first_last: bool) -> tuple[nn.Module, list[Unit], list[str]]:
+def prepared_copy(denoiser: nn.Module, calibration: CalibrationSet, keep_first_last: bool,
+                  keep_float: Iterable[str] = ()) -> tuple[nn.Module, list[Unit], list[str]]:
     """What a baseline starts from: a `quantized_copy` of `denoiser`, the units it quantizes, and the layers it keeps
-    float (the first and the last one called, when `keep_first_last`)."""
-    keep = first_and_last(denoiser, calibration) if keep_first_last else []
+    float (`keep_float`, and the first and the last one called when `keep_first_last`)."""
+    ends = first_and_last(denoiser, calibration) if keep_first_last else []
+    keep = ends + sorted(set(keep_float) - set(ends))
     model = quantized_copy(denoiser)
     return model, quantized_units(model, keep), keep
 

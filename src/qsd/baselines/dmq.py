@@ -18,9 +18,9 @@ Pipeline (baselines.md §1.2), on a copy of the float denoiser:
 
 What stays float (DMQ's choices, followed): the timestep-embedding layers (U-Net `time_embedding.*` and every
 ResBlock's `time_emb_proj`, DMQ's `time_embed`/`emb_layers`, and their transformer analogues, see
-`TIME_EMBEDDING`), the first and last layer of the remaining call order, and every attention act-to-act product
-(Q·Kᵀ, softmax·V: only the inputs of the q/k/v/out projections are quantized). The two halves of a concatenation-fed
-layer get their own activation and weight quantizers (split quantization).
+`qsd.baselines.common.TIME_EMBEDDING`), the first and last layer of the remaining call order, and every attention
+act-to-act product (Q·Kᵀ, softmax·V: only the inputs of the q/k/v/out projections are quantized). The two halves
+of a concatenation-fed layer get their own activation and weight quantizers (split quantization).
 
 PTS layers: DMQ applies PTS to its `skip_connection` quantizers, the 1×1 ResBlock shortcut convolutions, both split
 halves; here the modules whose name contains "conv_shortcut" (diffusers' name for them). The transformers have no
@@ -34,7 +34,6 @@ activation quantization (a_bits None) LES is skipped: it exists to trade range b
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -58,6 +57,7 @@ from qsd.baselines.common import (
     quantized_copy,
     quantized_units,
     set_weight_units,
+    time_embedding_layers,
 )
 from qsd.baselines.les import fold_scales_, learn_scales
 from qsd.baselines.pts import PtsPart, calibrate_steps
@@ -70,17 +70,6 @@ from qsd.quantizers import QuantizerSettings, quantize_weight
 METHOD = "dmq"
 SMOKE = {"les_iters": 2, "les_batch": 4, "reconstruction": {"iters": 2, "batch": 4}}
 """Overrides of `Settings` in a CI smoke run."""
-TIME_EMBEDDING = re.compile(
-    r"(^|\.)(time_embedding|time_embed|timestep_embedder|t_embedder|add_embedding|time_text_embed|time_extra_emb"
-    r"|adaln_single)\."
-    r"|(^|\.)(time_emb_proj|emb_layers)(\.|$)"
-    r"|(^|\.)(norm1|norm1_context|norm_out)\.linear$"
-    r"|^proj_out_1$")
-"""Layers that only map the timestep / class / pooled-text embedding into the conditioning vector or a block's
-modulation (all kept float, as DMQ keeps `time_embed` and `emb_layers`): the U-Net time embedding MLP, SDXL's added
-embedding and each ResBlock's `time_emb_proj`; PixArt's `adaln_single.*`; DiT's timestep embedder, its per-block
-adaLN-Zero projection `norm1.linear` and final-layer modulation `proj_out_1`; the same roles in SD3 and Hunyuan-DiT
-(`time_text_embed`, `time_extra_emb`, `norm*.linear`)."""
 PAPER = {"les_iters": 6000, "les_batch": 32, "les_rows_per_step": 256, "reconstruction": {"iters": 20000, "batch": 32},
          "calibration_steps": 20, "act_batch": 16}
 """DMQ's own values for the LDM U-Nets (baselines.md §1.3-1.5), recorded beside the scaled-down ones used."""
@@ -133,11 +122,6 @@ class Settings:
             raise InvalidSettingError(f"pts_kappa must lie in (0, 1], not {self.pts_kappa}")
         if not 1 <= self.grid_ratios <= 100:
             raise InvalidSettingError(f"grid_ratios must be 1..100 (ratios are 1 % apart), not {self.grid_ratios}")
-
-
-def time_embedding_layers(denoiser: nn.Module) -> list[str]:
-    """Names of the denoiser's quantizable layers that `TIME_EMBEDDING` matches."""
-    return [u.module for u in quantizable_units(denoiser, split_concat_inputs=False) if TIME_EMBEDDING.search(u.module)]
 
 
 def float_layers(denoiser: nn.Module, calibration: CalibrationSet, settings: Settings = Settings()) -> dict:

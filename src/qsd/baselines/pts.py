@@ -17,7 +17,8 @@ Notation:
 
 Per-step calibration (`calibrate_steps`), for every calibration step k in turn (DMQ §1.4's order):
   1. every quantizer observes set k with activations float and weights quantized: an EMA (momentum 0.95) of the
-     per-batch min/max, started from one random batch of `batch` rows, then all rows in batches of `batch`;
+     per-batch min/max, started from one random batch of `batch` rows, then all rows in shuffled batches of `batch`
+     (the rows are stored unconditional half first: batches in order would leave the EMA mostly on one half);
   2. the ranges are fixed (`finalize`), so from here on everything is quantized;
   3. PTS: one pass of the quantized network (weights and activations) over the step's voting rows, all in one batch;
      whenever it reaches a PTS layer, that layer votes on its input (both halves of a split layer, each on its own)
@@ -135,7 +136,7 @@ def calibrate_steps(model: nn.Module, quantizers: Sequence[StaticQuantizer], pts
             q.set_mode("observe")
         first = torch.randperm(n, generator=generator)[:batch]
         with torch.no_grad():
-            for rows in [first, *torch.arange(n).split(batch)]:
+            for rows in [first, *torch.randperm(n, generator=generator).split(batch)]:
                 denoiser_output(model, calibration.inputs(step, rows, device))
         finalize_observed(quantizers)
         if pts:

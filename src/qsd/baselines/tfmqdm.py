@@ -47,7 +47,7 @@ from qsd.baselines.common import (
     calibrate_ranges,
     prepared_copy,
 )
-from qsd.baselines.qdiffusion import attach_attention
+from qsd.baselines.qdiffusion import RELEASED_GRID, RELEASED_SOFTMAX_BITS, attach_attention
 from qsd.baselines.reconstruction import (
     CHUNK_ROWS,
     ReconstructionSettings,
@@ -75,14 +75,19 @@ LATENT_KEYS = ("sample", "hidden_states")
 
 @dataclass(frozen=True)
 class Settings:
-    reconstruction: ReconstructionSettings = ReconstructionSettings()
+    reconstruction: ReconstructionSettings = ReconstructionSettings(grid=RELEASED_GRID)
+    """As Q-Diffusion's, whose code TFMQ-DM's builds on (min–max weight grids)."""
     per_step_activations: str = "all"
     """Which activations get one range per sampling step: "all" (the public code) or "temporal" (the TIB's inputs, the
     paper; the others then share one range)."""
     act_momentum: float | None = 0.95
     """EMA momentum of the per-batch ranges; None: min/max over all rows of the step."""
-    act_batch_rows: int = 16
+    act_batch_rows: int | None = None
+    """Rows per observed batch; None: every row of a step in one batch, so each step's range sees the whole
+    calibration set at that step (with 16-row batches and momentum 0.95 it mostly saw the first batch)."""
     quantize_attention: bool = True
+    softmax_bits: int | None = RELEASED_SOFTMAX_BITS
+    """Bits of the softmax probabilities, as Q-Diffusion's code (None: the activation bits)."""
     keep_first_last: bool = True
 
     def __post_init__(self) -> None:
@@ -279,8 +284,8 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
                       *attach_static(model, shared, a_bits, momentum=settings.act_momentum).values()]
         if settings.quantize_attention:
             quantizers += attach_attention(model, units, a_bits, sets if every else 1, clock if every else None,
-                                           settings.act_momentum)
-        calibrate_ranges(model, quantizers, calibration, settings.act_batch_rows, seed)
+                                           settings.act_momentum, settings.softmax_bits)
+        calibrate_ranges(model, quantizers, calibration, settings.act_batch_rows or calibration.batch, seed)
     return BaselineResult(METHOD, model, w_bits, a_bits, average_bits(denoiser, units, w_bits),
                           time.perf_counter() - start,
                           asdict(settings) | {"float_layers": keep, "temporal_layers": list(block.layers),

@@ -16,13 +16,15 @@
     quarter of timesteps at W8A8; neither the image metrics nor the timestep-wise part are reproduced here, and its
     search code is unreleased.)
 
-All layers are quantized by default (ViDiT-Q keeps no layer float); `Settings.keep_first_last` keeps the first and
-last layer float as the U-Net baselines do.
+Float layers as released: the paper's text quantizes every layer, its released PTS script keeps the input embedders
+and the timestep path float (`released_float_layers`; `Settings.keep_released`). `Settings.keep_first_last` keeps
+the first and last layer float as the U-Net baselines do.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -42,9 +44,9 @@ from qsd.baselines.channel_balance import (
     smoothing_scales,
     weight_absmax,
 )
-from qsd.baselines.common import BaselineResult, mixed_average_bits, prepared_copy
+from qsd.baselines.common import TIME_EMBEDDING, BaselineResult, mixed_average_bits, prepared_copy
 from qsd.errors import InvalidSettingError
-from qsd.layers import Unit
+from qsd.layers import Unit, quantizable_units
 
 METHOD = "viditq"
 SMOKE: dict = {}
@@ -53,12 +55,17 @@ GROUPS = ("alignment", "quality")
 CONDITION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 """The projections of a condition-fed attention that form the alignment group (those it has)."""
 LATENT_KEYS = ("hidden_states", "sample")
+EMBEDDERS = re.compile(r"^(pos_embed\.proj|conv_in|caption_projection\.\w+|context_embedder|encoder_hid_proj)$")
+"""The input embedders ViDiT-Q's release keeps float: the patch embedder (PixArt's and DiT's `pos_embed.proj`; a
+U-Net's `conv_in`, its analogue here) and the caption embedder (PixArt's `caption_projection.*`; SD3's
+`context_embedder`, a U-Net's `encoder_hid_proj`)."""
 
 
 @dataclass(frozen=True)
 class Settings:
-    alpha: float = 0.5
-    """Smoothing strength α of s_j = max|X_j|^α / max|W_j|^(1−α)."""
+    alpha: float = 0.3
+    """Smoothing strength α of s_j = max|X_j|^α / max|W_j|^(1−α) (the released configuration's; 0.5 before issue
+    28)."""
     smoothing: bool = True
     """Apply the static (smoothing) part of channel balancing."""
     balance_fraction: float = 0.25
@@ -77,8 +84,11 @@ class Settings:
     """Calibration steps (evenly spread, first and last included) the sensitivities are measured on."""
     mp_rows: int = 16
     """Samples per step for the sensitivities (with guidance: this many of each half, the same samples)."""
+    keep_released: bool = True
+    """Keep the layers ViDiT-Q's release keeps float (`released_float_layers`); False quantizes every layer, as the
+    paper's text describes."""
     keep_first_last: bool = False
-    """Keep the first and last layer float (ViDiT-Q quantizes every layer)."""
+    """Keep the first and last layer float as well (the U-Net baselines' rule)."""
     quantize_attention: bool = True
     """Token-wise quantizers on attention Q, K, V and the softmax probabilities."""
     batch_rows: int = 64
@@ -281,11 +291,20 @@ def most_sensitive(sensitivity: Mapping[str, float], members: Sequence[str], fra
     return [n for n in members if n in chosen]
 
 
+def released_float_layers(denoiser: nn.Module) -> list[str]:
+    """The layers ViDiT-Q's released PTS script keeps float, by role: the input embedders (`EMBEDDERS`) and the
+    timestep embedder with its adaLN path (`qsd.baselines.common.TIME_EMBEDDING`). On PixArt: `pos_embed.proj`,
+    `adaln_single.*`, `caption_projection.*`."""
+    names = {u.module for u in quantizable_units(denoiser, split_concat_inputs=False)}
+    return sorted(n for n in names if EMBEDDERS.match(n) or TIME_EMBEDDING.search(n))
+
+
 def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, a_bits: int | None = 6,
              settings: Settings = Settings(), seed: int = 0) -> BaselineResult:
     """ViDiT-Q on a copy of `denoiser` (see module docstring); `seed` draws the rotations."""
     start = time.perf_counter()
-    model, units, keep = prepared_copy(denoiser, calibration, settings.keep_first_last)
+    released = released_float_layers(denoiser) if settings.keep_released else []
+    model, units, keep = prepared_copy(denoiser, calibration, settings.keep_first_last, released)
     plans = plan_balancing(model, units, calibration, settings, seed)
     alignment = set(condition_fed_layers(model))
     groups = {name: "alignment" if name in alignment else "quality" for name in plans}
