@@ -1,5 +1,6 @@
-"""Stage 06's verdict rules: held-out evaluation seeds (disjoint from every seed the run labelled, selected or
-calibrated with) and the Pareto verdict `qsd_dominates`, each checked against values worked out by hand."""
+"""Stage 06's comparison rules: held-out evaluation seeds (disjoint from every seed the run labelled, selected or
+calibrated with), the Pareto verdict `qsd_dominates` (checked against values worked out by hand) and the common
+float-layer convention."""
 
 import json
 
@@ -7,7 +8,11 @@ import pandas as pd
 import pytest
 
 from qsd import run_folder
+from qsd.baselines import BASELINES, baseline, baseline_settings, dmq
+from qsd.baselines.calibration import CalibrationSet
+from qsd.baselines.common import first_and_last
 from qsd.errors import InvalidSettingError
+from qsd.models.random_init import example_steps, random_denoiser
 from qsd.run_folder import DENOISERS, LABELS, MULTIQUANTIZER, RunFolder
 from qsd.stages import final_comparison as stage
 
@@ -39,8 +44,9 @@ def test_evaluation_seeds_are_held_out_from_labelling_selection_and_calibration(
         stage.evaluation_seeds(run, stage.Settings(noise_seeds=3, calibration_seed=9))
 
 
-def row(name: str, family: str, bits: float, fids: list[float], a_bits: int = 6) -> dict:
-    return {"name": name, "family": family, "avg_bits": bits, "a_bits": a_bits, "fid_seeds": fids}
+def row(name: str, family: str, bits: float, fids: list[float], a_bits: int = 6, convention: str = "released") -> dict:
+    return {"name": name, "family": family, "avg_bits": bits, "a_bits": a_bits, "fid_seeds": fids,
+            "convention": convention}
 
 
 def test_qsd_dominates_needs_no_more_bits_the_same_activations_and_a_paired_win():
@@ -62,6 +68,9 @@ def test_qsd_dominates_needs_no_more_bits_the_same_activations_and_a_paired_win(
     assert dominated["DMQ W4A6"]["qsd_bits"] == 4.0 and dominated["DMQ W4A6"]["baseline_bits"] == 5.6
     assert dominated["RTN W4A6"]["by"] == "Q W4.00A6" and dominated["RTN W4A6"]["paired"]["per_seed"] == [22.0] * 3
     cheaper = table.assign(avg_bits=table["avg_bits"].where(table["family"] != "baseline", 3.8))
+    other_rule = pd.concat([table, pd.DataFrame([row("Q W3.00A6 (first/last float)", "qsd", 3.0, [1.0, 1.0, 1.0],
+                                                     convention="first_last")])])
+    assert stage.qsd_dominates(other_rule) == dominated, "rows of another float-layer convention do not compete"
     at_38 = stage.qsd_dominates(cheaper)  # every baseline at 3.8 bits: only W3.70 has no more bits
     assert set(at_38) == {"RTN W4A6"} and at_38["RTN W4A6"]["by"] == "Q W3.70A6"
     assert at_38["RTN W4A6"]["paired"]["mean"] == 10.0
@@ -87,3 +96,32 @@ def test_the_pareto_figure_has_a_panel_per_activation_width_and_draws_dominated_
                                                     strict=True) if line.get_markerfacecolor() == "white"}
     assert hollow == {"DMQ", "RTN"}, "both A6 baselines are dominated by Qua²SeDiMo W4.00A6 (4.0 bits, lower by 2+)"
     assert (tmp_path / "06_pareto_tiny_pixart.png").is_file()
+
+
+def test_first_last_float_keeps_exactly_the_end_layers_for_every_baseline():
+    """The common convention: each baseline's FIRST_LAST_FLOAT overrides leave exactly the first and last layer a
+    forward pass calls float, whatever the method keeps float as released. Every method on PixArt; on the U-Net
+    (many timestep layers that DMQ keeps float as released) those whose float layers need no reconstruction."""
+    for arch, methods in (("pixart", tuple(BASELINES)), ("sd15_unet", ("rtn", "viditq"))):
+        denoiser = random_denoiser(arch, 0)
+        calibration = CalibrationSet.from_inputs(example_steps(arch, 2, (900, 100)))
+        ends = sorted(first_and_last(denoiser, calibration))
+        for name in methods:
+            module = baseline(name)
+            settings = baseline_settings(name, module.SMOKE | module.FIRST_LAST_FLOAT)
+            result = module.quantize(denoiser, calibration, 4, None, settings, seed=0)
+            assert sorted(result.settings["float_layers"]) == ends, (arch, name)
+        dmq_settings = baseline_settings("dmq", dmq.FIRST_LAST_FLOAT)
+        assert sorted(dmq.float_layers(denoiser, calibration, dmq_settings)["all"]) == ends
+        assert len(dmq.float_layers(denoiser, calibration)["all"]) > 2, "as released DMQ keeps more"
+
+
+def test_baselines_whose_release_keeps_the_end_layers_are_not_measured_twice():
+    settings = stage.Settings(baseline_a_bits=(8, 6), first_last_a_bits=(6, 4))
+    # RTN, Q-Diffusion and TFMQ-DM keep the first and last layer as released; DMQ and ViDiT-Q keep other layers
+    assert stage.first_last_aliases(settings) == {
+        "RTN W4A6 (first/last float)": "RTN W4A6", "Q-Diffusion W4A6 (first/last float)": "Q-Diffusion W4A6",
+        "TFMQ-DM W4A6 (first/last float)": "TFMQ-DM W4A6"}, "A4 has no released row to share"
+    assert stage.first_last_aliases(stage.Settings(conventions=("released",))) == {}
+    with pytest.raises(InvalidSettingError, match="conventions"):
+        stage.Settings(conventions=("first_last",))

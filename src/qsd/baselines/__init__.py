@@ -1,6 +1,7 @@
 """The published PTQ baselines in qsd's harness (baselines.md): one method per file, each
 `quantize(denoiser, calibration, w_bits, a_bits, settings, seed) -> BaselineResult` on a copy of the float denoiser,
-with a frozen `Settings` dataclass (every heuristic a setting) and `SMOKE`, the overrides of a CI smoke run."""
+with a frozen `Settings` dataclass (every heuristic a setting; defaults as released), `SMOKE`, the overrides of a CI
+smoke run, and `FIRST_LAST_FLOAT`, the overrides that keep exactly the first and last layer float."""
 
 from __future__ import annotations
 

@@ -70,6 +70,9 @@ from qsd.quantizers import QuantizerSettings, quantize_weight
 METHOD = "dmq"
 SMOKE = {"les_iters": 2, "les_batch": 4, "reconstruction": {"iters": 2, "batch": 4}}
 """Overrides of `Settings` in a CI smoke run."""
+FIRST_LAST_FLOAT = {"keep_first_last": True, "keep_time_embedding": False}
+"""Overrides of `Settings` that keep exactly the first and last layer a forward pass calls float (stage 06's common
+convention)."""
 PAPER = {"les_iters": 6000, "les_batch": 32, "les_rows_per_step": 256, "reconstruction": {"iters": 20000, "batch": 32},
          "calibration_steps": 20, "act_batch": 16}
 """DMQ's own values for the LDM U-Nets (baselines.md §1.3-1.5), recorded beside the scaled-down ones used."""

@@ -50,6 +50,9 @@ RELEASED_SOFTMAX_BITS = 8
 """The released code quantizes the softmax probabilities at 8 bits whatever the activation bits."""
 SMOKE = {"reconstruction": {"iters": 2, "batch": 4}, "act_steps": {"iters": 2, "batch": 4}}
 """Overrides of `Settings` in a CI smoke run (nested settings as dicts)."""
+FIRST_LAST_FLOAT = {"keep_first_last": True}
+"""Overrides of `Settings` that keep exactly the first and last layer a forward pass calls float (stage 06's common
+convention)."""
 
 
 @dataclass(frozen=True)

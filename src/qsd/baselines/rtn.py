@@ -21,6 +21,9 @@ from qsd.baselines.common import (
 
 METHOD = "rtn"
 SMOKE: dict = {}
+FIRST_LAST_FLOAT = {"keep_first_last": True}
+"""Overrides of `Settings` that keep exactly the first and last layer a forward pass calls float (stage 06's common
+convention)."""
 """Overrides of `Settings` in a CI smoke run (RTN has nothing to shrink)."""
 
 

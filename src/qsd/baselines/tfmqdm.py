@@ -68,6 +68,9 @@ from qsd.layers import QUANTIZABLE_TYPES, Unit
 METHOD = "tfmqdm"
 SMOKE = {"reconstruction": {"iters": 2, "batch": 4}}
 """Overrides of `Settings` in a CI smoke run (nested settings as dicts)."""
+FIRST_LAST_FLOAT = {"keep_first_last": True}
+"""Overrides of `Settings` that keep exactly the first and last layer a forward pass calls float (stage 06's common
+convention)."""
 PER_STEP = ("all", "temporal")
 LATENT_KEYS = ("sample", "hidden_states")
 """The denoiser keyword that carries x_t (U-Nets: sample; transformers: hidden_states)."""

@@ -51,6 +51,9 @@ from qsd.layers import Unit, quantizable_units
 METHOD = "viditq"
 SMOKE: dict = {}
 """Overrides of `Settings` in a CI smoke run (ViDiT-Q needs no gradient steps: nothing to shrink)."""
+FIRST_LAST_FLOAT = {"keep_released": False, "keep_first_last": True}
+"""Overrides of `Settings` that keep exactly the first and last layer a forward pass calls float (stage 06's common
+convention)."""
 GROUPS = ("alignment", "quality")
 CONDITION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 """The projections of a condition-fed attention that form the alignment group (those it has)."""

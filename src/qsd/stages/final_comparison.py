@@ -15,12 +15,17 @@ Steps:
      * each Qua²SeDiMo configuration with each of `qsd_a_bits` (16 = float activations; otherwise the paper's
        token-wise online quantizer, `QuantSpec.a_bits`);
      * each Qua²SeDiMo configuration's weights with DMQ's activation treatment (per-step static ranges + power-of-two
-       channel scaling) at each of `dmq_a_bits`.
+       channel scaling) at each of `dmq_a_bits`;
+     every method keeping float what its release keeps float (`RELEASED`); then, under one rule for all
+     (`FIRST_LAST`: the first and last layer float), at each of `first_last_a_bits`: every baseline whose release
+     keeps other layers and each Qua²SeDiMo configuration.
   4. Real low-bit weights: each Qua²SeDiMo configuration at the lowest of `qsd_a_bits` exported packed
      (`qsd.export`), reloaded and sampled through the packed kernels at the first noise seed; its FID, resident weight
      bytes and sampling seconds against the float model's, timed in the same process.
   5. The headline (`summary.json`): the Qua²SeDiMo configuration at `w3x_budget` with A6 against the best W4A6
-     baseline, and whether it wins beyond the seed spread (its mean + std below the baseline's mean − std).
+     baseline (released conventions), and whether it wins beyond the seed spread (its mean + std below the baseline's
+     mean − std); the Pareto verdict `qsd_dominates` over every baseline row, at matched convention, activation bits
+     and no more weight bits.
 
 Rows are saved as they finish (`rows/<key>.json` and their grid images, `qsd.row_cache`), each under what it alone
 depends on: a re-run resumes from them, and changing `progress` or adding a budget re-measures only what changed.
@@ -47,12 +52,13 @@ from tqdm.auto import tqdm
 
 from qsd.baselines import BASELINES, baseline, baseline_settings
 from qsd.baselines.calibration import CalibrationSet
-from qsd.baselines.common import quantized_copy
+from qsd.baselines.common import first_and_last, quantized_copy
 from qsd.config import QuantConfig
 from qsd.errors import InvalidSettingError
 from qsd.files import atomic_write
 from qsd.label_session import LabellingSetup
 from qsd.labelling import Labeller
+from qsd.layers import quantizable_units
 from qsd.models import load_model
 from qsd.models.base import DiffusionModel
 from qsd.multiquant import MultiQuantizer
@@ -70,6 +76,10 @@ FLOAT_ACTIVATIONS = 16
 W_BITS = 4
 """The baselines' weight bits (the paper compares its W3.x with W4 baselines)."""
 HEADLINE_A_BITS = 6
+RELEASED, FIRST_LAST = CONVENTIONS = ("released", "first_last")
+"""Which layers a row keeps float. 'released': each method as its release keeps them (Qua²SeDiMo: none, as the
+paper's search space). 'first_last': every method, Qua²SeDiMo included, keeps exactly the first and last layer a
+forward pass calls (each baseline's `FIRST_LAST_FLOAT`), so a gap between rows is not the convention."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,11 @@ class Settings(StageSettings):
     """Activation bits of the Qua²SeDiMo rows (16 = float activations)."""
     dmq_a_bits: tuple[int, ...] = (6,)
     """Activation bits of the rows with Qua²SeDiMo weights and DMQ's activation treatment (empty: none)."""
+    conventions: tuple[str, ...] = CONVENTIONS
+    """The float-layer conventions measured (`CONVENTIONS`); 'released' always."""
+    first_last_a_bits: tuple[int, ...] = (HEADLINE_A_BITS,)
+    """Activation bits of the rows measured under the 'first_last' convention (a baseline whose released rule is
+    already that one is not measured twice)."""
     noise_seeds: int = 3
     """Every FID is the mean over this many noise seeds (its spread is in the table)."""
     calibration_samples: int = 32
@@ -111,7 +126,10 @@ class Settings(StageSettings):
         super().__post_init__()
         if unknown := set(self.baselines) - set(BASELINES):
             raise InvalidSettingError(f"unknown baseline(s) {sorted(unknown)}; known: {', '.join(BASELINES)}")
-        for bits in (*self.baseline_a_bits, *self.qsd_a_bits, *self.dmq_a_bits):
+        if RELEASED not in self.conventions or not set(self.conventions) <= set(CONVENTIONS):
+            raise InvalidSettingError(f"conventions {self.conventions} must include {RELEASED!r} and be among "
+                                      f"{', '.join(CONVENTIONS)}")
+        for bits in (*self.baseline_a_bits, *self.qsd_a_bits, *self.dmq_a_bits, *self.first_last_a_bits):
             if bits != FLOAT_ACTIVATIONS and not 2 <= bits <= 8:
                 raise InvalidSettingError(f"activation bits must be 2-8 or {FLOAT_ACTIVATIONS} (float); got {bits}")
 
@@ -195,6 +213,31 @@ def qsd_name(config_row: dict, a_bits: int) -> str:
     return f"Qua²SeDiMo W{config_row['avg_bits']:.2f}A{a_bits}"
 
 
+def convention_name(name: str, convention: str) -> str:
+    """A row's name under `convention` (released rows keep the plain name)."""
+    return name if convention == RELEASED else f"{name} (first/last float)"
+
+
+def method_settings(settings: Settings, name: str, convention: str = RELEASED) -> object:
+    """Baseline `name`'s effective settings in stage 06: smoke shrinking, the user's `baseline_settings`, then the
+    convention's float layers."""
+    module = baseline(name)
+    overrides = ((module.SMOKE if settings.smoke else {}) | settings.baseline_settings.get(name, {})
+                 | (module.FIRST_LAST_FLOAT if convention == FIRST_LAST else {}))
+    return baseline_settings(name, overrides)
+
+
+def first_last_aliases(settings: Settings) -> dict[str, str]:
+    """The 'first_last' baseline rows that are their released row (the release already keeps exactly the first and
+    last layer float, at activation bits measured anyway): alias name → released row name. They are not measured
+    twice."""
+    if FIRST_LAST not in settings.conventions:
+        return {}
+    return {convention_name(row, FIRST_LAST): row for a in settings.first_last_a_bits for name in settings.baselines
+            if a in settings.baseline_a_bits and (row := f"{BASELINES[name]} W{W_BITS}A{a}")
+            and method_settings(settings, name, FIRST_LAST) == method_settings(settings, name)}
+
+
 def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
          calibration: Callable[[], CalibrationSet]) -> list[tuple[str, RowBuilder, dict]]:
     """Every row to measure, in table order: (name, builder of its model and fixed columns, what the row depends on
@@ -202,31 +245,29 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
     s, model, mq = context.settings, context.model, context.multiquantizer
     n_weights = mq.cost(mq.uniform(None))["n_weights"]
 
-    def columns(family: str, method: str, avg_bits: float, a_bits: int, seconds: float, **extra) -> dict:
-        return {"family": family, "method": method, "avg_bits": avg_bits, "a_bits": a_bits,
+    def columns(family: str, method: str, avg_bits: float, a_bits: int, seconds: float,
+                convention: str = RELEASED, **extra) -> dict:
+        return {"family": family, "method": method, "avg_bits": avg_bits, "a_bits": a_bits, "convention": convention,
                 "size_mib": avg_bits * n_weights / 8 / 2**20, "calibration_s": seconds, **extra}
 
     def float_row() -> tuple[None, dict]:
         return None, columns("float", "float", 16.0, FLOAT_ACTIVATIONS, 0.0)
 
-    def method_settings(name: str):
-        overrides = (baseline(name).SMOKE if s.smoke else {}) | s.baseline_settings.get(name, {})
-        return baseline_settings(name, overrides)
-
-    def baseline_row(name: str, a_bits: int):
+    def baseline_row(name: str, a_bits: int, convention: str = RELEASED):
         def build() -> tuple[DiffusionModel, dict]:
-            result = baseline(name).quantize(model.denoiser, calibration(), W_BITS, a_bits, method_settings(name),
-                                             seed=s.seed)
+            result = baseline(name).quantize(model.denoiser, calibration(), W_BITS, a_bits,
+                                             method_settings(s, name, convention), seed=s.seed)
             return model.with_denoiser(result.denoiser), columns(
-                "baseline", BASELINES[name], result.avg_bits, a_bits, result.calibration_seconds,
+                "baseline", BASELINES[name], result.avg_bits, a_bits, result.calibration_seconds, convention,
                 settings=result.settings)
         return build
 
-    def qsd_row(config: QuantConfig, config_row: dict, a_bits: int):
+    def qsd_row(config: QuantConfig, config_row: dict, a_bits: int, convention: str = RELEASED):
         def build() -> tuple[DiffusionModel, dict]:
             mq.restore()
-            mq.apply(config.with_a_bits(None if a_bits == FLOAT_ACTIVATIONS else a_bits))
-            return model, columns("qsd", "Qua²SeDiMo", mq.cost(config)["avg_bits"], a_bits, 0.0,
+            chosen = config if convention == RELEASED else with_float_ends(config, model.denoiser, calibration())
+            mq.apply(chosen.with_a_bits(None if a_bits == FLOAT_ACTIVATIONS else a_bits))
+            return model, columns("qsd", "Qua²SeDiMo", mq.cost(chosen)["avg_bits"], a_bits, 0.0, convention,
                                   config=config_row["name"])
         return build
 
@@ -237,15 +278,16 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
             denoiser = quantized_copy(model.denoiser)
             mq.restore()
             start = time.perf_counter()
-            treatment = baseline("dmq").activation_treatment(denoiser, calibration(), a_bits, method_settings("dmq"))
+            treatment = baseline("dmq").activation_treatment(denoiser, calibration(), a_bits,
+                                                             method_settings(s, "dmq"))
             return model.with_denoiser(denoiser), columns(
                 "qsd+dmq", "Qua²SeDiMo + DMQ act.", mq.cost(config)["avg_bits"], a_bits, time.perf_counter() - start,
                 config=config_row["name"], settings=treatment)
         return build
 
-    def calibrated(name: str, a_bits: int) -> dict:
+    def calibrated(name: str, a_bits: int, convention: str = RELEASED) -> dict:
         """What a calibrated row depends on: the method's effective settings, its bits, the calibration set."""
-        return {name: dataclasses.asdict(method_settings(name)), "w_bits": W_BITS, "a_bits": a_bits,
+        return {name: dataclasses.asdict(method_settings(s, name, convention)), "w_bits": W_BITS, "a_bits": a_bits,
                 "calibration": {"samples": s.calibration_samples, "noise_seed": s.calibration_seed, "seed": s.seed}}
 
     rows = [("float", float_row, {})]
@@ -257,7 +299,23 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
                  for a in s.qsd_a_bits]
         rows += [(qsd_name(config_row, a) + " + DMQ act.", qsd_dmq_row(config, config_row, a),
                   fingerprint | calibrated("dmq", a)) for a in s.dmq_a_bits]
+    if FIRST_LAST in s.conventions:
+        aliases = first_last_aliases(s)
+        rows += [(name, baseline_row(method, a, FIRST_LAST), calibrated(method, a, FIRST_LAST))
+                 for a in s.first_last_a_bits for method in s.baselines
+                 if (name := convention_name(f"{BASELINES[method]} W{W_BITS}A{a}", FIRST_LAST)) not in aliases]
+        rows += [(convention_name(qsd_name(config_row, a), FIRST_LAST), qsd_row(config, config_row, a, FIRST_LAST),
+                  {"config": config.fingerprint, "a_bits": a, "convention": FIRST_LAST})
+                 for config, config_row in configs.values() for a in s.first_last_a_bits]
     return rows
+
+
+def with_float_ends(config: QuantConfig, denoiser: torch.nn.Module, calibration: CalibrationSet) -> QuantConfig:
+    """`config` with the units of the first and last layer a forward pass calls set float (the 'first_last'
+    convention; their FP16 weights count in the average bits as everywhere)."""
+    ends = set(first_and_last(denoiser, calibration))
+    end_units = {u.name for u in quantizable_units(denoiser) if u.module in ends}
+    return QuantConfig({unit: None if unit in end_units else config[unit] for unit in config})
 
 
 def stage_configs(settings: Settings, run: RunFolder) -> dict[str, tuple[QuantConfig, dict]]:
@@ -302,12 +360,15 @@ def run(settings: Settings) -> Result:
             measured.append(measure(context, name, build, depends_on))
         finally:
             mq.restore()
+    by_name = {row["name"]: row for row in measured}
+    measured += [by_name[released] | {"name": alias, "convention": FIRST_LAST}
+                 for alias, released in first_last_aliases(settings).items()]
     table = pd.DataFrame([without_record(row) for row in measured])
     table.drop(columns=[c for c in ("settings",) if c in table]).to_csv(directory / "comparison.csv", index=False)
     packed = packed_rows(context, configs) if settings.packed else pd.DataFrame()
     if len(packed):
         packed.to_csv(directory / "packed.csv", index=False)
-    grid = {name: grid_images(context, name) for name, *_ in rows}
+    grid = {name: grid_images(context, name) for name, *_ in rows}  # aliases share their released row's images
     summary = _summary(settings, table, w3x_name, packed) | {
         "evaluation_seeds": evaluation_seeds(run_folder, settings), "sampled_seeds": sorted(run_folder.sampled_seeds())}
     write_run_record(directory, settings, summary)
@@ -356,7 +417,7 @@ def packed_rows(context: Context, configs: dict[str, tuple[QuantConfig, dict]]) 
 
 
 def _summary(settings: Settings, table: pd.DataFrame, w3x_name: str, packed: pd.DataFrame) -> dict:
-    a6 = table[table["a_bits"] == HEADLINE_A_BITS]
+    a6 = table[(table["a_bits"] == HEADLINE_A_BITS) & (table["convention"] == RELEASED)]
     baselines = a6[a6["family"] == "baseline"]
     headline = a6[(a6["family"] == "qsd") & (a6["config"] == w3x_name)] if "config" in a6 else a6.iloc[:0]
     summary = {"float_fid": float(table.loc[table["family"] == "float", "fid_mean"].iloc[0]),
@@ -400,12 +461,14 @@ def paired_difference(baseline_fids: Sequence[float], qsd_fids: Sequence[float])
 
 
 def qsd_dominates(table: pd.DataFrame) -> dict[str, dict]:
-    """The Pareto verdict at matched cost: the baseline rows some Qua²SeDiMo row dominates — same activation bits, no
-    more average weight bits, and lower FID paired by noise seed (`paired_difference` beaten). Per dominated baseline:
-    the dominating row with the largest mean difference, both rows' bits and the paired difference."""
+    """The Pareto verdict at matched cost: the baseline rows some Qua²SeDiMo row dominates — same float-layer
+    convention, same activation bits, no more average weight bits, and lower FID paired by noise seed
+    (`paired_difference` beaten). Per dominated baseline: the dominating row with the largest mean difference, both
+    rows' bits and the paired difference."""
     qsd, dominated = table[table["family"] == "qsd"], {}
     for _, base in table[table["family"] == "baseline"].iterrows():
-        rivals = qsd[(qsd["a_bits"] == base["a_bits"]) & (qsd["avg_bits"] <= base["avg_bits"])]
+        rivals = qsd[(qsd["a_bits"] == base["a_bits"]) & (qsd["avg_bits"] <= base["avg_bits"])
+                     & (qsd["convention"] == base["convention"])]
         wins = [(paired_difference(base["fid_seeds"], q["fid_seeds"]), q) for _, q in rivals.iterrows()]
         wins = [(d, q) for d, q in wins if d["beaten"]]
         if wins:
@@ -460,9 +523,10 @@ def packed_table(result: Result) -> pd.DataFrame:
 
 
 def plot_grid(result: Result) -> Figure:
-    """Fig. 1 style: the same prompts and noise (first noise seed) for the float model and every A6 row."""
+    """Fig. 1 style: the same prompts and noise (first noise seed) for the float model and every A6 row (each method
+    under its released convention)."""
     t = result.table
-    names = ["float", *t.loc[t["a_bits"] == HEADLINE_A_BITS, "name"]]
+    names = ["float", *t.loc[(t["a_bits"] == HEADLINE_A_BITS) & (t["convention"] == RELEASED), "name"]]
     rows = [result.grid[n].permute(0, 2, 3, 1).numpy() for n in names]  # [images, H, W, C] in [0, 1]
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
     fig, ax = new_figure(0.75 * len(rows[0]) + 3.2, 0.75 * len(rows) + 0.8)
@@ -503,8 +567,9 @@ def plot_fid_a6(result: Result) -> Figure:
 
 def plot_pareto(result: Result) -> Figure:
     """The matched-cost view: FID (mean ± std over the noise seeds, log scale) against average weight bits for every
-    quantized row, one panel per activation width of the baselines; Qua²SeDiMo's rows joined in bit order, the
-    baselines it dominates (`qsd_dominates`) drawn hollow, the float model as a line."""
+    quantized row, one panel per activation width of the baselines; circles: each method's released float layers,
+    squares: first and last layer float for all; Qua²SeDiMo's rows joined in bit order per convention, the baselines
+    it dominates (`qsd_dominates`) drawn hollow, the float model as a line."""
     t, dominated = result.table, result.summary.get("qsd_dominates", {})
     a_bits = sorted(set(t.loc[t["family"] == "baseline", "a_bits"]) | {HEADLINE_A_BITS}, reverse=True)
     fig, axes = new_figure(5.5 * len(a_bits), 4.6, ncols=len(a_bits), squeeze=False)
@@ -512,21 +577,26 @@ def plot_pareto(result: Result) -> Figure:
     float_fid = float(t.loc[t["family"] == "float", "fid_mean"].iloc[0])
     for ax, a in zip(axes[0], a_bits, strict=True):
         rows = t[(t["a_bits"] == a) & (t["family"] != "float")].sort_values("avg_bits")
-        for family, group in rows.groupby("family"):
+        for (family, convention), group in rows.groupby(["family", "convention"]):
+            marker = "o" if convention == RELEASED else "s"
             if family == "qsd":
-                ax.plot(group["avg_bits"], group["fid_mean"], color=colours[family], lw=1, alpha=0.6)
+                ax.plot(group["avg_bits"], group["fid_mean"], color=colours[family], lw=1, alpha=0.6,
+                        ls="-" if convention == RELEASED else ":")
             for _, r in group.iterrows():
                 hollow = r["name"] in dominated
-                ax.errorbar(r["avg_bits"], r["fid_mean"], yerr=r["fid_std"], fmt="o", capsize=3,
+                ax.errorbar(r["avg_bits"], r["fid_mean"], yerr=r["fid_std"], fmt=marker, capsize=3,
                             color=colours[family], mfc="white" if hollow else colours[family])
-                ax.annotate(r["name"].replace("Qua²SeDiMo ", "Q ").removesuffix(f" W4A{a}"), (r["avg_bits"],
-                            r["fid_mean"]), xytext=(5, 3), textcoords="offset points", fontsize=6)
+                label = r["name"].replace("Qua²SeDiMo ", "Q ").replace(f" W4A{a}", "")
+                label = label.replace(" (first/last float)", "")
+                ax.annotate(label, (r["avg_bits"], r["fid_mean"]), xytext=(5, 3), textcoords="offset points",
+                            fontsize=6)
         ax.axhline(float_fid, color="black", ls="--", lw=1, label="float")
         ax.set_yscale("log")
         ax.set_xlabel("average weight bits (FP16 overhead and float layers included)")
         ax.set_ylabel(f"FID (mean ± std over {result.settings.noise_seeds} seeds; log)")
-        ax.set_title(f"A{a}: W4 baselines (grey; hollow = dominated), Qua²SeDiMo (red),\n"
-                     "Qua²SeDiMo weights + DMQ activations (blue)", fontsize=8)
+        ax.set_title(f"A{a}: W4 baselines (grey; hollow = dominated), Qua²SeDiMo (red), Qua²SeDiMo weights\n"
+                     "+ DMQ activations (blue); circles: released float layers, squares: first/last float",
+                     fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle(f"{result.settings.model_id}: FID against bits at held-out seeds", fontsize=10)
     savefig(fig, f"06_pareto_{result.settings.model_id}", result.settings.figures_to(result.directory))
