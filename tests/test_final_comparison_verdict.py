@@ -2,6 +2,7 @@
 calibrated with), the Pareto verdict `qsd_dominates` (checked against values worked out by hand) and the common
 float-layer convention."""
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -125,3 +126,31 @@ def test_baselines_whose_release_keeps_the_end_layers_are_not_measured_twice():
     assert stage.first_last_aliases(stage.Settings(conventions=("released",))) == {}
     with pytest.raises(InvalidSettingError, match="conventions"):
         stage.Settings(conventions=("first_last",))
+
+
+def test_the_rule_table_is_read_from_each_rows_settings():
+    """Each 'this run' cell comes from the row's settings record: change a setting, the cell changes."""
+    def record(name: str, **changes) -> dict:
+        extra = {"les": {"layers": 3}, "attention_matmuls": "float"} if name == "dmq" else {}
+        keep = ["pos_embed.proj", "proj_out"] if name != "viditq" else ["pos_embed.proj"]
+        settings = dataclasses.replace(baseline(name).Settings(), **changes)
+        return dataclasses.asdict(settings) | {"float_layers": keep} | extra
+
+    def table_of(**viditq_changes) -> pd.DataFrame:
+        rows = [row(f"{BASELINES[name]} W4A6", "baseline", 4.2, [1.0]) | {"method": BASELINES[name],
+                "settings": record(name, **(viditq_changes if name == "viditq" else {}))} for name in BASELINES]
+        rows.append(row("Qua²SeDiMo W3.70A6", "qsd", 3.7, [1.0]) | {"config": "gnn ≤3.70", "float_layers": []})
+        summary = {"qsd_w3x_config": "gnn ≤3.70"}
+        return stage.rule_table(stage.Result(stage.Settings(), None, pd.DataFrame(rows), pd.DataFrame(), {}, summary))
+
+    table = table_of()
+    assert list(table.columns) == list(stage.RULE_COLUMNS)
+    assert len(table) == 2 * (len(BASELINES) + 1), "this run and released, per method"
+    assert table.loc[("Q-Diffusion", "this run"), "weights"] == "per-channel minmax grid, AdaRound 300 it/block"
+    assert table.loc[("Q-Diffusion", "this run"), "attention Q, K, V / softmax"] == "static A6 / A8"
+    assert table.loc[("RTN", "this run"), "float layers"] == "pos_embed.proj, proj_out"
+    assert "α 0.3" in table.loc[("ViDiT-Q", "this run"), "activations"]
+    assert "α 0.5" in table_of(alpha=0.5).loc[("ViDiT-Q", "this run"), "activations"]
+    assert table_of(quantize_attention=False).loc[("ViDiT-Q", "this run"), "attention Q, K, V / softmax"] == "float"
+    assert table.loc[("Qua²SeDiMo", "this run"), "float layers"] == "none"
+    assert table.loc[("DMQ", "released"), "attention Q, K, V / softmax"] == "float"

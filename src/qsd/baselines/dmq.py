@@ -294,3 +294,22 @@ def activation_treatment(quant_denoiser: nn.Module, calibration: CalibrationSet,
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else float("nan")
+
+
+RELEASED_RULES = {"float layers": "time embedding (time_embed, emb_layers), first and last",
+                  "weights": "per-channel MSE grid (80 ratios, L2.4), reconstruction 20k it/block",
+                  "activations": "static per-tensor, a range per step (EMA 0.95, 256 rows); LES 6k it/layer; PTS on "
+                                 "skip connections",
+                  "attention Q, K, V / softmax": "float", "calibration": "256 samples × 20 steps"}
+"""The released values (research notes, baselines.md §1), beside `rules`."""
+
+
+def rules(record: dict, a_bits: int | None) -> dict[str, str]:
+    """The rule table's entries for a run's settings `record` (`BaselineResult.settings`)."""
+    rec, les = record["reconstruction"], record["les"]
+    return {"weights": f"per-channel MSE grid ({record['grid_ratios']} ratios, L{record['grid_p']}), "
+                       f"reconstruction {rec['iters']} it/block",
+            "activations": "float" if a_bits is None else
+            f"static per-tensor, a range per step (EMA {record['act_momentum']}); LES {record['les_iters']} it/layer "
+            f"({les['layers']} layers); PTS on {record['pts_layers']}, A{a_bits}",
+            "attention Q, K, V / softmax": record["attention_matmuls"]}

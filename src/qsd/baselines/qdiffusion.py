@@ -107,3 +107,21 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
             record["learned_steps_reverted"] = sorted(block for block, s in steps.items() if not s["learned_kept"])
     return BaselineResult(METHOD, model, w_bits, a_bits, average_bits(denoiser, units, w_bits),
                           time.perf_counter() - start, record)
+
+
+RELEASED_RULES = {"float layers": "first and last", "weights": "per-channel 'max' grid, AdaRound 20k it/block",
+                  "activations": "static per-tensor, one range, steps learned 5k it/block",
+                  "attention Q, K, V / softmax": "static / 8 bits (SD scripts: 16)",
+                  "calibration": "256 samples × 20 steps"}
+"""The released values (research notes, baselines.md §2), beside `rules`."""
+
+
+def rules(record: dict, a_bits: int | None) -> dict[str, str]:
+    """The rule table's entries for a run's settings `record` (`BaselineResult.settings`)."""
+    rec, steps = record["reconstruction"], record["act_steps"]
+    learned = f", steps learned {steps['iters']} it/block" if steps else ""
+    attention = (f"static A{a_bits} / A{record['softmax_bits'] or a_bits}"
+                 if record["quantize_attention"] and a_bits is not None else "float")
+    return {"weights": f"per-channel {rec['grid']} grid, AdaRound {rec['iters']} it/block",
+            "activations": "float" if a_bits is None else f"static per-tensor, one range{learned}, A{a_bits}",
+            "attention Q, K, V / softmax": attention}

@@ -21,10 +21,10 @@ from qsd.baselines.common import (
 
 METHOD = "rtn"
 SMOKE: dict = {}
+"""Overrides of `Settings` in a CI smoke run (RTN has nothing to shrink)."""
 FIRST_LAST_FLOAT = {"keep_first_last": True}
 """Overrides of `Settings` that keep exactly the first and last layer a forward pass calls float (stage 06's common
 convention)."""
-"""Overrides of `Settings` in a CI smoke run (RTN has nothing to shrink)."""
 
 
 @dataclass(frozen=True)
@@ -43,3 +43,16 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
         calibrate_ranges(model, attach_static(model, units, a_bits).values(), calibration)
     return BaselineResult(METHOD, model, w_bits, a_bits, average_bits(denoiser, units, w_bits),
                           time.perf_counter() - start, asdict(settings) | {"float_layers": keep})
+
+
+RELEASED_RULES = {"float layers": "first and last (the methods it is the floor of)",
+                  "weights": "per-channel min–max, round to nearest", "activations": "static per-tensor min–max",
+                  "attention Q, K, V / softmax": "float", "calibration": "(no release: the floor)"}
+"""What the rule table shows beside `rules` (RTN has no release of its own)."""
+
+
+def rules(record: dict, a_bits: int | None) -> dict[str, str]:
+    """The rule table's entries for a run's settings `record` (`BaselineResult.settings`)."""
+    return {"weights": "per-channel min–max, round to nearest",
+            "activations": "float" if a_bits is None else f"static per-tensor min–max, one range, A{a_bits}",
+            "attention Q, K, V / softmax": "float"}

@@ -293,3 +293,22 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
                           time.perf_counter() - start,
                           asdict(settings) | {"float_layers": keep, "temporal_layers": list(block.layers),
                                               "temporal_features": list(block.features)})
+
+
+RELEASED_RULES = {"float layers": "first and last", "weights": "per-channel 'max' grid, TIB + AdaRound 20k it/block",
+                  "activations": "static per-tensor, a range per step (EMA over 16-row batches)",
+                  "attention Q, K, V / softmax": "static / 8 bits, a range per step",
+                  "calibration": "as Q-Diffusion: 256 samples × 20 steps"}
+"""The released values (research notes, baselines.md §3), beside `rules`."""
+
+
+def rules(record: dict, a_bits: int | None) -> dict[str, str]:
+    """The rule table's entries for a run's settings `record` (`BaselineResult.settings`)."""
+    rec, per_step = record["reconstruction"], record["per_step_activations"]
+    rows = record["act_batch_rows"] or "all"
+    attention = (f"static A{a_bits} / A{record['softmax_bits'] or a_bits}"
+                 if record["quantize_attention"] and a_bits is not None else "float")
+    return {"weights": f"per-channel {rec['grid']} grid, TIB + AdaRound {rec['iters']} it/block",
+            "activations": "float" if a_bits is None else
+            f"static per-tensor, a range per step ({per_step}; {rows} rows a batch), A{a_bits}",
+            "attention Q, K, V / softmax": attention}

@@ -336,3 +336,21 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
                                               "guided_calibration": is_guided(calibration),
                                               "smoothing_steps": balance_steps(calibration, settings.balance_fraction),
                                               "float_attention": float_attention} | record)
+
+
+RELEASED_RULES = {"float layers": "patch embedder, timestep embedder and block, caption embedder",
+                  "weights": "per-channel min–max of the smoothed, rotated weight",
+                  "activations": "dynamic per token; smoothing α 0.3 on listed layers (moving average of per-sample "
+                                 "maxima), rotation",
+                  "attention Q, K, V / softmax": "per token", "calibration": "statistics only, no gradient steps"}
+"""The released values (research notes, baselines.md §4), beside `rules`."""
+
+
+def rules(record: dict, a_bits: int | None) -> dict[str, str]:
+    """The rule table's entries for a run's settings `record` (`BaselineResult.settings`)."""
+    smoothing = f"smoothing α {record['alpha']} on every linear layer" if record["smoothing"] else "no smoothing"
+    attention = (f"per token A{a_bits} / A{a_bits}" if record["quantize_attention"] and a_bits is not None
+                 else "float")
+    return {"weights": f"per-channel min–max of the balanced weight ({record['rotation']} rotation)",
+            "activations": "float" if a_bits is None else f"dynamic per token, A{a_bits}; {smoothing}",
+            "attention Q, K, V / softmax": attention}

@@ -268,7 +268,8 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
             chosen = config if convention == RELEASED else with_float_ends(config, model.denoiser, calibration())
             mq.apply(chosen.with_a_bits(None if a_bits == FLOAT_ACTIVATIONS else a_bits))
             return model, columns("qsd", "Qua²SeDiMo", mq.cost(chosen)["avg_bits"], a_bits, 0.0, convention,
-                                  config=config_row["name"])
+                                  config=config_row["name"],
+                                  float_layers=sorted(unit for unit, spec in chosen.items() if spec is None))
         return build
 
     def qsd_dmq_row(config: QuantConfig, config_row: dict, a_bits: int):
@@ -476,6 +477,46 @@ def qsd_dominates(table: pd.DataFrame) -> dict[str, dict]:
             dominated[base["name"]] = {"by": q["name"], "qsd_bits": round(float(q["avg_bits"]), 4),
                                        "baseline_bits": round(float(base["avg_bits"]), 4), "paired": d}
     return dominated
+
+
+RULE_COLUMNS = ("float layers", "weights", "activations", "attention Q, K, V / softmax", "calibration")
+
+
+def layer_list(names: Sequence[str]) -> str:
+    """Layer names as a table cell: all of up to three, else the count and the first two."""
+    names = list(names)
+    if not names:
+        return "none"
+    return ", ".join(names) if len(names) <= 3 else f"{len(names)} layers: {', '.join(names[:2])}, …"
+
+
+def rule_table(result: Result) -> pd.DataFrame:
+    """Per method, the rules this run applied — read from its released-convention A6 row (a baseline's effective
+    settings record, `rules` of its module; Qua²SeDiMo's configuration) — and, beside them, the release's
+    (`RELEASED_RULES`)."""
+    t, s = result.table, result.settings
+    rows = t[(t["a_bits"] == HEADLINE_A_BITS) & (t["convention"] == RELEASED)]
+    modules = {display: name for name, display in BASELINES.items()}
+    calibration = f"{s.calibration_samples} images, every solver step, both guidance halves"
+    out = {}
+    for _, r in rows[rows["family"] == "baseline"].iterrows():
+        module = baseline(modules[r["method"]])
+        out[(r["method"], "this run")] = {"float layers": layer_list(r["settings"]["float_layers"]),
+                                          **module.rules(r["settings"], r["a_bits"]), "calibration": calibration}
+        out[(r["method"], "released")] = module.RELEASED_RULES
+    headline = rows[(rows["family"] == "qsd") & (rows["config"] == result.summary.get("qsd_w3x_config"))]
+    if len(headline):
+        q = headline.iloc[0]
+        out[("Qua²SeDiMo", "this run")] = {
+            "float layers": layer_list(q["float_layers"]),
+            "weights": f"per-layer UAQ / K-Means-C / K-Means-A at 3-4 bits ({q['avg_bits']:.2f} avg)",
+            "activations": f"dynamic per token, A{q['a_bits']}", "attention Q, K, V / softmax":
+            f"per token A{q['a_bits']} / A{q['a_bits']}", "calibration": "none (stages 02-05's labels)"}
+        out[("Qua²SeDiMo", "released")] = {
+            "float layers": "none (every layer in the search space)", "weights": "per-layer options at 3-4 bits",
+            "activations": "dynamic per token (the paper's A6/A8; the code never switches it on)",
+            "attention Q, K, V / softmax": "per token", "calibration": "labels of random configurations"}
+    return pd.DataFrame.from_dict(out, orient="index", columns=list(RULE_COLUMNS))
 
 
 def comparison_table(result: Result) -> pd.DataFrame:
