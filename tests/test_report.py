@@ -41,7 +41,10 @@ SUMMARIES = {
         "best_baseline_w4a6_fid_std": 2.3, "qsd_w3x_a6_beats_every_w4a6_baseline_beyond_spread": False,
         "w4a6_baselines_beaten_paired": [],
         "w4a6_paired_fid_differences": {"DMQ W4A6": {"mean": -27.4, "std": 5.4, "beaten": False},
-                                        "RTN W4A6": {"mean": -23.2, "std": 5.1, "beaten": False}}},
+                                        "RTN W4A6": {"mean": -23.2, "std": 5.1, "beaten": False}},
+        "baseline_rows": 12, "qsd_dominates": {"RTN W4A6 (first/last float)": {
+            "by": "Qua²SeDiMo W3.90A6 (first/last float)", "qsd_bits": 3.9, "baseline_bits": 4.2,
+            "paired": {"mean": 4.25, "std": 1.0, "per_seed": [3.0, 4.5, 5.25], "beaten": True}}}},
 }
 SECONDS = {"02_label_configs": 437.2, "03_train_predictor": 399.0, "06_final_comparison": 848.4}
 
@@ -92,6 +95,8 @@ def test_results_markdown(tmp_path):
     assert "| `targets.fid.expression` | not run |" in markdown  # a field the summary lacks
     assert "| `w4a6_paired_fid_differences` | DMQ W4A6 \u221227.4 ± 5.4; RTN W4A6 \u221223.2 ± 5.1 |" in markdown
     assert "| `w4a6_baselines_beaten_paired` | none |" in markdown
+    assert ("| `qsd_dominates` | RTN W4A6 (first/last float) (4.20 bits) by Qua²SeDiMo W3.90A6 (first/last float) "
+            "(3.90 bits, +4.2 FID) |") in markdown
     assert "All notebooks: 28 min 5 s (no minutes for 00, 01, 04, 05, 07)." in markdown
 
 
@@ -115,7 +120,8 @@ def test_readme_blocks_are_rewritten_and_nothing_else(tmp_path):
     assert "GNN test Spearman on FID 0.888 ± 0.025 (best baseline mlp 0.793)" in new
     assert ("`gnn-refit ≤3.70 bits` at A6, FID 53.3 ± 6.2 (3.70 bits); best W4A6 baseline DMQ, FID 25.9 ± 2.3; "
             "float 23.1. W3.x A6 beats every W4A6 baseline beyond the seed spread: **false**; baselines it beats at "
-            "every noise seed: 0 of 2.") in new
+            "every noise seed: 0 of 2. At matched cost (same float-layer convention and activation bits, no more "
+            "weight bits, lower FID at every held-out seed) Qua²SeDiMo dominates 1 of 12 baseline rows.") in new
     assert "- **Sub-4-bit** (stage 05): best at ≤ 3.5 bits not run, FID not run" in new  # a missing stage
     assert "- **Real low-bit weights** (stage 07): not run bits" in new
     assert "| [`06_final_comparison`](notebooks/06_final_comparison.ipynb) | §6, Fig. 1" in new

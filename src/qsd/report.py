@@ -205,6 +205,16 @@ def paired(value: object) -> str:
                      for name, d in value.items()) or "none"
 
 
+def dominated(value: object) -> str:
+    """`qsd_dominates`: each dominated baseline row with the Qua²SeDiMo row that dominates it and both rows' bits."""
+    if not isinstance(value, Mapping):
+        return text(value)
+    if not value:
+        return "none"
+    return "; ".join(f"{name} ({d['baseline_bits']:.2f} bits) by {d['by']} ({d['qsd_bits']:.2f} bits, "
+                     f"{d['paired']['mean']:+.1f} FID)" for name, d in value.items())
+
+
 def count(value: object) -> str:
     return text(len(value)) if isinstance(value, list | Mapping) else text(value)
 
@@ -259,7 +269,8 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field(("best_baseline_w4a6_fid_std",), number(".1f")),
         Field(("qsd_w3x_a6_beats_every_w4a6_baseline_beyond_spread",)),
         Field(("w4a6_baselines_beaten_beyond_spread",)), Field(("w4a6_baselines_beaten_paired",)),
-        Field(("w4a6_paired_fid_differences",), paired),
+        Field(("w4a6_paired_fid_differences",), paired), Field(("evaluation_seeds",)),
+        Field(("qsd_dominates",), dominated), Field(("baseline_rows",)),
     ),
     EXPORT: (
         Field(("config_source",)), Field(("avg_bits",), number(".3f")), Field(("packed_equals_fake_quantized",)),
@@ -350,7 +361,9 @@ def glance_lines(run: Run) -> list[str]:
         f"FID {v(s06, 'best_baseline_w4a6_fid', spec='.1f')} ± {v(s06, 'best_baseline_w4a6_fid_std', spec='.1f')}; "
         f"float {v(s06, 'float_fid', spec='.1f')}. W3.x A6 beats every W4A6 baseline beyond the seed spread: "
         f"**{v(s06, 'qsd_w3x_a6_beats_every_w4a6_baseline_beyond_spread')}**; baselines it beats at every noise seed: "
-        f"{count(beaten)} of {count(baselines)}.",
+        f"{count(beaten)} of {count(baselines)}. At matched cost (same float-layer convention and activation bits, no "
+        f"more weight bits, lower FID at every held-out seed) Qua²SeDiMo dominates "
+        f"{count(run.value(s06, ('qsd_dominates',)))} of {v(s06, 'baseline_rows')} baseline rows.",
         f"- **Real low-bit weights** (stage 07): {v(s07, 'avg_bits', spec='.3f')} bits, "
         f"packed layers {v(s07, 'packed_layers_ratio_vs_fp16', spec='.3f')}× their fp16 bytes; "
         f"packed images equal fake-quantized ones: {v(s07, 'packed_equals_fake_quantized')}.",
