@@ -369,10 +369,11 @@ def test_final_table_has_every_method_at_w4a8_and_w4a6(comparison, smoke_outputs
     """§6 (Fig. 1, the W4A6 comparison): float, every baseline at W4A8 and W4A6, the Qua²SeDiMo configurations at
     A16/A8/A6 and with DMQ's activations; every FID a mean over the noise seeds with its spread."""
     settings = json.loads((smoke_outputs / "06_final_comparison" / "settings.json").read_text())
-    baselines = comparison[comparison["family"] == "baseline"]
+    released = comparison[comparison["convention"] == "released"]
+    baselines = released[released["family"] == "baseline"]
     assert len(baselines) == len(settings["baselines"]) * len(settings["baseline_a_bits"])
     assert set(baselines["a_bits"]) == set(settings["baseline_a_bits"])
-    qsd = comparison[comparison["family"] == "qsd"]
+    qsd = released[released["family"] == "qsd"]
     assert set(qsd["a_bits"]) == set(settings["qsd_a_bits"]) and (comparison["family"] == "qsd+dmq").any()
     seeds = comparison["fid_seeds"].map(lambda v: len(json.loads(v)))
     assert (seeds == settings["noise_seeds"]).all()
@@ -383,7 +384,8 @@ def test_activation_bits_cost_no_weight_bits_and_float_is_sixteen(comparison, sm
     """§3.1's average bits count weights only: one Qua²SeDiMo configuration has the same average bits at A16, A8 and
     A6, equal to what stage 05 measured for it; the float row is 16 bits."""
     built = pd.read_csv(smoke_outputs / "05_build_configs" / "constructions.csv").set_index("name")
-    for config, rows in comparison[comparison["family"].isin(["qsd", "qsd+dmq"])].groupby("config"):
+    released = comparison[comparison["convention"] == "released"]
+    for config, rows in released[released["family"].isin(["qsd", "qsd+dmq"])].groupby("config"):
         assert rows["avg_bits"].nunique() == 1
         assert rows["avg_bits"].iloc[0] == pytest.approx(built.loc[config, "avg_bits"], abs=1e-6)
     assert comparison.loc[comparison["family"] == "float", "avg_bits"].item() == 16.0
@@ -393,11 +395,33 @@ def test_packed_weights_sample_the_fake_quantized_images(smoke_outputs, comparis
     """Beyond the paper: the W3.x configurations sampled through the packed kernels reproduce the fake-quantized rows'
     first-seed FID (the dense path is bit for bit)."""
     packed = pd.read_csv(smoke_outputs / "06_final_comparison" / "packed.csv")
-    fake = comparison[comparison["family"] == "qsd"].set_index(["config", "a_bits"])
+    released = comparison[comparison["convention"] == "released"]
+    fake = released[released["family"] == "qsd"].set_index(["config", "a_bits"])
     for _, row in packed.iterrows():
         first_seed = json.loads(fake.loc[(row["config"], row["a_bits"]), "fid_seeds"])[0]
         assert row["fid_packed"] == pytest.approx(first_seed, rel=1e-6)
         assert row["packed_layers_mib"] < row["fp16_layers_mib"]
+
+
+def test_first_last_convention_rows_keep_the_end_layers_float_for_every_method(comparison, smoke_outputs, final):
+    """Issue 28: under the common convention every baseline (its released row where that already is the rule) and
+    every Qua²SeDiMo configuration has an A6 row; Qua²SeDiMo's costs the end layers' FP16 bits; the Pareto verdict and
+    the held-out seeds are in the summary."""
+    settings = json.loads((smoke_outputs / "06_final_comparison" / "settings.json").read_text())
+    rows = comparison[comparison["convention"] == "first_last"]
+    for a in settings["first_last_a_bits"]:
+        at = rows[rows["a_bits"] == a]
+        assert len(at[at["family"] == "baseline"]) == len(settings["baselines"])
+        released = comparison[(comparison["convention"] == "released") & (comparison["a_bits"] == a)]
+        for config, row in at[at["family"] == "qsd"].set_index("config").iterrows():
+            as_built = released[(released["family"] == "qsd") & (released["config"] == config)]
+            assert row["avg_bits"] > as_built["avg_bits"].item(), "float end layers cost FP16 bits"
+        assert set(at.loc[at["family"] == "qsd", "config"]) == set(released.loc[released["family"] == "qsd", "config"])
+    assert set(final["qsd_dominates"]) <= set(comparison.loc[comparison["family"] == "baseline", "name"])
+    assert final["baseline_rows"] == int((comparison["family"] == "baseline").sum())
+    assert not set(final["evaluation_seeds"]) & set(final["sampled_seeds"])
+    assert len(final["evaluation_seeds"]) == settings["noise_seeds"]
+    assert (smoke_outputs / "06_final_comparison" / f"06_pareto_{settings['model_id']}.png").is_file()
 
 
 def test_final_summary_names_the_headline(final):

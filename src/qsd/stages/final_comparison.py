@@ -117,7 +117,9 @@ class Settings(StageSettings):
     progress: bool = True
 
     SMOKE: ClassVar[dict[str, object]] = {"noise_seeds": 2, "calibration_samples": 2, "grid_images": 4,
-                                          "progress": False}
+                                          "baseline_a_bits": (HEADLINE_A_BITS,),
+                                          "qsd_a_bits": (FLOAT_ACTIVATIONS, HEADLINE_A_BITS), "progress": False}
+    """A smoke run measures A6 only besides float activations (A8 rows run the same code at other bits)."""
     RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
         "budgets": (1, 16), "w3x_budget": (1, 16), "qsd_a_bits": (2, 16), "noise_seeds": (1, None),
         "calibration_samples": (1, None), "grid_images": (1, None)}
