@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -184,8 +185,10 @@ def test_activation_treatment_on_other_weights(unet):
 
 
 def test_reconstruction_settings_nest_as_in_q_diffusion():
-    """DMQ's weight reconstruction is a nested `ReconstructionSettings`, with the defaults Q-Diffusion and TFMQ-DM
-    use, and takes its overrides as a dict (as stage 06's `baseline_settings` do)."""
-    assert dmq.Settings().reconstruction == qdiffusion.Settings().reconstruction == ReconstructionSettings()
+    """DMQ's weight reconstruction is a nested `ReconstructionSettings` as Q-Diffusion's and TFMQ-DM's, starting from
+    its released MSE-searched grid where theirs start from min–max as released, and takes its overrides as a dict (as
+    stage 06's `baseline_settings` do)."""
+    assert dmq.Settings().reconstruction == ReconstructionSettings()
+    assert qdiffusion.Settings().reconstruction == dataclasses.replace(ReconstructionSettings(), grid="minmax")
     settings = baseline_settings("dmq", {"les_iters": 2, "reconstruction": {"iters": 100}})
     assert settings.reconstruction == ReconstructionSettings(iters=100) and settings.les_iters == 2
