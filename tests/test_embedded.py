@@ -129,7 +129,7 @@ def test_stages_take_guidance_and_quantizer_settings_from_the_entry(monkeypatch)
     changed = dataclasses.replace(entry, sampler=dataclasses.replace(entry.sampler, guidance=2.25))
     monkeypatch.setitem(registry.ENTRIES, "tiny_pixart", changed)
     assert LabellingSetup.of(label_configs.Settings().effective()).protocol().guidance == 2.25
-    assert multiquantizer_stage.damage_protocol(multiquantizer_stage.Settings()).guidance == 2.25
+    assert multiquantizer_stage.damage_protocol(multiquantizer_stage.Settings().effective()).guidance == 2.25
     assert multiquantizer_stage.Settings().effective().quantizer == entry.quantizer
     assert entry.quantizer.uaq_clip_ratios == (0.0,), "embedded models: min-max UAQ (measured, docs/label_regime.md)"
 
