@@ -120,8 +120,13 @@ def rules(record: dict, a_bits: int | None) -> dict[str, str]:
     """The rule table's entries for a run's settings `record` (`BaselineResult.settings`)."""
     rec, steps = record["reconstruction"], record["act_steps"]
     learned = f", steps learned {steps['iters']} it/block" if steps else ""
-    attention = (f"static A{a_bits} / A{record['softmax_bits'] or a_bits}"
-                 if record["quantize_attention"] and a_bits is not None else "float")
     return {"weights": f"per-channel {rec['grid']} grid, AdaRound {rec['iters']} it/block",
             "activations": "float" if a_bits is None else f"static per-tensor, one range{learned}, A{a_bits}",
-            "attention Q, K, V / softmax": attention}
+            "attention Q, K, V / softmax": attention_rule(record, a_bits)}
+
+
+def attention_rule(record: dict, a_bits: int | None) -> str:
+    """The rule table's attention entry of `attach_attention`'s static quantizers (Q-Diffusion's and TFMQ-DM's)."""
+    if not record["quantize_attention"] or a_bits is None:
+        return "float"
+    return f"static A{a_bits} / A{record['softmax_bits'] or a_bits}"

@@ -47,7 +47,7 @@ from qsd.baselines.common import (
     calibrate_ranges,
     prepared_copy,
 )
-from qsd.baselines.qdiffusion import RELEASED_GRID, RELEASED_SOFTMAX_BITS, attach_attention
+from qsd.baselines.qdiffusion import RELEASED_GRID, RELEASED_SOFTMAX_BITS, attach_attention, attention_rule
 from qsd.baselines.reconstruction import (
     CHUNK_ROWS,
     ReconstructionSettings,
@@ -306,9 +306,7 @@ def rules(record: dict, a_bits: int | None) -> dict[str, str]:
     """The rule table's entries for a run's settings `record` (`BaselineResult.settings`)."""
     rec, per_step = record["reconstruction"], record["per_step_activations"]
     rows = record["act_batch_rows"] or "all"
-    attention = (f"static A{a_bits} / A{record['softmax_bits'] or a_bits}"
-                 if record["quantize_attention"] and a_bits is not None else "float")
     return {"weights": f"per-channel {rec['grid']} grid, TIB + AdaRound {rec['iters']} it/block",
             "activations": "float" if a_bits is None else
             f"static per-tensor, a range per step ({per_step}; {rows} rows a batch), A{a_bits}",
-            "attention Q, K, V / softmax": attention}
+            "attention Q, K, V / softmax": attention_rule(record, a_bits)}

@@ -373,7 +373,8 @@ def run(settings: Settings) -> Result:
         packed.to_csv(directory / "packed.csv", index=False)
     grid = {name: grid_images(context, name) for name, *_ in rows}  # aliases share their released row's images
     summary = _summary(settings, table, w3x_name, packed) | {
-        "evaluation_seeds": evaluation_seeds(run_folder, settings), "sampled_seeds": sorted(run_folder.sampled_seeds())}
+        "evaluation_seeds": list(range(protocol.seed, protocol.seed + settings.noise_seeds)),
+        "sampled_seeds": sorted(run_folder.sampled_seeds())}
     write_run_record(directory, settings, summary)
     return Result(settings, directory, table, packed, grid, summary)
 
