@@ -154,3 +154,42 @@ def test_the_rule_table_is_read_from_each_rows_settings():
     assert table_of(quantize_attention=False).loc[("ViDiT-Q", "this run"), "attention Q, K, V / softmax"] == "float"
     assert table.loc[("Qua²SeDiMo", "this run"), "float layers"] == "none"
     assert table.loc[("DMQ", "released"), "attention Q, K, V / softmax"] == "float"
+
+
+def test_rtn_at_dmqs_float_layers_keeps_what_dmq_keeps_and_costs_dmqs_bits():
+    """DMQ's neighbour at equal bits: RTN with `keep_time_embedding` keeps exactly DMQ's float layers (its timestep
+    path, then the ends of the call order without it) and so counts the same average bits; without it, RTN keeps
+    only the ends and costs fewer."""
+    from qsd.baselines import rtn
+    from qsd.baselines.common import average_bits, quantized_units
+
+    for arch in ("pixart", "sd15_unet"):
+        denoiser = random_denoiser(arch, 0)
+        calibration = CalibrationSet.from_inputs(example_steps(arch, 2, (900, 100)))
+        kept = dmq.float_layers(denoiser, calibration)["all"]
+        matched = rtn.quantize(denoiser, calibration, 4, None, rtn.Settings(keep_time_embedding=True))
+        plain = rtn.quantize(denoiser, calibration, 4, None)
+        assert sorted(matched.settings["float_layers"]) == kept, arch
+        assert matched.avg_bits == pytest.approx(average_bits(denoiser, quantized_units(denoiser, kept), 4))
+        assert matched.avg_bits > plain.avg_bits + 0.05, arch
+        assert sorted(plain.settings["float_layers"]) == sorted(first_and_last(denoiser, calibration))
+
+
+def test_the_neighbour_row_is_planned_but_not_a_release_in_the_headline_or_rule_table():
+    settings = stage.Settings(dmq_float_rtn_a_bits=(6,))
+    rtn_matched = "RTN W4A6 (DMQ's float layers)"
+    assert stage.method_settings(settings, "rtn", extra={"keep_time_embedding": True}).keep_time_embedding
+    table = pd.DataFrame([
+        row("float", "float", 16.0, [10.0, 11.0]) | {"method": "float"},
+        row("RTN W4A6", "baseline", 4.2, [50.0, 52.0]) | {"method": "RTN"},
+        row(rtn_matched, "baseline", 5.6, [20.0, 22.0]) | {"method": "RTN"},
+        row("DMQ W4A6", "baseline", 5.6, [30.0, 33.0]) | {"method": "DMQ"},
+        row("Qua²SeDiMo W3.70A6", "qsd", 3.7, [40.0, 41.0]) | {"method": "Qua²SeDiMo", "config": "gnn ≤3.70"}])
+    table["fid_mean"] = table["fid_seeds"].map(lambda f: sum(f) / len(f))
+    table["fid_std"] = table["fid_seeds"].map(lambda f: abs(f[0] - f[1]) / 2 ** 0.5)
+    assert list(stage.as_released(table)["name"]) == ["RTN W4A6", "DMQ W4A6"]
+    summary = stage._summary(settings, table, "gnn ≤3.70", pd.DataFrame())
+    assert summary["best_baseline_w4a6"] == "DMQ", "the neighbour row (FID 21) is not a method as released"
+    assert set(summary["w4a6_paired_fid_differences"]) == {"RTN W4A6", "DMQ W4A6"}
+    assert set(summary["qsd_dominates"]) == {"RTN W4A6"}, "the Pareto verdict covers every baseline row"
+    assert summary["baseline_rows"] == 3

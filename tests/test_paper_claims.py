@@ -28,6 +28,8 @@ from margins import above, below
 from scipy.stats import spearmanr
 from test_notebooks import NOTEBOOKS, ROOT, SMOKE_RUN_ID, clear_smoke_runs, execute_smoke
 
+from qsd.stages import final_comparison
+
 pytestmark = [pytest.mark.paper, pytest.mark.notebook]
 
 STAGES = [path.stem for path in NOTEBOOKS]
@@ -370,9 +372,13 @@ def test_final_table_has_every_method_at_w4a8_and_w4a6(comparison, smoke_outputs
     A16/A8/A6 and with DMQ's activations; every FID a mean over the noise seeds with its spread."""
     settings = json.loads((smoke_outputs / "06_final_comparison" / "settings.json").read_text())
     released = comparison[comparison["convention"] == "released"]
-    baselines = released[released["family"] == "baseline"]
+    baselines = final_comparison.as_released(released)
     assert len(baselines) == len(settings["baselines"]) * len(settings["baseline_a_bits"])
     assert set(baselines["a_bits"]) == set(settings["baseline_a_bits"])
+    by_name = released.set_index("name")
+    for a in settings["dmq_float_rtn_a_bits"]:  # DMQ's neighbour at equal bits
+        assert by_name.loc[f"RTN W4A{a}{final_comparison.DMQ_FLOAT}", "avg_bits"] == pytest.approx(
+            by_name.loc[f"DMQ W4A{a}", "avg_bits"])
     qsd = released[released["family"] == "qsd"]
     assert set(qsd["a_bits"]) == set(settings["qsd_a_bits"]) and (comparison["family"] == "qsd+dmq").any()
     seeds = comparison["fid_seeds"].map(lambda v: len(json.loads(v)))

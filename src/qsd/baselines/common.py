@@ -91,6 +91,17 @@ def first_and_last(denoiser: nn.Module, calibration: CalibrationSet) -> list[str
     return [order[0], order[-1]]
 
 
+def embedding_path_and_ends(denoiser: nn.Module, calibration: CalibrationSet, keep_first_last: bool,
+                            keep_time_embedding: bool) -> dict[str, list[str]]:
+    """DMQ's rule for what stays float (baselines.md §1.2): the `TIME_EMBEDDING` layers when `keep_time_embedding`,
+    and the first and last layer of the call order without them when `keep_first_last`. Returns {"time_embedding":
+    [...], "first_last": [...], "all": [...]}."""
+    embedding = time_embedding_layers(denoiser) if keep_time_embedding else []
+    order = [n for n in call_order(denoiser, calibration) if n not in embedding]
+    ends = [order[0], order[-1]] if keep_first_last and order else []
+    return {"time_embedding": embedding, "first_last": ends, "all": sorted(set(embedding) | set(ends))}
+
+
 def quantized_units(denoiser: nn.Module, keep_float: Iterable[str] = ()) -> list[Unit]:
     """The units (`qsd.layers`, concatenation-fed layers split) of every layer not in `keep_float`."""
     keep = set(keep_float)

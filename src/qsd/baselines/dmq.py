@@ -54,10 +54,10 @@ from qsd.baselines.common import (
     attach_static,
     average_bits,
     call_order,
+    embedding_path_and_ends,
     quantized_copy,
     quantized_units,
     set_weight_units,
-    time_embedding_layers,
 )
 from qsd.baselines.les import fold_scales_, learn_scales
 from qsd.baselines.pts import PtsPart, calibrate_steps
@@ -128,11 +128,8 @@ class Settings:
 
 
 def float_layers(denoiser: nn.Module, calibration: CalibrationSet, settings: Settings = Settings()) -> dict:
-    """DMQ's float layers of `denoiser`: {"time_embedding": [...], "first_last": [...], "all": [...]}."""
-    embedding = time_embedding_layers(denoiser) if settings.keep_time_embedding else []
-    order = [n for n in call_order(denoiser, calibration) if n not in embedding]
-    ends = [order[0], order[-1]] if settings.keep_first_last and order else []
-    return {"time_embedding": embedding, "first_last": ends, "all": sorted(set(embedding) | set(ends))}
+    """DMQ's float layers of `denoiser` (`embedding_path_and_ends` under `settings`)."""
+    return embedding_path_and_ends(denoiser, calibration, settings.keep_first_last, settings.keep_time_embedding)
 
 
 def pts_units(units: Sequence[Unit], pts_layers: str) -> list[Unit]:

@@ -16,6 +16,8 @@ Steps:
        token-wise online quantizer, `QuantSpec.a_bits`);
      * each Qua²SeDiMo configuration's weights with DMQ's activation treatment (per-step static ranges + power-of-two
        channel scaling) at each of `dmq_a_bits`;
+     * RTN keeping DMQ's float layers (its timestep path too) at each of `dmq_float_rtn_a_bits`: DMQ's neighbour at
+       equal bits, so DMQ's lead over RTN is not its float path;
      every method keeping float what its release keeps float (`RELEASED`); then, under one rule for all
      (`FIRST_LAST`: the first and last layer float), at each of `first_last_a_bits`: every baseline whose release
      keeps other layers and each Qua²SeDiMo configuration.
@@ -76,6 +78,8 @@ FLOAT_ACTIVATIONS = 16
 W_BITS = 4
 """The baselines' weight bits (the paper compares its W3.x with W4 baselines)."""
 HEADLINE_A_BITS = 6
+DMQ_FLOAT = " (DMQ's float layers)"
+"""Name suffix of the RTN rows that keep DMQ's float layers (`dmq_float_rtn_a_bits`)."""
 RELEASED, FIRST_LAST = CONVENTIONS = ("released", "first_last")
 """Which layers a row keeps float. 'released': each method as its release keeps them (Qua²SeDiMo: none, as the
 paper's search space). 'first_last': every method, Qua²SeDiMo included, keeps exactly the first and last layer a
@@ -95,6 +99,8 @@ class Settings(StageSettings):
     """Activation bits of the Qua²SeDiMo rows (16 = float activations)."""
     dmq_a_bits: tuple[int, ...] = (6,)
     """Activation bits of the rows with Qua²SeDiMo weights and DMQ's activation treatment (empty: none)."""
+    dmq_float_rtn_a_bits: tuple[int, ...] = (HEADLINE_A_BITS,)
+    """Activation bits of the RTN rows that keep DMQ's float layers float (DMQ's bits; empty: none)."""
     conventions: tuple[str, ...] = CONVENTIONS
     """The float-layer conventions measured (`CONVENTIONS`); 'released' always."""
     first_last_a_bits: tuple[int, ...] = (HEADLINE_A_BITS,)
@@ -131,7 +137,8 @@ class Settings(StageSettings):
         if RELEASED not in self.conventions or not set(self.conventions) <= set(CONVENTIONS):
             raise InvalidSettingError(f"conventions {self.conventions} must include {RELEASED!r} and be among "
                                       f"{', '.join(CONVENTIONS)}")
-        for bits in (*self.baseline_a_bits, *self.qsd_a_bits, *self.dmq_a_bits, *self.first_last_a_bits):
+        for bits in (*self.baseline_a_bits, *self.qsd_a_bits, *self.dmq_a_bits, *self.dmq_float_rtn_a_bits,
+                     *self.first_last_a_bits):
             if bits != FLOAT_ACTIVATIONS and not 2 <= bits <= 8:
                 raise InvalidSettingError(f"activation bits must be 2-8 or {FLOAT_ACTIVATIONS} (float); got {bits}")
 
@@ -220,12 +227,12 @@ def convention_name(name: str, convention: str) -> str:
     return name if convention == RELEASED else f"{name} (first/last float)"
 
 
-def method_settings(settings: Settings, name: str, convention: str = RELEASED) -> object:
-    """Baseline `name`'s effective settings in stage 06: smoke shrinking, the user's `baseline_settings`, then the
-    convention's float layers."""
+def method_settings(settings: Settings, name: str, convention: str = RELEASED, extra: dict | None = None) -> object:
+    """Baseline `name`'s effective settings in stage 06: smoke shrinking, the user's `baseline_settings`, the
+    convention's float layers, then a row's own `extra` overrides."""
     module = baseline(name)
     overrides = ((module.SMOKE if settings.smoke else {}) | settings.baseline_settings.get(name, {})
-                 | (module.FIRST_LAST_FLOAT if convention == FIRST_LAST else {}))
+                 | (module.FIRST_LAST_FLOAT if convention == FIRST_LAST else {}) | (extra or {}))
     return baseline_settings(name, overrides)
 
 
@@ -255,10 +262,10 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
     def float_row() -> tuple[None, dict]:
         return None, columns("float", "float", 16.0, FLOAT_ACTIVATIONS, 0.0)
 
-    def baseline_row(name: str, a_bits: int, convention: str = RELEASED):
+    def baseline_row(name: str, a_bits: int, convention: str = RELEASED, extra: dict | None = None):
         def build() -> tuple[DiffusionModel, dict]:
             result = baseline(name).quantize(model.denoiser, calibration(), W_BITS, a_bits,
-                                             method_settings(s, name, convention), seed=s.seed)
+                                             method_settings(s, name, convention, extra), seed=s.seed)
             return model.with_denoiser(result.denoiser), columns(
                 "baseline", BASELINES[name], result.avg_bits, a_bits, result.calibration_seconds, convention,
                 settings=result.settings)
@@ -288,14 +295,19 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
                 config=config_row["name"], settings=treatment)
         return build
 
-    def calibrated(name: str, a_bits: int, convention: str = RELEASED) -> dict:
+    def calibrated(name: str, a_bits: int, convention: str = RELEASED, extra: dict | None = None) -> dict:
         """What a calibrated row depends on: the method's effective settings, its bits, the calibration set."""
-        return {name: dataclasses.asdict(method_settings(s, name, convention)), "w_bits": W_BITS, "a_bits": a_bits,
+        return {name: dataclasses.asdict(method_settings(s, name, convention, extra)), "w_bits": W_BITS,
+                "a_bits": a_bits,
                 "calibration": {"samples": s.calibration_samples, "noise_seed": s.calibration_seed, "seed": s.seed}}
 
     rows = [("float", float_row, {})]
     rows += [(f"{BASELINES[name]} W{W_BITS}A{a}", baseline_row(name, a), calibrated(name, a))
              for a in s.baseline_a_bits for name in s.baselines]
+    if {"rtn", "dmq"} <= set(s.baselines):
+        dmq_float = {"keep_time_embedding": True}
+        rows += [(f"{BASELINES['rtn']} W{W_BITS}A{a}{DMQ_FLOAT}", baseline_row("rtn", a, extra=dmq_float),
+                  calibrated("rtn", a, extra=dmq_float)) for a in s.dmq_float_rtn_a_bits]
     for config, config_row in configs.values():
         fingerprint = {"config": config.fingerprint}
         rows += [(qsd_name(config_row, a), qsd_row(config, config_row, a), fingerprint | {"a_bits": a})
@@ -422,7 +434,7 @@ def packed_rows(context: Context, configs: dict[str, tuple[QuantConfig, dict]]) 
 
 def _summary(settings: Settings, table: pd.DataFrame, w3x_name: str, packed: pd.DataFrame) -> dict:
     a6 = table[(table["a_bits"] == HEADLINE_A_BITS) & (table["convention"] == RELEASED)]
-    baselines = a6[a6["family"] == "baseline"]
+    baselines = as_released(a6)
     headline = a6[(a6["family"] == "qsd") & (a6["config"] == w3x_name)] if "config" in a6 else a6.iloc[:0]
     summary = {"float_fid": float(table.loc[table["family"] == "float", "fid_mean"].iloc[0]),
                "noise_seeds": settings.noise_seeds,
@@ -452,6 +464,11 @@ def _summary(settings: Settings, table: pd.DataFrame, w3x_name: str, packed: pd.
                                          "seconds_packed": round(r["seconds_packed"], 3),
                                          "seconds_float": round(r["seconds_float"], 3)} for _, r in packed.iterrows()}
     return summary
+
+
+def as_released(table: pd.DataFrame) -> pd.DataFrame:
+    """The baseline rows of `table` that are a method as released (not RTN at DMQ's float layers, `DMQ_FLOAT`)."""
+    return table[(table["family"] == "baseline") & ~table["name"].str.endswith(DMQ_FLOAT)]
 
 
 def paired_difference(baseline_fids: Sequence[float], qsd_fids: Sequence[float]) -> dict:
@@ -502,7 +519,7 @@ def rule_table(result: Result) -> pd.DataFrame:
     modules = {display: name for name, display in BASELINES.items()}
     calibration = f"{s.calibration_samples} images, every solver step, both guidance halves"
     out = {}
-    for _, r in rows[rows["family"] == "baseline"].iterrows():
+    for _, r in as_released(rows).iterrows():
         module = baseline(modules[r["method"]])
         out[(r["method"], "this run")] = {"float layers": layer_list(r["settings"]["float_layers"]),
                                           **module.rules(r["settings"], r["a_bits"]), "calibration": calibration}
