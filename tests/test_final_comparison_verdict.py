@@ -175,21 +175,23 @@ def test_rtn_at_dmqs_float_layers_keeps_what_dmq_keeps_and_costs_dmqs_bits():
         assert sorted(plain.settings["float_layers"]) == sorted(first_and_last(denoiser, calibration))
 
 
-def test_the_neighbour_row_is_planned_but_not_a_release_in_the_headline_or_rule_table():
-    settings = stage.Settings(dmq_float_rtn_a_bits=(6,))
-    rtn_matched = "RTN W4A6 (DMQ's float layers)"
+def test_variant_rows_are_measured_but_not_a_release_in_the_headline_or_rule_table():
+    settings = stage.Settings()
     assert stage.method_settings(settings, "rtn", extra={"keep_time_embedding": True}).keep_time_embedding
+    with pytest.raises(InvalidSettingError, match="unknown variant"):
+        stage.Settings(variants=("fp8",))
     table = pd.DataFrame([
         row("float", "float", 16.0, [10.0, 11.0]) | {"method": "float"},
         row("RTN W4A6", "baseline", 4.2, [50.0, 52.0]) | {"method": "RTN"},
-        row(rtn_matched, "baseline", 5.6, [20.0, 22.0]) | {"method": "RTN"},
+        row("RTN W4A6 (DMQ's float layers)", "baseline", 5.6, [20.0, 22.0]) | {"method": "RTN"},
+        row("ViDiT-Q W4A6 (mixed precision)", "baseline", 4.8, [19.0, 22.0]) | {"method": "ViDiT-Q"},
         row("DMQ W4A6", "baseline", 5.6, [30.0, 33.0]) | {"method": "DMQ"},
         row("Qua²SeDiMo W3.70A6", "qsd", 3.7, [40.0, 41.0]) | {"method": "Qua²SeDiMo", "config": "gnn ≤3.70"}])
     table["fid_mean"] = table["fid_seeds"].map(lambda f: sum(f) / len(f))
     table["fid_std"] = table["fid_seeds"].map(lambda f: abs(f[0] - f[1]) / 2 ** 0.5)
     assert list(stage.as_released(table)["name"]) == ["RTN W4A6", "DMQ W4A6"]
     summary = stage._summary(settings, table, "gnn ≤3.70", pd.DataFrame())
-    assert summary["best_baseline_w4a6"] == "DMQ", "the neighbour row (FID 21) is not a method as released"
+    assert summary["best_baseline_w4a6"] == "DMQ", "the variant rows (FID 21, 20.5) are not methods as released"
     assert set(summary["w4a6_paired_fid_differences"]) == {"RTN W4A6", "DMQ W4A6"}
     assert set(summary["qsd_dominates"]) == {"RTN W4A6"}, "the Pareto verdict covers every baseline row"
-    assert summary["baseline_rows"] == 3
+    assert summary["baseline_rows"] == 4

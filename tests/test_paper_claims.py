@@ -376,9 +376,10 @@ def test_final_table_has_every_method_at_w4a8_and_w4a6(comparison, smoke_outputs
     assert len(baselines) == len(settings["baselines"]) * len(settings["baseline_a_bits"])
     assert set(baselines["a_bits"]) == set(settings["baseline_a_bits"])
     by_name = released.set_index("name")
-    for a in settings["dmq_float_rtn_a_bits"]:  # DMQ's neighbour at equal bits
-        assert by_name.loc[f"RTN W4A{a}{final_comparison.DMQ_FLOAT}", "avg_bits"] == pytest.approx(
-            by_name.loc[f"DMQ W4A{a}", "avg_bits"])
+    for a in settings["variant_a_bits"]:
+        assert by_name.loc[f"RTN W4A{a} (DMQ's float layers)", "avg_bits"] == pytest.approx(
+            by_name.loc[f"DMQ W4A{a}", "avg_bits"]), "DMQ's neighbour at equal bits"
+        assert by_name.loc[f"ViDiT-Q W4A{a} (mixed precision)", "avg_bits"] > by_name.loc[f"ViDiT-Q W4A{a}", "avg_bits"]
     qsd = released[released["family"] == "qsd"]
     assert set(qsd["a_bits"]) == set(settings["qsd_a_bits"]) and (comparison["family"] == "qsd+dmq").any()
     seeds = comparison["fid_seeds"].map(lambda v: len(json.loads(v)))

@@ -16,8 +16,8 @@ Steps:
        token-wise online quantizer, `QuantSpec.a_bits`);
      * each Qua²SeDiMo configuration's weights with DMQ's activation treatment (per-step static ranges + power-of-two
        channel scaling) at each of `dmq_a_bits`;
-     * RTN keeping DMQ's float layers (its timestep path too) at each of `dmq_float_rtn_a_bits`: DMQ's neighbour at
-       equal bits, so DMQ's lead over RTN is not its float path;
+     * the baseline `variants` at each of `variant_a_bits` (`VARIANTS`: RTN keeping DMQ's float layers, DMQ's
+       neighbour at equal bits; ViDiT-Q's mixed precision, its published best);
      every method keeping float what its release keeps float (`RELEASED`); then, under one rule for all
      (`FIRST_LAST`: the first and last layer float), at each of `first_last_a_bits`: every baseline whose release
      keeps other layers and each Qua²SeDiMo configuration.
@@ -78,8 +78,12 @@ FLOAT_ACTIVATIONS = 16
 W_BITS = 4
 """The baselines' weight bits (the paper compares its W3.x with W4 baselines)."""
 HEADLINE_A_BITS = 6
-DMQ_FLOAT = " (DMQ's float layers)"
-"""Name suffix of the RTN rows that keep DMQ's float layers (`dmq_float_rtn_a_bits`)."""
+VARIANTS = {"DMQ's float layers": ("rtn", {"keep_time_embedding": True}),
+            "mixed precision": ("viditq", {"mp_fraction": 0.15})}
+"""Baseline rows beside the methods as released, by name (their row is "<method> W4A<a> (<name>)"): the method and
+the overrides of its settings. RTN keeping DMQ's float layers (its timestep path too) sits at DMQ's bits, so DMQ's
+lead over RTN is not its float path; ViDiT-Q's metric-decoupled mixed precision (≈15 % of each group's layers at
+W8A8, the paper's W4A8-MP) is its published best result."""
 RELEASED, FIRST_LAST = CONVENTIONS = ("released", "first_last")
 """Which layers a row keeps float. 'released': each method as its release keeps them (Qua²SeDiMo: none, as the
 paper's search space). 'first_last': every method, Qua²SeDiMo included, keeps exactly the first and last layer a
@@ -99,8 +103,10 @@ class Settings(StageSettings):
     """Activation bits of the Qua²SeDiMo rows (16 = float activations)."""
     dmq_a_bits: tuple[int, ...] = (6,)
     """Activation bits of the rows with Qua²SeDiMo weights and DMQ's activation treatment (empty: none)."""
-    dmq_float_rtn_a_bits: tuple[int, ...] = (HEADLINE_A_BITS,)
-    """Activation bits of the RTN rows that keep DMQ's float layers float (DMQ's bits; empty: none)."""
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    """The `VARIANTS` rows measured (each only when its method is among `baselines`)."""
+    variant_a_bits: tuple[int, ...] = (HEADLINE_A_BITS,)
+    """Activation bits of the variant rows."""
     conventions: tuple[str, ...] = CONVENTIONS
     """The float-layer conventions measured (`CONVENTIONS`); 'released' always."""
     first_last_a_bits: tuple[int, ...] = (HEADLINE_A_BITS,)
@@ -132,12 +138,14 @@ class Settings(StageSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if unknown := set(self.variants) - set(VARIANTS):
+            raise InvalidSettingError(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(VARIANTS)}")
         if unknown := set(self.baselines) - set(BASELINES):
             raise InvalidSettingError(f"unknown baseline(s) {sorted(unknown)}; known: {', '.join(BASELINES)}")
         if RELEASED not in self.conventions or not set(self.conventions) <= set(CONVENTIONS):
             raise InvalidSettingError(f"conventions {self.conventions} must include {RELEASED!r} and be among "
                                       f"{', '.join(CONVENTIONS)}")
-        for bits in (*self.baseline_a_bits, *self.qsd_a_bits, *self.dmq_a_bits, *self.dmq_float_rtn_a_bits,
+        for bits in (*self.baseline_a_bits, *self.qsd_a_bits, *self.dmq_a_bits, *self.variant_a_bits,
                      *self.first_last_a_bits):
             if bits != FLOAT_ACTIVATIONS and not 2 <= bits <= 8:
                 raise InvalidSettingError(f"activation bits must be 2-8 or {FLOAT_ACTIVATIONS} (float); got {bits}")
@@ -304,10 +312,11 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
     rows = [("float", float_row, {})]
     rows += [(f"{BASELINES[name]} W{W_BITS}A{a}", baseline_row(name, a), calibrated(name, a))
              for a in s.baseline_a_bits for name in s.baselines]
-    if {"rtn", "dmq"} <= set(s.baselines):
-        dmq_float = {"keep_time_embedding": True}
-        rows += [(f"{BASELINES['rtn']} W{W_BITS}A{a}{DMQ_FLOAT}", baseline_row("rtn", a, extra=dmq_float),
-                  calibrated("rtn", a, extra=dmq_float)) for a in s.dmq_float_rtn_a_bits]
+    for a, variant in ((a, v) for a in s.variant_a_bits for v in s.variants):
+        method, overrides = VARIANTS[variant]
+        if method in s.baselines:
+            rows.append((f"{BASELINES[method]} W{W_BITS}A{a} ({variant})", baseline_row(method, a, extra=overrides),
+                         calibrated(method, a, extra=overrides)))
     for config, config_row in configs.values():
         fingerprint = {"config": config.fingerprint}
         rows += [(qsd_name(config_row, a), qsd_row(config, config_row, a), fingerprint | {"a_bits": a})
@@ -467,8 +476,8 @@ def _summary(settings: Settings, table: pd.DataFrame, w3x_name: str, packed: pd.
 
 
 def as_released(table: pd.DataFrame) -> pd.DataFrame:
-    """The baseline rows of `table` that are a method as released (not RTN at DMQ's float layers, `DMQ_FLOAT`)."""
-    return table[(table["family"] == "baseline") & ~table["name"].str.endswith(DMQ_FLOAT)]
+    """The baseline rows of `table` that are a method as released (not one of the `VARIANTS`)."""
+    return table[(table["family"] == "baseline") & ~table["name"].str.endswith(tuple(f" ({v})" for v in VARIANTS))]
 
 
 def paired_difference(baseline_fids: Sequence[float], qsd_fids: Sequence[float]) -> dict:
