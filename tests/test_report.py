@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from qsd import report
@@ -24,6 +25,10 @@ between the blocks: hand-written, kept.
 <!-- stages:begin -->
 | old | table |
 <!-- stages:end -->
+
+<!-- comparison:begin -->
+old comparison
+<!-- comparison:end -->
 
 tail, kept.
 """
@@ -51,7 +56,7 @@ SECONDS = {"02_label_configs": 437.2, "03_train_predictor": 399.0, "06_final_com
 
 def without_blocks(text: str) -> str:
     """`text` with the contents of its generated blocks removed (the markers kept)."""
-    for name in ("results", "stages"):
+    for name in ("results", "stages", "comparison"):
         head, rest = text.split(f"<!-- {name}:begin -->")
         text = head + f"<!-- {name}:begin -->" + rest[rest.index(f"<!-- {name}:end -->"):]
     return text
@@ -70,6 +75,48 @@ def fake_run(root: Path, summaries=SUMMARIES, seconds=SECONDS) -> Path:
                         "metadata": {"papermill": {"duration": seconds[stage], "exception": None}}}
             (run / stage / f"{stage}.ipynb").write_text(json.dumps(notebook, indent=1))
     return run
+
+
+def comparison_files(run: Path) -> None:
+    """Stage 06's comparison.csv and rules.csv as the stage writes them (a few rows)."""
+    def row(name, family, method, bits, a, fids, convention="released"):
+        mean = sum(fids) / len(fids)
+        std = (sum((f - mean) ** 2 for f in fids) / (len(fids) - 1)) ** 0.5
+        return {"name": name, "family": family, "method": method, "avg_bits": bits, "a_bits": a,
+                "convention": convention, "fid_mean": mean, "fid_std": std, "fid_seeds": json.dumps(fids)}
+    rows = [row("float", "float", "float", 16.0, 16, [23.0, 24.0, 22.0]),
+            row("RTN W4A8", "baseline", "RTN", 4.2395, 8, [30.0, 31.0, 32.0]),
+            row("RTN W4A6", "baseline", "RTN", 4.2395, 6, [30.0, 32.0, 34.0]),
+            row("ViDiT-Q W4A6", "baseline", "ViDiT-Q", 6.2075, 6, [40.0, 41.0, 42.0]),
+            row("Qua²SeDiMo W3.90A6", "qsd", "Qua²SeDiMo", 3.9, 6, [50.0, 51.0, 52.0]),
+            row("ViDiT-Q W4A6 (first/last float)", "baseline", "ViDiT-Q", 4.2395, 6, [45.0, 44.0, 46.0], "first_last"),
+            row("RTN W4A6 (first/last float)", "baseline", "RTN", 4.2395, 6, [30.0, 32.0, 34.0], "first_last"),
+            row("Qua²SeDiMo W3.90A6 (first/last float)", "qsd", "Qua²SeDiMo", 3.93, 6, [26.0, 27.5, 28.75],
+                "first_last")]
+    pd.DataFrame(rows).to_csv(run / "06_final_comparison" / "comparison.csv", index=False)
+    pd.DataFrame([{"method": "RTN", "source": "this run", "float layers": "pos_embed.proj, proj_out",
+                   "weights": "per-channel min–max", "activations": "static | per-tensor",
+                   "attention Q, K, V / softmax": "float", "calibration": "32 images"},
+                  {"method": "RTN", "source": "released", "float layers": "first and last", "weights": "",
+                   "activations": "", "attention Q, K, V / softmax": "float", "calibration": ""}]).to_csv(
+        run / "06_final_comparison" / "rules.csv", index=False)
+
+
+def test_the_comparison_table_pairs_both_conventions_and_names_the_dominating_row(tmp_path):
+    run = fake_run(tmp_path)
+    assert report.comparison_lines(report.read_run(run)) == ["Stage 06: not run."]
+    comparison_files(run)
+    lines = report.comparison_lines(report.read_run(run))
+    assert "float 23.0" in lines[0] and "A6" in lines[0]
+    body = lines[4:]
+    assert body == [
+        "| RTN W4A6 | 4.24 | 32.0 ± 2.0 |  | 4.24 | 32.0 ± 2.0 | Qua²SeDiMo W3.90A6 (first/last float) |",
+        "| ViDiT-Q W4A6 | 6.21 | 41.0 ± 1.0 |  | 4.24 | 45.0 ± 1.0 |  |",
+        "| Qua²SeDiMo W3.90A6 | 3.90 | 51.0 ± 1.0 |  | 3.93 | 27.4 ± 1.4 |  |"], "A6 only, one line per method"
+    rules = report.rule_lines(report.read_run(run))
+    assert rules[0].startswith("| method | source | float layers |")
+    assert "| RTN | this run | pos_embed.proj, proj_out | per-channel min–max | static \\| per-tensor |" in rules[2]
+    assert "| RTN | released | first and last |  |" in rules[3]
 
 
 def test_stages_are_the_notebooks():
@@ -98,6 +145,7 @@ def test_results_markdown(tmp_path):
     assert ("| `qsd_dominates` | RTN W4A6 (first/last float) (4.20 bits) by Qua²SeDiMo W3.90A6 (first/last float) "
             "(3.90 bits, +4.2 FID) |") in markdown
     assert "All notebooks: 28 min 5 s (no minutes for 00, 01, 04, 05, 07)." in markdown
+    assert "### The table at A6\n\nStage 06: not run." in markdown
 
 
 def test_a_stage_run_without_papermill_is_not_timed(tmp_path):

@@ -5,9 +5,10 @@ A run folder `data/runs/<model_id>/<run_id>/` holds, per stage, the notebook pap
 stage's `summary.json`. From them this module writes
 
   * `docs/results.md`: every stage's minutes and the headline fields of its `summary.json`;
-  * with `--readme`, the two generated blocks of README.md, and nothing else of it: the results at a glance
-    (between `<!-- results:begin -->` and `<!-- results:end -->`) and the stage table with its minutes column
-    (between `<!-- stages:begin -->` and `<!-- stages:end -->`).
+  * with `--readme`, the generated blocks of README.md, and nothing else of it: the results at a glance
+    (between `<!-- results:begin -->` and `<!-- results:end -->`), the stage table with its minutes column
+    (`<!-- stages:begin -->` … `<!-- stages:end -->`) and stage 06's table at A6 with its rule table
+    (`<!-- comparison:begin -->` … `<!-- comparison:end -->`, from `comparison.csv` and `rules.csv`).
 
 A stage or a field the run lacks is written as "not run"; a missing run folder is an error that names
 `make reproduce`.
@@ -24,10 +25,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from qsd.errors import CorruptFileError, InvalidSettingError, MissingFileError
 from qsd.files import atomic_write
 from qsd.paths import project_root
-from qsd.run_folder import COMPARISON, CONFIGS, DENOISERS, EXPORT, LABELS, MULTIQUANTIZER, PREDICTOR, SCORES
+from qsd.run_folder import (
+    COMPARISON,
+    COMPARISON_FILE,
+    CONFIGS,
+    DENOISERS,
+    EXPORT,
+    LABELS,
+    MULTIQUANTIZER,
+    PREDICTOR,
+    RULES_FILE,
+    SCORES,
+)
+from qsd.stages.final_comparison import FIRST_LAST, FIRST_LAST_SUFFIX, HEADLINE_A_BITS
 
 NOT_RUN = "not run"
 NOT_TIMED = "not timed"
@@ -295,6 +310,8 @@ def results_markdown(run: Run) -> str:
                      if record.summary is not None or record.seconds is not None
                      else f"| `{stage.name}` | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} |")
     lines += ["", f"All notebooks: {total_minutes(run)}."]
+    extra = {COMPARISON: ["", "### The table at A6", "", *comparison_lines(run), "", "### Rules", "",
+                          *rule_lines(run)]}
     for stage in STAGES:
         record = run.stages[stage.name]
         lines += ["", f"## {stage.name} ({stage_minutes(record)})", ""]
@@ -306,6 +323,7 @@ def results_markdown(run: Run) -> str:
             value = lookup(record.summary, field.path)
             shown = NOT_RUN if value is NOT_RUN else field.show(value).replace("|", "\\|")
             lines.append(f"| `{'.'.join(field.path)}` | {shown} |")
+        lines += extra.get(stage.name, [])
     return "\n".join(lines) + "\n"
 
 
@@ -371,6 +389,57 @@ def glance_lines(run: Run) -> list[str]:
     ]
 
 
+def cell(value: object) -> str:
+    return str(value).replace("|", "\\|")
+
+
+def comparison_lines(run: Run) -> list[str]:
+    """Stage 06's rows at A6: per row, average bits and FID (mean ± std over the held-out seeds) under the method's
+    released float layers and under the first/last-float convention, and the Qua²SeDiMo row that dominates it
+    (`qsd_dominates`); `NOT_RUN` without comparison.csv."""
+    path = run.directory / COMPARISON / COMPARISON_FILE
+    if not path.is_file():
+        return [f"Stage 06: {NOT_RUN}."]
+    table = pd.read_csv(path)
+    dominates = run.value(COMPARISON, ("qsd_dominates",))
+    dominates = dominates if isinstance(dominates, Mapping) else {}
+    seeds = text(run.value(COMPARISON, ("evaluation_seeds",)))
+    float_fid = table.loc[table["family"] == "float", "fid_mean"]
+    at = table[(table["a_bits"] == HEADLINE_A_BITS) & (table["family"] != "float")]
+    lines = [f"Stage 06 on `{run.model_id}` at A{HEADLINE_A_BITS} (W4 baselines), FID mean ± std over the held-out "
+             f"noise seeds {seeds}; float {float_fid.iloc[0]:.1f}. Left: each method with its released float "
+             "layers; right: the first and last layer float for every method. A baseline dominated by a Qua²SeDiMo "
+             "row (same convention and activations, no more bits, lower FID at every seed) names it.", "",
+             "| row | bits | FID | dominated by | bits, first/last float | FID, first/last float | dominated by |",
+             "|---|---|---|---|---|---|---|"]
+    by_name = {r["name"]: r for _, r in at.iterrows()}
+
+    def shown(name: str) -> list[str]:
+        if name not in by_name:
+            return ["", "", ""]
+        r = by_name[name]
+        by = dominates.get(name, {}).get("by", "")
+        return [f"{r['avg_bits']:.2f}", f"{r['fid_mean']:.1f} ± {r['fid_std']:.1f}", cell(by)]
+
+    released = [n for n in by_name if by_name[n]["convention"] != FIRST_LAST]
+    only_first_last = [n.removesuffix(FIRST_LAST_SUFFIX) for n in by_name
+                       if by_name[n]["convention"] == FIRST_LAST and n.removesuffix(FIRST_LAST_SUFFIX) not in by_name]
+    for name in released + only_first_last:
+        lines.append(f"| {cell(name)} | " + " | ".join(shown(name) + shown(name + FIRST_LAST_SUFFIX)) + " |")
+    return lines
+
+
+def rule_lines(run: Run) -> list[str]:
+    """Stage 06's rule table (rules.csv): per method the rules this run applied and the release's."""
+    path = run.directory / COMPARISON / RULES_FILE
+    if not path.is_file():
+        return [f"Rule table: {NOT_RUN}."]
+    rules = pd.read_csv(path).fillna("")
+    lines = ["| " + " | ".join(rules.columns) + " |", "|" + "---|" * len(rules.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rules.itertuples(index=False)]
+    return lines
+
+
 def stage_table(run: Run) -> list[str]:
     """The README's stage table: notebook, paper section, minutes of this run, key output."""
     lines = ["| notebook | paper | minutes | key output |", "|---|---|---|---|"]
@@ -382,7 +451,10 @@ def stage_table(run: Run) -> list[str]:
 
 def blocks(run: Run) -> dict[str, list[str]]:
     """The README's generated blocks, by marker name."""
-    return {"results": glance_lines(run), "stages": stage_table(run)}
+    return {"results": glance_lines(run), "stages": stage_table(run),
+            "comparison": [*comparison_lines(run), "", "<details><summary>The rules each method followed in this run, "
+                           "beside its release's (stage 06's rule table)</summary>", "", *rule_lines(run), "",
+                           "</details>"]}
 
 
 def replace_block(text_: str, name: str, lines: list[str]) -> str:

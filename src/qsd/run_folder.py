@@ -36,6 +36,10 @@ GRAPH_FILE = "graph.json"
 SCORES_FILE = "scores.parquet"
 FRONTIER_FILE = "frontier.csv"
 """Stage 05's Qua²SeDiMo frontier: the configurations stages 06 and 07 take (budget, name, avg_bits, fid, path)."""
+COMPARISON_FILE = "comparison.csv"
+"""Stage 06's table: one row per measured method (name, family, method, convention, avg_bits, a_bits, FID per seed)."""
+RULES_FILE = "rules.csv"
+"""Stage 06's rule table (`final_comparison.rule_table`): per method and source ('this run' / 'released') the rules."""
 BUDGET_TOLERANCE = 1e-9
 
 

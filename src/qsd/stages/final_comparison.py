@@ -31,7 +31,8 @@ Steps:
 
 Rows are saved as they finish (`rows/<key>.json` and their grid images, `qsd.row_cache`), each under what it alone
 depends on: a re-run resumes from them, and changing `progress` or adding a budget re-measures only what changed.
-Outputs in `data/runs/<model_id>/<run_id>/06_final_comparison/`: comparison.csv, packed.csv, summary.json; figures
+Outputs in `data/runs/<model_id>/<run_id>/06_final_comparison/`: comparison.csv, rules.csv (`rule_table`),
+packed.csv, summary.json; figures
 `06_grid_<model_id>.png` (Fig. 1 style: same prompts and noise for every method) and `06_fid_a6_<model_id>.png`.
 """
 
@@ -68,7 +69,7 @@ from qsd.packed import export, load_quantized, memory_report
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.row_cache import RowCache, without_record
-from qsd.run_folder import COMPARISON, LABELS, RunFolder
+from qsd.run_folder import COMPARISON, COMPARISON_FILE, LABELS, RULES_FILE, RunFolder
 from qsd.sampling import SamplingProtocol, generate
 from qsd.stages import StageSettings
 
@@ -88,6 +89,8 @@ RELEASED, FIRST_LAST = CONVENTIONS = ("released", "first_last")
 """Which layers a row keeps float. 'released': each method as its release keeps them (Qua²SeDiMo: none, as the
 paper's search space). 'first_last': every method, Qua²SeDiMo included, keeps exactly the first and last layer a
 forward pass calls (each baseline's `FIRST_LAST_FLOAT`), so a gap between rows is not the convention."""
+FIRST_LAST_SUFFIX = " (first/last float)"
+"""What a row's name gains under the 'first_last' convention (`convention_name`)."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,7 @@ def qsd_name(config_row: dict, a_bits: int) -> str:
 
 def convention_name(name: str, convention: str) -> str:
     """A row's name under `convention` (released rows keep the plain name)."""
-    return name if convention == RELEASED else f"{name} (first/last float)"
+    return name if convention == RELEASED else name + FIRST_LAST_SUFFIX
 
 
 def method_settings(settings: Settings, name: str, convention: str = RELEASED, extra: dict | None = None) -> object:
@@ -388,7 +391,7 @@ def run(settings: Settings) -> Result:
     measured += [by_name[released] | {"name": alias, "convention": FIRST_LAST}
                  for alias, released in first_last_aliases(settings).items()]
     table = pd.DataFrame([without_record(row) for row in measured])
-    table.drop(columns=[c for c in ("settings",) if c in table]).to_csv(directory / "comparison.csv", index=False)
+    table.drop(columns=[c for c in ("settings",) if c in table]).to_csv(directory / COMPARISON_FILE, index=False)
     packed = packed_rows(context, configs) if settings.packed else pd.DataFrame()
     if len(packed):
         packed.to_csv(directory / "packed.csv", index=False)
@@ -396,8 +399,10 @@ def run(settings: Settings) -> Result:
     summary = _summary(settings, table, w3x_name, packed) | {
         "evaluation_seeds": list(range(protocol.seed, protocol.seed + settings.noise_seeds)),
         "sampled_seeds": sorted(run_folder.sampled_seeds())}
+    result = Result(settings, directory, table, packed, grid, summary)
+    rule_table(result).rename_axis(["method", "source"]).reset_index().to_csv(directory / RULES_FILE, index=False)
     write_run_record(directory, settings, summary)
-    return Result(settings, directory, table, packed, grid, summary)
+    return result
 
 
 def timed_generate(model: DiffusionModel, protocol: SamplingProtocol, batch_size: int) -> tuple[torch.Tensor, float]:
@@ -657,7 +662,7 @@ def plot_pareto(result: Result) -> Figure:
                 ax.errorbar(r["avg_bits"], r["fid_mean"], yerr=r["fid_std"], fmt=marker, capsize=3,
                             color=colours[family], mfc="white" if hollow else colours[family])
                 label = r["name"].replace("Qua²SeDiMo ", "Q ").replace(f" W4A{a}", "")
-                label = label.replace(" (first/last float)", "")
+                label = label.removesuffix(FIRST_LAST_SUFFIX)
                 ax.annotate(label, (r["avg_bits"], r["fid_mean"]), xytext=(5, 3), textcoords="offset points",
                             fontsize=6)
         ax.axhline(float_fid, color="black", ls="--", lw=1, label="float")
