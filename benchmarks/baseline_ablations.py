@@ -11,6 +11,8 @@ prompts and solver, the same calibration set of 32 images at noise seed 1000, FI
   * Q-Diffusion's weight grid as this project first had it (Lp search) and its softmax at the activation bits;
   * ViDiT-Q with every layer quantized, with the first and last layer float instead of its released float layers, and
     without smoothing, without rotation, at α = 0.5.
+  * DMQ as released and, at the common convention (first and last layer float, 4.24 bits on `tiny_pixart`, where it
+    leads every method at equal bits): weights only, without LES, without weight reconstruction.
 Besides FID, each row's images at the first noise seed are compared pixel by pixel with the float model's
 (`sample_mse_vs_float`): FID can move with changes that are no closer to the float model's images.
 The run's stage 02 must exist (its protocol); nothing is re-run.
@@ -25,7 +27,7 @@ import argparse
 import json
 import sys
 
-from qsd.baselines import baseline, baseline_settings
+from qsd.baselines import baseline, baseline_settings, dmq
 from qsd.baselines.calibration import CalibrationSet
 from qsd.labelling import Labeller
 from qsd.models import load_model
@@ -53,6 +55,12 @@ ABLATIONS = (
     ("viditq", "without rotation", A_BITS, {"rotation": "none"}),
     ("viditq", "alpha 0.5 (before issue 28)", A_BITS, {"alpha": 0.5}),
     ("viditq", "weights only (A16)", None, {}),
+    ("dmq", "as in stage 06", A_BITS, {}),
+    ("dmq", "first and last layer float instead of its own", A_BITS, dmq.FIRST_LAST_FLOAT),
+    ("dmq", "first and last layer float, weights only (A16)", None, dmq.FIRST_LAST_FLOAT),
+    ("dmq", "first and last layer float, without LES", A_BITS, dmq.FIRST_LAST_FLOAT | {"les_iters": 0}),
+    ("dmq", "first and last layer float, without reconstruction (round to nearest on its MSE grid)", A_BITS,
+     dmq.FIRST_LAST_FLOAT | {"reconstruction": {"iters": 0}}),
 )
 """(baseline, variant, activation bits (None: float), overrides of its stage-06 settings)."""
 
