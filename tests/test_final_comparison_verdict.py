@@ -93,9 +93,11 @@ def test_the_pareto_figure_has_a_panel_per_activation_width_and_draws_dominated_
     fig = stage.plot_pareto(result)
     assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["A8", "A6"]
     a6 = fig.axes[1]
-    hollow = {text.get_text() for text, line in zip(a6.texts, [ln for ln in a6.lines if ln.get_marker() == "o"],
-                                                    strict=True) if line.get_markerfacecolor() == "white"}
+    label_at = {tuple(text.xy): text.get_text() for text in a6.texts}
+    hollow = {label_at[(line.get_xdata()[0], line.get_ydata()[0])] for line in a6.lines
+              if line.get_marker() == "o" and line.get_markerfacecolor() == "white"}
     assert hollow == {"DMQ", "RTN"}, "both A6 baselines are dominated by Qua²SeDiMo W4.00A6 (4.0 bits, lower by 2+)"
+    assert len(label_at) == 4, "every A6 point is labelled"
     assert (tmp_path / "06_pareto_tiny_pixart.png").is_file()
 
 

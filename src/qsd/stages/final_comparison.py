@@ -66,7 +66,7 @@ from qsd.models import load_model
 from qsd.models.base import DiffusionModel
 from qsd.multiquant import MultiQuantizer
 from qsd.packed import export, load_quantized, memory_report
-from qsd.plotting import new_figure, savefig
+from qsd.plotting import label_points, new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.row_cache import RowCache, without_record
 from qsd.run_folder import COMPARISON, COMPARISON_FILE, LABELS, RULES_FILE, RunFolder
@@ -652,6 +652,7 @@ def plot_pareto(result: Result) -> Figure:
     float_fid = float(t.loc[t["family"] == "float", "fid_mean"].iloc[0])
     for ax, a in zip(axes[0], a_bits, strict=True):
         rows = t[(t["a_bits"] == a) & (t["family"] != "float")].sort_values("avg_bits")
+        labels = []
         for (family, convention), group in rows.groupby(["family", "convention"]):
             marker = "o" if convention == RELEASED else "s"
             if family == "qsd":
@@ -662,11 +663,10 @@ def plot_pareto(result: Result) -> Figure:
                 ax.errorbar(r["avg_bits"], r["fid_mean"], yerr=r["fid_std"], fmt=marker, capsize=3,
                             color=colours[family], mfc="white" if hollow else colours[family])
                 label = r["name"].replace("Qua²SeDiMo ", "Q ").replace(f" W4A{a}", "")
-                label = label.removesuffix(FIRST_LAST_SUFFIX)
-                ax.annotate(label, (r["avg_bits"], r["fid_mean"]), xytext=(5, 3), textcoords="offset points",
-                            fontsize=6)
+                labels.append((r["avg_bits"], r["fid_mean"], label.removesuffix(FIRST_LAST_SUFFIX)))
         ax.axhline(float_fid, color="black", ls="--", lw=1, label="float")
         ax.set_yscale("log")
+        label_points(ax, labels)
         ax.set_xlabel("average weight bits (FP16 overhead and float layers included)")
         ax.set_ylabel(f"FID (mean ± std over {result.settings.noise_seeds} seeds; log)")
         ax.set_title(f"A{a}: W4 baselines (grey; hollow = dominated), Qua²SeDiMo (red), Qua²SeDiMo weights\n"
