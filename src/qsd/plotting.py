@@ -30,24 +30,21 @@ def savefig(fig: plt.Figure, name: str, directory: str | Path | None = None) -> 
 
 
 def label_points(ax: plt.Axes, points: list[tuple[float, float, str]], fontsize: float = 6,
-                 gap_points: float = 8.0, x_tolerance: float = 0.02) -> None:
-    """Annotate each (x, y, text) to the right of its point; labels of points at the same x (within `x_tolerance`)
-    are pushed apart vertically to at least `gap_points` and joined to their point by a thin line, and a label
-    repeated at the same place is written once. Call after the axes' scales are set."""
+                 gap_points: float = 8.0) -> None:
+    """Annotate each (x, y, text) to the right of its point, lowest first; a label that would overlap one already
+    placed moves up until it clears it by `gap_points` and is joined to its point by a thin line. A label repeated at
+    the same place is written once. Call after the axes' scales are set."""
     ax.autoscale_view()
     to_points = 72 / ax.figure.dpi
-    unique = list(dict.fromkeys((round(x, 4), round(y, 4), text) for x, y, text in points))
-    groups: dict[float, list[tuple[float, float, str]]] = {}
-    for x, y, text in sorted(unique):
-        key = next((k for k in groups if abs(k - x) <= x_tolerance), x)
-        groups.setdefault(key, []).append((x, y, text))
-    for members in groups.values():
-        placed = None
-        for x, y, text in sorted(members, key=lambda m: ax.transData.transform(m[:2])[1]):
-            at = ax.transData.transform((x, y))[1] * to_points
-            placed = at if placed is None else max(at, placed + gap_points)
-            shift = placed - at
-            ax.annotate(text, (x, y), xytext=(6, 2 + shift), textcoords="offset points", fontsize=fontsize,
-                        va="center", arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "#999999"}
-                        if shift > 1 else None)
-
+    placed: list[tuple[float, float, float]] = []  # (left, right, centre height) of each label, in points
+    unique = dict.fromkeys((round(x, 4), round(y, 4), text) for x, y, text in points)
+    for x, y, text in sorted(unique, key=lambda p: (ax.transData.transform(p[:2])[1], p[0])):
+        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        left, right = px + 6, px + 6 + 0.6 * fontsize * len(text)
+        height = py + 2
+        while clash := [h for lo, hi, h in placed if lo < right and left < hi and abs(h - height) < gap_points]:
+            height = max(clash) + gap_points
+        placed.append((left, right, height))
+        shift = height - (py + 2)
+        ax.annotate(text, (x, y), xytext=(6, 2 + shift), textcoords="offset points", fontsize=fontsize,
+                    va="center", arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "#999999"} if shift > 1 else None)
