@@ -68,7 +68,7 @@ STAGES = (
     Stage(SCORES, "§3.4, §5: node and subgraph scores", "`scores.parquet`, `insights.json`"),
     Stage(CONFIGS, "§3.4, §6: W3.x configurations, Pareto", "`constructions.csv`, `configs/*.json`"),
     Stage(COMPARISON, "§6, Fig. 1: W3.x A6 vs W4A6 baselines",
-          "`comparison.csv`, `figures/06_fid_a6_*.png`"),
+          "`comparison.csv`, `rules.csv`, `figures/06_pareto_*.png`"),
     Stage(EXPORT, "beyond the paper: real low-bit weights", "`<model_id>_packed.safetensors`"),
 )
 
