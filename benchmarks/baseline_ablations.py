@@ -1,5 +1,5 @@
-"""Benchmark: which part of Q-Diffusion and ViDiT-Q makes them lose to RTN at W4A6 (stage 06 on `tiny_sd`:
-RTN 21.5, Q-Diffusion 61.1, ViDiT-Q 90.9).
+"""Benchmark: which part of each baseline makes it win or lose at W4A6 (results: docs/measurements.md, the
+baselines with one part switched off).
 
 Each baseline is measured as stage 06 runs it and with one part switched off, under stage 06's protocol (stage 02's
 prompts and solver, the same calibration set of 32 images at noise seed 1000, FID over 3 noise seeds):
@@ -17,7 +17,7 @@ Besides FID, each row's images at the first noise seed are compared pixel by pix
 (`sample_mse_vs_float`): FID can move with changes that are no closer to the float model's images.
 The run's stage 02 must exist (its protocol); nothing is re-run.
 
-Run:  .venv/bin/python benchmarks/baseline_ablations.py [--model_id tiny_sd] [--run_id default] [--only TEXT]
+Run:  .venv/bin/python benchmarks/baseline_ablations.py [--model_id tiny_pixart] [--run_id default] [--only TEXT]
 The last stdout line is one JSON object; progress goes to stderr.
 """
 
@@ -67,7 +67,7 @@ ABLATIONS = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_id", default="tiny_sd")
+    parser.add_argument("--model_id", default="tiny_pixart")
     parser.add_argument("--run_id", default="default")
     parser.add_argument("--only", default="", help="measure only the ablations whose '<baseline> <variant>' "
                         "contains this text (the float row is always measured)")
