@@ -18,6 +18,7 @@ from qsd.baselines.channel_balance import (
     BalancedInputQuantizer,
     balanced_weight,
     hadamard,
+    input_channel_peaks,
     rotation_matrix,
     smoothing_scales,
 )
@@ -67,6 +68,7 @@ def with_adaln_outliers(model: torch.nn.Module, arch: str, channels=(3, 17, 40),
 
 
 FAST_MP = viditq.Settings(mp_fraction=0.15, mp_steps=2, mp_rows=2)
+PAPER = viditq.Settings(**viditq.PAPER_BALANCING)
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +113,9 @@ def test_balanced_linear_computes_quantized_balanced_operands():
 
 
 @pytest.mark.parametrize(("arch", "settings"), [
-    ("pixart", viditq.Settings()),
-    ("sd15_unet", viditq.Settings(balance_convs=True, rotation="random")),  # convolutions, split concat inputs
+    ("pixart", PAPER),
+    # convolutions, split concat inputs
+    ("sd15_unet", dataclasses.replace(PAPER, balance_convs=True, rotation="random")),
 ])
 def test_balancing_alone_leaves_the_float_function(arch, settings):
     model = random_denoiser(arch, 0)
@@ -183,10 +186,10 @@ def test_quantizes_every_layer_and_attention(pixart):
 
 def test_deterministic_for_a_seed(pixart):
     model, calibration, _ = pixart
-    first, second = (viditq.quantize(model, calibration, seed=3).denoiser for _ in range(2))
+    first, second = (viditq.quantize(model, calibration, settings=PAPER, seed=3).denoiser for _ in range(2))
     for a, b in zip(calibration.outputs(first), calibration.outputs(second), strict=True):
         assert torch.equal(a, b)
-    other = viditq.quantize(model, calibration, seed=4).denoiser
+    other = viditq.quantize(model, calibration, settings=PAPER, seed=4).denoiser
     assert not all(torch.equal(a, b) for a, b in zip(calibration.outputs(first), calibration.outputs(other),
                                                       strict=True))
 
@@ -226,6 +229,54 @@ def test_guidance_detection_and_fallback_metric():
 
 
 def test_settings_are_checked():
-    for bad in ({"alpha": 1.5}, {"rotation": "givens"}, {"mp_fraction": 2.0}, {"balance_fraction": 0.0}):
+    for bad in ({"alpha": 1.5}, {"rotation": "givens"}, {"mp_fraction": 2.0}, {"balance_fraction": 0.0},
+                {"smoothed_layers": "some"}, {"scale_statistic": "mean"}, {"momentum": 1.0},
+                {"smoothing_batch_rows": 0}):
         with pytest.raises(InvalidSettingError):
             dataclasses.replace(viditq.Settings(), **bad)
+
+
+def test_momentum_peak_is_the_released_moving_average():
+    """ViDiT-Q's `momentum_act_max`: per batch the mean over samples of each sample's channel maxima over its
+    tokens, then m ← 0.95·m + 0.05·batch from the first batch; "absmax" is the maximum over everything."""
+    class OneLayer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(2, 1)
+
+        def forward(self, hidden_states, timestep):
+            return self.proj(hidden_states)
+
+    x = torch.tensor([[[1.0, -4.0], [3.0, 0.0]],    # sample 0: channel maxima (3, 4)
+                      [[-5.0, 2.0], [0.0, 1.0]],    # sample 1: (5, 2)
+                      [[2.0, 2.0], [-1.0, 8.0]]])   # sample 2: (2, 8)
+    calibration = CalibrationSet.from_inputs([{"hidden_states": x, "timestep": torch.tensor(900.0)}])
+    peaks = {statistic: input_channel_peaks(OneLayer(), ["proj"], calibration, [0], batch_rows=2,
+                                            statistic=statistic)["proj"]
+             for statistic in ("momentum", "absmax")}
+    first, second = torch.tensor([4.0, 3.0]), torch.tensor([2.0, 8.0])  # batch means: samples (0, 1), then (2)
+    assert torch.allclose(peaks["momentum"], 0.95 * first + 0.05 * second)
+    assert torch.equal(peaks["absmax"], torch.tensor([5.0, 8.0]))
+    with pytest.raises(InvalidSettingError):
+        input_channel_peaks(OneLayer(), ["proj"], calibration, [0], statistic="mean")
+
+
+def test_smooths_the_layer_its_release_smooths(pixart):
+    """Released for PixArt: smoothing only on the last block's FF output projection (`blocks.27.mlp.fc2` in
+    PixArt-XL), no rotation; the paper's balancing smooths and rotates every quantized linear layer."""
+    model, calibration, _ = pixart
+    last = max(int(n.split(".")[1]) for n, _ in model.named_modules() if n.startswith("transformer_blocks."))
+    released = viditq.quantize(model, calibration)
+    assert released.settings["smoothed"] == [f"transformer_blocks.{last}.ff.net.2"]
+    assert released.settings["rotation"] == "none" and released.settings["scale_statistic"] == "momentum"
+    modules = dict(released.denoiser.named_modules())
+    quantizers = {u.module: input_quantizer(modules[u.module])
+                  for u in quantized_units(model, released.settings["float_layers"])}
+    assert {n for n, q in quantizers.items() if q.smooth is not None} == set(released.settings["smoothed"])
+    assert not any(any(q.rotated) for q in quantizers.values())
+    paper = viditq.quantize(model, calibration, settings=PAPER)
+    linear = {n for n in quantizers if isinstance(modules[n], torch.nn.Linear)}
+    assert set(paper.settings["smoothed"]) == linear
+    rules = viditq.rules(released.settings, 6)
+    assert f"transformer_blocks.{last}.ff.net.2" in rules["activations"] and "no rotation" in rules["weights"]
+    assert "hadamard rotation" in viditq.rules(paper.settings, 6)["weights"]

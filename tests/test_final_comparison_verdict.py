@@ -133,7 +133,8 @@ def test_baselines_whose_release_keeps_the_end_layers_are_not_measured_twice():
 def test_the_rule_table_is_read_from_each_rows_settings():
     """Each 'this run' cell comes from the row's settings record: change a setting, the cell changes."""
     def record(name: str, **changes) -> dict:
-        extra = {"les": {"layers": 3}, "attention_matmuls": "float"} if name == "dmq" else {}
+        extra = ({"les": {"layers": 3}, "attention_matmuls": "float"} if name == "dmq" else
+                 {"smoothed": ["transformer_blocks.3.ff.net.2"]} if name == "viditq" else {})
         keep = ["pos_embed.proj", "proj_out"] if name != "viditq" else ["pos_embed.proj"]
         settings = dataclasses.replace(baseline(name).Settings(), **changes)
         return dataclasses.asdict(settings) | {"float_layers": keep} | extra
@@ -152,7 +153,10 @@ def test_the_rule_table_is_read_from_each_rows_settings():
     assert table.loc[("Q-Diffusion", "this run"), "attention Q, K, V / softmax"] == "static A6 / A8"
     assert table.loc[("RTN", "this run"), "float layers"] == "pos_embed.proj, proj_out"
     assert "α 0.3" in table.loc[("ViDiT-Q", "this run"), "activations"]
+    assert "transformer_blocks.3.ff.net.2 (moving average" in table.loc[("ViDiT-Q", "this run"), "activations"]
     assert "α 0.5" in table_of(alpha=0.5).loc[("ViDiT-Q", "this run"), "activations"]
+    assert table.loc[("ViDiT-Q", "this run"), "weights"].endswith("(no rotation)")
+    assert table_of(rotation="hadamard").loc[("ViDiT-Q", "this run"), "weights"].endswith("(hadamard rotation)")
     assert table_of(quantize_attention=False).loc[("ViDiT-Q", "this run"), "attention Q, K, V / softmax"] == "float"
     assert table.loc[("Qua²SeDiMo", "this run"), "float layers"] == "none"
     assert table.loc[("DMQ", "released"), "attention Q, K, V / softmax"] == "float"

@@ -380,6 +380,8 @@ def test_final_table_has_every_method_at_w4a8_and_w4a6(comparison, smoke_outputs
         assert by_name.loc[f"RTN W4A{a} (DMQ's float layers)", "avg_bits"] == pytest.approx(
             by_name.loc[f"DMQ W4A{a}", "avg_bits"]), "DMQ's neighbour at equal bits"
         assert by_name.loc[f"ViDiT-Q W4A{a} (mixed precision)", "avg_bits"] > by_name.loc[f"ViDiT-Q W4A{a}", "avg_bits"]
+        assert by_name.loc[f"ViDiT-Q W4A{a} (paper's balancing)", "avg_bits"] == pytest.approx(
+            by_name.loc[f"ViDiT-Q W4A{a}", "avg_bits"]), "balancing changes no weight bits"
     qsd = released[released["family"] == "qsd"]
     assert set(qsd["a_bits"]) == set(settings["qsd_a_bits"]) and (comparison["family"] == "qsd+dmq").any()
     seeds = comparison["fid_seeds"].map(lambda v: len(json.loads(v)))

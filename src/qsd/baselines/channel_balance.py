@@ -4,8 +4,10 @@ A layer y = x·Wᵀ is rewritten, without changing what it computes in float, as
     y = (x·diag(1/s)·R) · (W·diag(s)·R)ᵀ,
 where
   * s (the *static* part) is a SmoothQuant-style per-input-channel scale
-    s_j = max|X_j|^α / max|W_j|^(1−α), with max|X_j| taken over calibration inputs of the high-noise timesteps and
-    max|W_j| over the weight's column j. Dividing the input by s moves the channel imbalance into the weight.
+    s_j = max|X_j|^α / max|W_j|^(1−α), with max|X_j| an activation peak over calibration inputs of the high-noise
+    timesteps (`input_channel_peaks`: the absolute maximum, or the released code's moving average of per-sample
+    maxima) and max|W_j| over the weight's column j. Dividing the input by s moves the channel imbalance into the
+    weight.
   * R (the *dynamic* part) is an orthogonal matrix over the input channels: it spreads whatever imbalance is left
     (and the part s could not anticipate, since s is fixed while the imbalance moves with the timestep) across all
     channels, so no single channel sets a token's range.
@@ -71,18 +73,36 @@ def channel_dim(module: nn.Module) -> int:
     return -1 if isinstance(module, nn.Linear) else 1
 
 
-def input_absmax(denoiser: nn.Module, module_names: Iterable[str], calibration: CalibrationSet,
-                 steps: Sequence[int], batch_rows: int = 64) -> dict[str, torch.Tensor]:
-    """max|X_j| per input channel of each named layer over calibration `steps` (all rows, in chunks of
-    `batch_rows`); a layer that was never called is left out."""
+STATISTICS = ("momentum", "absmax")
+
+
+def input_channel_peaks(denoiser: nn.Module, module_names: Iterable[str], calibration: CalibrationSet,
+                        steps: Sequence[int], batch_rows: int = 64, statistic: str = "absmax",
+                        momentum: float = 0.95) -> dict[str, torch.Tensor]:
+    """A per-input-channel activation peak of each named layer over calibration `steps`, fed in that order in
+    batches of `batch_rows` rows; a layer that was never called is left out. `statistic`:
+      * "absmax": max|X_j| over every row and token;
+      * "momentum" (ViDiT-Q's released `momentum_act_max`): each batch gives the mean over its samples of the
+        sample's own max|X_j| (over its tokens, or positions), and m ← momentum·m + (1 − momentum)·batch value,
+        starting from the first batch's."""
+    if statistic not in STATISTICS:
+        raise InvalidSettingError(f"unknown statistic {statistic!r}; one of {', '.join(STATISTICS)}")
+    if not 0.0 <= momentum < 1.0:
+        raise InvalidSettingError(f"momentum must lie in [0, 1), not {momentum}")
     modules = dict(denoiser.named_modules())
     found: dict[str, torch.Tensor] = {}
 
     def hook(module, args, name):
         x = args[0].detach()
         dim = channel_dim(module) % x.ndim
-        peak = x.abs().float().amax(dim=[d for d in range(x.ndim) if d != dim]).cpu()
-        found[name] = peak if name not in found else torch.maximum(found[name], peak)
+        within = [d for d in range(1, x.ndim) if d != dim]
+        per_sample = (x.abs().float().amax(dim=within) if within else x.abs().float()).cpu()
+        if name not in found:
+            found[name] = per_sample.amax(0) if statistic == "absmax" else per_sample.mean(0)
+        elif statistic == "absmax":
+            found[name] = torch.maximum(found[name], per_sample.amax(0))
+        else:
+            found[name] = momentum * found[name] + (1 - momentum) * per_sample.mean(0)
 
     handles = [modules[name].register_forward_pre_hook(lambda m, a, name=name: hook(m, a, name))
                for name in module_names]

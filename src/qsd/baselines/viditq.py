@@ -5,7 +5,12 @@
     attention Q, K, V and softmax probabilities (unsigned) of every attention with a plain processor.
   * Static-dynamic channel balancing (`qsd.baselines.channel_balance`): a SmoothQuant scale per input channel,
     calibrated on the high-noise steps of the calibration set and folded into the weights, then an orthogonal
-    rotation of what remains, both simulated exactly (Q(x̃R)·Q(W̃R)ᵀ).
+    rotation of what remains, both simulated exactly (Q(x̃R)·Q(W̃R)ᵀ). As released for PixArt (t2i `ptq.py`,
+    `quant_layer.py`) by default: the smoothing scale (α 0.3, the `momentum_act_max` statistic) on one layer, the
+    last block's FF output projection (`blocks.27.mlp.fc2` of PixArt-XL's 28 blocks), and no rotation; the paper's
+    text (every linear layer smoothed, rotated) is `PAPER_BALANCING`. The release runs its moving average over its
+    first calibration batch (its dynamic activations skip the calibration loop) and keeps updating it while it
+    samples; here it runs once over the high-noise steps in batches of `smoothing_batch_rows` and then stays fixed.
   * Metric-decoupled mixed precision: the layers fall into two groups by what they affect, "alignment" (every
     projection of an attention fed by a condition: cross-attention, or joint attention's both streams) and
     "quality" (all other layers). A layer's sensitivity is the error when it alone is quantized (W/A at the target
@@ -36,15 +41,16 @@ from qsd.actquant import TokenwiseQuantizer, set_attention_quantizers, set_input
 from qsd.baselines.calibration import CalibrationSet, denoiser_output
 from qsd.baselines.channel_balance import (
     ROTATIONS,
+    STATISTICS,
     BalancedInputQuantizer,
     balanced_weight,
     channel_dim,
-    input_absmax,
+    input_channel_peaks,
     rotation_matrix,
     smoothing_scales,
     weight_absmax,
 )
-from qsd.baselines.common import TIME_EMBEDDING, BaselineResult, mixed_average_bits, prepared_copy
+from qsd.baselines.common import TIME_EMBEDDING, BaselineResult, call_order, mixed_average_bits, prepared_copy
 from qsd.errors import InvalidSettingError
 from qsd.layers import Unit, quantizable_units
 
@@ -62,6 +68,12 @@ EMBEDDERS = re.compile(r"^(pos_embed\.proj|conv_in|caption_projection\.\w+|conte
 """The input embedders ViDiT-Q's release keeps float: the patch embedder (PixArt's and DiT's `pos_embed.proj`; a
 U-Net's `conv_in`, its analogue here) and the caption embedder (PixArt's `caption_projection.*`; SD3's
 `context_embedder`, a U-Net's `encoder_hid_proj`)."""
+FF_OUTPUT = re.compile(r"(^|\.)ff\.net\.2$")
+"""A diffusers FeedForward's output projection (PixArt-XL's `mlp.fc2` in ViDiT-Q's own model code)."""
+SMOOTHED_LAYERS = ("released", "all")
+PAPER_BALANCING = {"smoothed_layers": "all", "scale_statistic": "absmax", "rotation": "hadamard"}
+"""Overrides of `Settings` for channel balancing as the paper's text describes it (every linear layer smoothed with
+scales from absolute maxima, then rotated), where the release smooths one layer and rotates none."""
 
 
 @dataclass(frozen=True)
@@ -71,11 +83,21 @@ class Settings:
     28)."""
     smoothing: bool = True
     """Apply the static (smoothing) part of channel balancing."""
+    smoothed_layers: str = "released"
+    """Which balanced layers are smoothed: "released" (the last FF output projection called, `released_smoothed`)
+    or "all" (every balanced layer, the paper's text)."""
+    scale_statistic: str = "momentum"
+    """The activation peak max|X_j| of the smoothing scale (`qsd.baselines.channel_balance.input_channel_peaks`):
+    "momentum" (released: moving average of per-sample maxima) or "absmax"."""
+    momentum: float = 0.95
+    """The moving average's momentum (released 0.95)."""
+    smoothing_batch_rows: int = 4
+    """Rows per batch of the moving average (the released calibration batch)."""
     balance_fraction: float = 0.25
     """Share of the calibration steps, highest-noise first, that the smoothing scales are calibrated on."""
-    rotation: str = "hadamard"
+    rotation: str = "none"
     """The dynamic part: "hadamard" (randomised Hadamard at power-of-two widths, random orthogonal otherwise),
-    "random" (random orthogonal) or "none"."""
+    "random" (random orthogonal) or "none" (released for PixArt: its t2i code has no rotation)."""
     balance_convs: bool = False
     """Balance convolutions too (exact for every kernel size). Off: ViDiT-Q smooths linear layers; in the DiTs the
     only convolution is the patch embedding."""
@@ -104,10 +126,18 @@ class Settings:
             raise InvalidSettingError(f"balance_fraction must lie in (0, 1], not {self.balance_fraction}")
         if self.rotation not in ROTATIONS:
             raise InvalidSettingError(f"unknown rotation {self.rotation!r}; one of {', '.join(ROTATIONS)}")
+        if self.smoothed_layers not in SMOOTHED_LAYERS:
+            raise InvalidSettingError(f"unknown smoothed_layers {self.smoothed_layers!r}; one of "
+                                      f"{', '.join(SMOOTHED_LAYERS)}")
+        if self.scale_statistic not in STATISTICS:
+            raise InvalidSettingError(f"unknown scale_statistic {self.scale_statistic!r}; one of "
+                                      f"{', '.join(STATISTICS)}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise InvalidSettingError(f"momentum must lie in [0, 1), not {self.momentum}")
         if not 0.0 <= self.mp_fraction <= 1.0:
             raise InvalidSettingError(f"mp_fraction must lie in [0, 1], not {self.mp_fraction}")
-        if self.mp_steps < 1 or self.mp_rows < 1 or self.batch_rows < 1:
-            raise InvalidSettingError("mp_steps, mp_rows and batch_rows must be positive")
+        if min(self.mp_steps, self.mp_rows, self.batch_rows, self.smoothing_batch_rows) < 1:
+            raise InvalidSettingError("mp_steps, mp_rows, batch_rows and smoothing_batch_rows must be positive")
 
 
 @dataclass
@@ -130,18 +160,31 @@ def balance_steps(calibration: CalibrationSet, fraction: float) -> list[int]:
     return sorted(order[:max(1, round(fraction * len(calibration)))])
 
 
+def released_smoothed(model: nn.Module, calibration: CalibrationSet, candidates: Sequence[str]) -> list[str]:
+    """The layer ViDiT-Q's released PixArt script smooths, by role: the FF output projection (`FF_OUTPUT`) of the
+    last transformer block, i.e. the last one of `candidates` a forward pass calls (none if no candidate is one)."""
+    wanted = set(candidates)
+    ff_outputs = [n for n in call_order(model, calibration) if n in wanted and FF_OUTPUT.search(n)]
+    return ff_outputs[-1:]
+
+
 def plan_balancing(model: nn.Module, units: Sequence[Unit], calibration: CalibrationSet, settings: Settings,
                    seed: int = 0) -> dict[str, LayerPlan]:
-    """Smoothing scales (from the float `model`'s inputs on the high-noise steps) and rotations for every layer that
-    `units` quantizes; convolutions get neither unless `settings.balance_convs`. One rotation per width, drawn from
-    `seed` in order of width."""
+    """Smoothing scales (from the float `model`'s inputs on the high-noise steps) for the layers
+    `settings.smoothed_layers` names and rotations for every layer that `units` quantizes; convolutions get neither
+    unless `settings.balance_convs`. One rotation per width, drawn from `seed` in order of width."""
     modules = dict(model.named_modules())
     by_module: dict[str, list[Unit]] = {}
     for unit in units:
         by_module.setdefault(unit.module, []).append(unit)
     balanced = [n for n in by_module if settings.balance_convs or isinstance(modules[n], nn.Linear)]
-    act_max = (input_absmax(model, balanced, calibration, balance_steps(calibration, settings.balance_fraction),
-                            settings.batch_rows) if settings.smoothing and balanced else {})
+    smoothed = balanced if settings.smoothed_layers == "all" else released_smoothed(model, calibration, balanced)
+    act_max = (input_channel_peaks(model, smoothed, calibration,
+                                   balance_steps(calibration, settings.balance_fraction),
+                                   settings.batch_rows if settings.scale_statistic == "absmax"
+                                   else settings.smoothing_batch_rows,
+                                   settings.scale_statistic, settings.momentum)
+               if settings.smoothing and smoothed else {})
     generator = torch.Generator().manual_seed(seed)
     widths = sorted({u.in_stop - u.in_start for n in balanced for u in by_module[n]})
     rotations = {w: rotation_matrix(w, settings.rotation, generator) for w in widths}
@@ -335,22 +378,27 @@ def quantize(denoiser: nn.Module, calibration: CalibrationSet, w_bits: int = 4, 
                                                               for g in GROUPS},
                                               "guided_calibration": is_guided(calibration),
                                               "smoothing_steps": balance_steps(calibration, settings.balance_fraction),
+                                              "smoothed": [n for n, p in plans.items() if p.smooth is not None],
                                               "float_attention": float_attention} | record)
 
 
 RELEASED_RULES = {"float layers": "patch embedder, timestep embedder and block, caption embedder",
-                  "weights": "per-channel min–max of the smoothed, rotated weight",
-                  "activations": "dynamic per token; smoothing α 0.3 on listed layers (moving average of per-sample "
-                                 "maxima), rotation",
+                  "weights": "per-channel min–max of the smoothed weight (no rotation)",
+                  "activations": "dynamic per token; smoothing α 0.3 on the last block's FF output (moving average "
+                                 "of per-sample maxima)",
                   "attention Q, K, V / softmax": "per token", "calibration": "statistics only, no gradient steps"}
 """The released values (research notes, baselines.md §4), beside `rules`."""
 
 
 def rules(record: dict, a_bits: int | None) -> dict[str, str]:
     """The rule table's entries for a run's settings `record` (`BaselineResult.settings`)."""
-    smoothing = f"smoothing α {record['alpha']} on every linear layer" if record["smoothing"] else "no smoothing"
+    smoothed, statistic = record["smoothed"], {"momentum": "moving average of per-sample maxima",
+                                               "absmax": "absolute maxima"}[record["scale_statistic"]]
+    where = (smoothed[0] if len(smoothed) == 1 else f"{len(smoothed)} layers")
+    smoothing = f"smoothing α {record['alpha']} on {where} ({statistic})" if smoothed else "no smoothing"
     attention = (f"per token A{a_bits} / A{a_bits}" if record["quantize_attention"] and a_bits is not None
                  else "float")
-    return {"weights": f"per-channel min–max of the balanced weight ({record['rotation']} rotation)",
+    rotation = "no rotation" if record["rotation"] == "none" else f"{record['rotation']} rotation"
+    return {"weights": f"per-channel min–max of the balanced weight ({rotation})",
             "activations": "float" if a_bits is None else f"dynamic per token, A{a_bits}; {smoothing}",
             "attention Q, K, V / softmax": attention}

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 from qsd.baselines import BASELINES, baseline, baseline_settings
 from qsd.baselines.calibration import CalibrationSet
 from qsd.baselines.common import first_and_last, quantized_copy
+from qsd.baselines.viditq import PAPER_BALANCING
 from qsd.config import QuantConfig
 from qsd.errors import InvalidSettingError
 from qsd.files import atomic_write
@@ -80,11 +81,13 @@ W_BITS = 4
 """The baselines' weight bits (the paper compares its W3.x with W4 baselines)."""
 HEADLINE_A_BITS = 6
 VARIANTS = {"DMQ's float layers": ("rtn", {"keep_time_embedding": True}),
-            "mixed precision": ("viditq", {"mp_fraction": 0.15})}
+            "mixed precision": ("viditq", {"mp_fraction": 0.15}),
+            "paper's balancing": ("viditq", PAPER_BALANCING)}
 """Baseline rows beside the methods as released, by name (their row is "<method> W4A<a> (<name>)"): the method and
 the overrides of its settings. RTN keeping DMQ's float layers (its timestep path too) sits at DMQ's bits, so DMQ's
 lead over RTN is not its float path; ViDiT-Q's metric-decoupled mixed precision (≈15 % of each group's layers at
-W8A8, the paper's W4A8-MP) is its published best result."""
+W8A8, the paper's W4A8-MP) is its published best result; its channel balancing as the paper's text describes it
+(every linear layer smoothed, rotated), where its released PixArt code smooths one layer and rotates none."""
 RELEASED, FIRST_LAST = CONVENTIONS = ("released", "first_last")
 """Which layers a row keeps float. 'released': each method as its release keeps them (Qua²SeDiMo: none, as the
 paper's search space). 'first_last': every method, Qua²SeDiMo included, keeps exactly the first and last layer a
