@@ -9,12 +9,16 @@ prompts and solver, the same calibration set of 32 images at noise seed 1000, FI
   * attention float: Q-Diffusion quantizes Q, K, V and the softmax probabilities with static per-tensor ranges,
     ViDiT-Q token-wise; RTN, the reference, leaves attention's act-to-act products float;
   * Q-Diffusion's weight grid as this project first had it (Lp search) and its softmax at the activation bits;
-  * ViDiT-Q with every layer quantized, with the first and last layer float instead of its released float layers, and
-    without smoothing, without rotation, at α = 0.5.
+  * ViDiT-Q with every layer quantized, with the first and last layer float instead of its released float layers,
+    without smoothing, at α = 0.5, smoothing every linear layer, and with the paper's balancing (every linear layer
+    smoothed from absolute maxima, then rotated; released: one layer smoothed, none rotated) with and without its
+    rotation.
   * DMQ as released and, at the common convention (first and last layer float, 4.24 bits on `tiny_pixart`, where it
     leads every method at equal bits): weights only, without LES, without weight reconstruction.
 Besides FID, each row's images at the first noise seed are compared pixel by pixel with the float model's
-(`sample_mse_vs_float`): FID can move with changes that are no closer to the float model's images.
+(`sample_mse_vs_float`): FID can move with changes that are no closer to the float model's images. `ink_vs_float`
+is the share of the first seed's pixels above 0.5 (stroke weight) relative to the float model's: a global bias that
+a digit classifier's features see and pixel MSE hardly does.
 The run's stage 02 must exist (its protocol); nothing is re-run.
 
 Run:  .venv/bin/python benchmarks/baseline_ablations.py [--model_id tiny_pixart] [--run_id default] [--only TEXT]
@@ -27,7 +31,7 @@ import argparse
 import json
 import sys
 
-from qsd.baselines import baseline, baseline_settings, dmq
+from qsd.baselines import baseline, baseline_settings, dmq, viditq
 from qsd.baselines.calibration import CalibrationSet
 from qsd.labelling import Labeller
 from qsd.models import load_model
@@ -52,8 +56,11 @@ ABLATIONS = (
     ("viditq", "first and last layer float instead of its own", A_BITS,
      {"keep_released": False, "keep_first_last": True}),
     ("viditq", "without smoothing", A_BITS, {"smoothing": False}),
-    ("viditq", "without rotation", A_BITS, {"rotation": "none"}),
     ("viditq", "alpha 0.5 (before issue 28)", A_BITS, {"alpha": 0.5}),
+    ("viditq", "every linear layer smoothed (moving average)", A_BITS, {"smoothed_layers": "all"}),
+    ("viditq", "the paper's balancing (every linear layer smoothed, absolute maxima, rotated)", A_BITS,
+     viditq.PAPER_BALANCING),
+    ("viditq", "the paper's balancing without rotation", A_BITS, viditq.PAPER_BALANCING | {"rotation": "none"}),
     ("viditq", "weights only (A16)", None, {}),
     ("dmq", "as in stage 06", A_BITS, {}),
     ("dmq", "first and last layer float instead of its own", A_BITS, dmq.FIRST_LAST_FLOAT),
@@ -63,6 +70,11 @@ ABLATIONS = (
      dmq.FIRST_LAST_FLOAT | {"reconstruction": {"iters": 0}}),
 )
 """(baseline, variant, activation bits (None: float), overrides of its stage-06 settings)."""
+
+
+def ink(images) -> float:
+    """Share of pixels above half intensity (how much stroke the digits carry)."""
+    return float((images.float() > 0.5).float().mean())
 
 
 def main() -> None:
@@ -80,10 +92,11 @@ def main() -> None:
     calibration = CalibrationSet.from_model(model, protocol, settings.calibration_samples, settings.calibration_seed)
 
     def scores(sampled=None) -> dict:
-        measured, _ = labeller.seed_scores(settings.noise_seeds, sampled)
+        measured, first = labeller.seed_scores(settings.noise_seeds, sampled, keep_images=protocol.n_images)
         return {"fid_mean": round(measured["fid_mean"], 2), "fid_std": round(measured["fid_std"], 2),
                 "fid_seeds": [round(v, 2) for v in measured["fid_seeds"]],
-                "sample_mse_vs_float": round(measured["sample_mse"], 5)}
+                "sample_mse_vs_float": round(measured["sample_mse"], 5),
+                "ink_vs_float": round(ink(first) / ink(labeller.float_images), 4)}
 
     rows = [{"baseline": "float", "variant": "", "a_bits": 16, "avg_bits": 16.0, "calibration_s": 0.0} | scores()]
     print(rows[-1], file=sys.stderr, flush=True)
