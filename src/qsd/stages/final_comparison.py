@@ -17,7 +17,8 @@ Steps:
      * each Qua²SeDiMo configuration's weights with DMQ's activation treatment (per-step static ranges + power-of-two
        channel scaling) at each of `dmq_a_bits`;
      * the baseline `variants` at each of `variant_a_bits` (`VARIANTS`: RTN keeping DMQ's float layers, DMQ's
-       neighbour at equal bits; ViDiT-Q's mixed precision, its published best);
+       neighbour at equal bits; ViDiT-Q's mixed precision, its published best; ViDiT-Q's channel balancing as its
+       paper describes it);
      every method keeping float what its release keeps float (`RELEASED`); then, under one rule for all
      (`FIRST_LAST`: the first and last layer float), at each of `first_last_a_bits`: every baseline whose release
      keeps other layers and each Qua²SeDiMo configuration.
