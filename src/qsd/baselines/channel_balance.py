@@ -97,12 +97,13 @@ def input_channel_peaks(denoiser: nn.Module, module_names: Iterable[str], calibr
         dim = channel_dim(module) % x.ndim
         within = [d for d in range(1, x.ndim) if d != dim]
         per_sample = (x.abs().float().amax(dim=within) if within else x.abs().float()).cpu()
+        batch = per_sample.amax(0) if statistic == "absmax" else per_sample.mean(0)
         if name not in found:
-            found[name] = per_sample.amax(0) if statistic == "absmax" else per_sample.mean(0)
+            found[name] = batch
         elif statistic == "absmax":
-            found[name] = torch.maximum(found[name], per_sample.amax(0))
+            found[name] = torch.maximum(found[name], batch)
         else:
-            found[name] = momentum * found[name] + (1 - momentum) * per_sample.mean(0)
+            found[name] = momentum * found[name] + (1 - momentum) * batch
 
     handles = [modules[name].register_forward_pre_hook(lambda m, a, name=name: hook(m, a, name))
                for name in module_names]

@@ -394,7 +394,7 @@ def rules(record: dict, a_bits: int | None) -> dict[str, str]:
     """The rule table's entries for a run's settings `record` (`BaselineResult.settings`)."""
     smoothed, statistic = record["smoothed"], {"momentum": "moving average of per-sample maxima",
                                                "absmax": "absolute maxima"}[record["scale_statistic"]]
-    where = (smoothed[0] if len(smoothed) == 1 else f"{len(smoothed)} layers")
+    where = smoothed[0] if len(smoothed) == 1 else f"{len(smoothed)} layers"
     smoothing = f"smoothing α {record['alpha']} on {where} ({statistic})" if smoothed else "no smoothing"
     attention = (f"per token A{a_bits} / A{a_bits}" if record["quantize_attention"] and a_bits is not None
                  else "float")
