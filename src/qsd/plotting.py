@@ -42,7 +42,8 @@ def label_points(ax: plt.Axes, points: list[tuple[float, float, str]], fontsize:
         px, py = (v * to_points for v in ax.transData.transform((x, y)))
         left, right = px + 6, px + 6 + 0.6 * fontsize * len(text)
         height = py + 2
-        while clash := [h for lo, hi, h in placed if lo < right and left < hi and abs(h - height) < gap_points]:
+        clear = gap_points * (1 - 1e-9)  # a label moved up by exactly the gap clears the one below despite rounding
+        while clash := [h for lo, hi, h in placed if lo < right and left < hi and abs(h - height) < clear]:
             height = max(clash) + gap_points
         placed.append((left, right, height))
         shift = height - (py + 2)
