@@ -28,7 +28,7 @@ OVERRIDES = {  # notebook parameters that keep the run small (on top of smoke=Tr
     "01": {"damage_options": []},
     "02": {"n_configs": 2, "n_images": 8, "steps": 2},
     "03": {"compare_losses": False, "compare_readout": False},
-    "05": {"budgets": [3.4, 4.0], "active_rounds": 0, "refit": False},  # a smoke run builds 3.4 and 4.0
+    "05": {"budgets": [3.4, 4.0], "search_rounds": 0},  # a smoke run builds 3.4 and 4.0
     "06": {"budgets": [3.4], "w3x_budget": 3.4, "baselines": ["rtn", "dmq"], "baseline_a_bits": [6],
            "qsd_a_bits": [6]},
     "07": {"w3x_budget": 3.4},

@@ -28,6 +28,7 @@ from margins import above, below
 from scipy.stats import spearmanr
 from test_notebooks import NOTEBOOKS, ROOT, SMOKE_RUN_ID, clear_smoke_runs, execute_smoke
 
+from qsd.config import QuantConfig
 from qsd.stages import final_comparison
 
 pytestmark = [pytest.mark.paper, pytest.mark.notebook]
@@ -392,7 +393,7 @@ def test_final_table_has_every_method_at_w4a8_and_w4a6(comparison, smoke_outputs
 def test_activation_bits_cost_no_weight_bits_and_float_is_sixteen(comparison, smoke_outputs):
     """§3.1's average bits count weights only: one Qua²SeDiMo configuration has the same average bits at A16, A8 and
     A6, equal to what stage 05 measured for it; the float row is 16 bits."""
-    built = pd.read_csv(smoke_outputs / "05_build_configs" / "constructions.csv").set_index("name")
+    built = pd.read_csv(smoke_outputs / "05_build_configs" / "frontier.csv").set_index("name")
     released = comparison[comparison["convention"] == "released"]
     for config, rows in released[released["family"].isin(["qsd", "qsd+dmq"])].groupby("config"):
         assert rows["avg_bits"].nunique() == 1
@@ -467,18 +468,30 @@ def test_packed_export_reproduces_fake_quantization_exactly(export):
 
 
 def test_exported_configuration_is_stage_05s_w3x(export, smoke_outputs):
-    """docs/stages.md, notebook 07: the exported configuration is the W3.x configuration stage 05 built for the GNN
-    frontier (its frontier.csv) at the largest budget up to `w3x_budget`, with the same average bits."""
+    """docs/stages.md, notebook 07: the exported configuration is stage 05's frontier configuration (its
+    frontier.csv) at the largest budget up to `w3x_budget`, with the same average bits."""
     settings = json.loads((smoke_outputs / "07_kernels_and_export" / "settings.json").read_text())
     built = smoke_outputs / "05_build_configs"
-    method = json.loads((built / "summary.json").read_text())["gnn_frontier"]
-    rows = pd.read_csv(built / "constructions.csv")
-    rows = rows[(rows["method"] == method) & rows["budget"].notna()].sort_values("budget")
-    frontier = pd.read_csv(built / "frontier.csv")
-    assert list(frontier["name"]) == list(rows["name"])
-    row = rows[rows["budget"] <= settings["w3x_budget"] + 1e-9].iloc[-1]
-    assert export["config_fingerprint"] == row["fingerprint"]
+    frontier = pd.read_csv(built / "frontier.csv").sort_values("budget")
+    row = frontier[frontier["budget"] <= settings["w3x_budget"] + 1e-9].iloc[-1]
+    assert export["config_fingerprint"] == QuantConfig.load(built / row["path"]).fingerprint
     assert export["avg_bits"] == pytest.approx(row["avg_bits"], abs=1e-4)
+
+
+def test_frontier_is_never_worse_than_a_labelled_configuration(smoke_outputs, built):
+    """Beyond §3.4 (issue 31): at every budget, stage 05's frontier configuration has the lowest FID of every
+    configuration the run labelled at no more average bits (random, uniform, constructed, searched), and the
+    summary says how the search loop ended and what it spent."""
+    labels = pd.read_csv(smoke_outputs / "02_label_configs" / "labels.csv")
+    labels = labels[labels["kind"] != "float"]
+    frontier = pd.read_csv(smoke_outputs / "05_build_configs" / "frontier.csv")
+    assert len(frontier)
+    for row in frontier.itertuples():
+        fits = labels[labels["avg_bits"] <= row.budget + 1e-9]
+        assert row.avg_bits <= row.budget + 1e-9 and row.fid == pytest.approx(fits["fid"].min())
+        assert row.name in set(labels["name"]) and row.source in {"random", "uniform", "constructed", "search"}
+    assert built["search"]["labels_spent"] == labels["name"].str.startswith("search r").sum()
+    assert built["search"]["stopped"]
 
 
 def test_packed_bytes_match_average_bits(export):

@@ -23,6 +23,7 @@ from qsd.search.active import ActiveLoop, ActiveSettings, Pool
 from qsd.search.construct import budget_config, error_scores, ridge_scores, rule_config
 from qsd.search.insights import insights, winners
 from qsd.search.knapsack import pareto_variants, solve_budget
+from qsd.search.loop import Candidate, LoopSettings, SearchLoop, labelled_frontier, random_labels_to_match
 from qsd.search.pareto import dominated_fraction, frontier_fid, pareto_front
 from qsd.search.scores import (
     CandidateVariants,
@@ -400,3 +401,81 @@ def test_active_loop_grows_its_labels_and_measures_both_arms_alike(graph, option
     assert {name.split(" ")[0] for batch in calls for name in batch} == {"random-arm", "active-arm"}
     with pytest.raises(InvalidSettingError, match="needs 8"):
         ActiveLoop(graph, option_table, label, settings).run(Pool(draw[:5], np.ones(5), [], np.ones(0), []))
+
+
+# ---------------------------------------------------------------------- the search loop
+def test_labelled_frontier_and_random_labels_to_match_by_hand():
+    """Per budget the lowest FID at ≤ that many bits (None where nothing fits); the random labels needed are the
+    leading configurations of the stream up to the first one that fits the budget and reaches the target."""
+    bits, fids = [3.9, 3.2, 3.6, 3.3, 4.4], [50.0, 90.0, 40.0, 70.0, 10.0]
+    assert labelled_frontier(bits, fids, [3.1, 3.2, 3.5, 4.0, 4.5]) == [None, 1, 3, 2, 4]
+    assert random_labels_to_match(bits, fids, [3.5, 4.0, 4.0], [80.0, 45.0, 30.0]) == [4, 3, None]
+
+
+def loop_fixture(graph, option_table):
+    """A synthetic labeller (FID grows with the summed option error), its call log and 12 random starting labels."""
+    error = option_table.set_index(["unit", "option"])["error"]
+    size = option_table.set_index(["unit", "option"])["size_bits"]
+    weights = option_table.groupby("unit")["n_weights"].first().sum()
+
+    def fid(config: QuantConfig) -> float:
+        return float(np.exp(5 * sum(error[layer, spec.key] for layer, spec in config.items())))
+
+    def avg_bits(config: QuantConfig) -> float:
+        return float(sum(size[layer, spec.key] for layer, spec in config.items()) / weights)
+
+    calls: list[list[str]] = []
+
+    def label(configs, names):
+        calls.append([c.fingerprint for c in configs])
+        return np.array([fid(c) for c in configs])
+
+    rng = np.random.default_rng(3)
+    draw = [QuantConfig({layer: OPTIONS[rng.integers(len(OPTIONS))] for layer in graph.unit_names}) for _ in range(12)]
+    start = [Candidate(f"random {i}", c, avg_bits(c), fid(c), "random") for i, c in enumerate(draw)]
+    bits = option_table.groupby("unit")["size_bits"].agg(["min", "max"]).sum() / weights
+    budgets = (float(bits["min"] + 0.3 * (bits["max"] - bits["min"])), float(bits.mean()))
+    return label, calls, start, budgets, fid, avg_bits
+
+
+def test_search_loop_labels_only_what_is_new_and_its_frontier_is_never_worse(graph, option_table):
+    """Every round fits once per seed and builds every budget; only configurations no earlier round (or the start)
+    labelled are labelled, each once; after every round the frontier is the best labelled configuration at ≤ each
+    budget, so it never gets worse and is never beaten by any candidate at equal or fewer bits."""
+    label, calls, start, budgets, fid, avg_bits = loop_fixture(graph, option_table)
+    settings = LoopSettings(budgets=budgets, rounds=2, seeds=2, folds=2, stop_fid=0.0,
+                            predictor=PredictorSettings(hops=SETTINGS.hops), training=TrainSettings(epochs=1))
+    result = SearchLoop(graph, option_table, label, settings).run(start)
+    proposals, rounds = result.proposals, result.rounds
+    ran = int(rounds["round"].max())
+    assert len(proposals) == ran * settings.seeds * len(budgets)
+    labelled = [fp for batch in calls for fp in batch]
+    assert len(labelled) == len(set(labelled)) == proposals["new"].sum() == len(result.candidates) - len(start)
+    assert not set(labelled) & {c.config.fingerprint for c in start}
+    assert all(c.fid == pytest.approx(fid(c.config)) and c.avg_bits == pytest.approx(avg_bits(c.config))
+               for c in result.candidates)
+    for _, rows in rounds.groupby("budget"):
+        assert (np.diff(rows.sort_values("round")["fid"]) <= 0).all()
+    final = result.frontier().set_index("budget")
+    for budget in final.index:
+        fits = [c.fid for c in result.candidates if c.avg_bits <= budget + 1e-9]
+        assert final.loc[budget, "fid"] == min(fits) and final.loc[budget, "avg_bits"] <= budget + 1e-9
+    spread = result.seed_spread()
+    assert spread["fids"].map(len).eq(settings.seeds).all()
+
+
+def test_search_loop_stops_by_its_rule(graph, option_table):
+    """No gain above `stop_fid` ends the loop after that round (and says so); rounds = 0 leaves the starting
+    frontier; bad settings are refused."""
+    label, calls, start, budgets, *_ = loop_fixture(graph, option_table)
+    common = {"budgets": budgets, "seeds": 1, "folds": 2, "predictor": PredictorSettings(hops=SETTINGS.hops),
+              "training": TrainSettings(epochs=1)}
+    result = SearchLoop(graph, option_table, label, LoopSettings(rounds=3, stop_fid=1e9, **common)).run(start)
+    assert result.rounds["round"].max() == 1 and "after round 1" in result.stopped
+    none = SearchLoop(graph, option_table, label, LoopSettings(rounds=0, **common)).run(start)
+    assert none.rounds["round"].unique().tolist() == [0] and none.proposals.empty
+    assert none.frontier()["name"].str.startswith("random").all()
+    with pytest.raises(InvalidSettingError, match="seeds ≥ 1"):
+        LoopSettings(budgets=budgets, seeds=0)
+    with pytest.raises(InvalidSettingError, match="at least folds = 2"):
+        SearchLoop(graph, option_table, label, LoopSettings(rounds=1, **common)).run(start[:1])

@@ -109,4 +109,6 @@ def test_stage_06_rows_depend_on_neither_progress_nor_other_budgets(copied_run):
     quiet, loud = plan(progress=False, **top), plan(progress=True, **top)
     assert quiet == loud
     more = plan(budgets=tuple(built), w3x_budget=max(built))
-    assert set(quiet) < set(more) and all(more[name] == deps for name, deps in quiet.items())
+    distinct = copied_run.frontier()["name"].nunique()  # budgets with one best configuration share rows
+    assert set(quiet) <= set(more) and (distinct == 1 or set(quiet) < set(more))
+    assert all(more[name] == deps for name, deps in quiet.items())

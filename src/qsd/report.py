@@ -230,6 +230,22 @@ def dominated(value: object) -> str:
                      f"{d['paired']['mean']:+.1f} FID)" for name, d in value.items())
 
 
+def frontier(value: object) -> str:
+    """Stage 05's frontier: per budget, the configuration, its FID and average bits."""
+    if not isinstance(value, Mapping):
+        return text(value)
+    return "; ".join(f"≤{budget}: {d['name']} {d['fid']:.1f} ({d['avg_bits']:.2f} bits)"
+                     for budget, d in value.items()) or "none"
+
+
+def spread(value: object) -> str:
+    """Per key, 'mean ± std' of a {'mean', 'std'} mapping."""
+    if not isinstance(value, Mapping):
+        return text(value)
+    show = number(".1f")
+    return "; ".join(f"{k} {show(d['mean'])} ± {show(d['std'])}" for k, d in value.items()) or "none"
+
+
 def count(value: object) -> str:
     return text(len(value)) if isinstance(value, list | Mapping) else text(value)
 
@@ -273,9 +289,10 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field(("constructed",)), Field(("best_uniform_w4",)), Field(("best_uniform_w4_fid",), number(".1f")),
         Field(("best_uniform_w4_bits",), number(".2f")), Field(("best_sub35",)),
         Field(("best_sub35_fid",), number(".1f")), Field(("best_sub35_bits",), number(".2f")),
-        Field(("sub35_beats_uniform_w4",)), Field(("gnn_frontier",)), Field(("frontier_dominates_random",)),
-        Field(("gnn_beats_error_knapsack",)), Field(("active_labels_to_match_random",)),
-        Field(("random_label_budget",)),
+        Field(("sub35_beats_uniform_w4",)), Field(("gnn_beats_error_knapsack",)), Field(("search", "stopped")),
+        Field(("search", "labels_at_start")), Field(("search", "labels_spent")), Field(("frontier",), frontier),
+        Field(("search_seed_spread",), spread), Field(("random_best_fid",), each(".1f")),
+        Field(("random_labels_to_match",)), Field(("frontier_beats_random_labelling",)),
     ),
     COMPARISON: (
         Field(("float_fid",), number(".1f")), Field(("qsd_w3x_config",)), Field(("qsd_w3x_a6_bits",), number(".2f")),
@@ -372,7 +389,10 @@ def glance_lines(run: Run) -> list[str]:
         f"FID {v(s05, 'best_sub35_fid', spec='.1f')} at {v(s05, 'best_sub35_bits', spec='.2f')} bits; "
         f"best uniform W4 {name(s05, 'best_uniform_w4')}, FID {v(s05, 'best_uniform_w4_fid', spec='.1f')} "
         f"at {v(s05, 'best_uniform_w4_bits', spec='.2f')} bits. "
-        f"≤ 3.5 bits as good as W4: **{v(s05, 'sub35_beats_uniform_w4')}**.",
+        f"≤ 3.5 bits as good as W4: **{v(s05, 'sub35_beats_uniform_w4')}**. Search loop: "
+        f"{v(s05, 'search', 'stopped')}, {v(s05, 'search', 'labels_spent')} labels on top of "
+        f"{v(s05, 'search', 'labels_at_start')}; frontier better than the best random label at every budget: "
+        f"**{v(s05, 'frontier_beats_random_labelling')}**.",
         f"- **Central claim** (stage 06): {name(s06, 'qsd_w3x_config')} at A6, "
         f"FID {v(s06, 'qsd_w3x_a6_fid', spec='.1f')} ± {v(s06, 'qsd_w3x_a6_fid_std', spec='.1f')} "
         f"({v(s06, 'qsd_w3x_a6_bits', spec='.2f')} bits); best W4A6 baseline {v(s06, 'best_baseline_w4a6')}, "

@@ -71,6 +71,10 @@ class RunFolder:
         """The settings `stage` ran with (its settings.json: the effective settings)."""
         return json.loads(self.require(stage, "settings.json", f"stage-{stage[:2]} settings").read_text())
 
+    def summary(self, stage: str) -> dict:
+        """What `stage` measured (its summary.json)."""
+        return json.loads(self.require(stage, "summary.json", f"stage-{stage[:2]} summary").read_text())
+
     def sampled_seeds(self) -> set[int]:
         """The noise seeds stages 00-02 sampled with, read from their settings: stage 02's labelling seed and the next
         `float_seeds − 1` (its float spread; stage 05 labels at the same seed), and the `seed` of stages 00 and 01

@@ -2,11 +2,11 @@
 frontier (paper §3.4, §6; notebook 05_build_configs).
 
 Steps:
-  1. Read stage 04's scores, stage 02's labels and stage 03's settings (its target's λ, the predictor's hops,
-     readout and loss, which the ridge yardstick, the active loop and the refit use); nothing upstream is re-run.
-     A budget below the search space's lowest average bits is an error naming that lowest, before anything is
-     written.
-  2. Build configurations:
+  1. Read stage 04's scores, stage 02's labels and summary and stage 03's settings (its target's λ, the
+     predictor's hops, readout and loss, which the ridge yardstick and the search loop use); nothing upstream is
+     re-run. A budget below the search space's lowest average bits is an error naming that lowest, before anything
+     is written.
+  2. Build configurations (the paper's reproduction):
      * the paper's rule — the top-scoring variant of every unit — at node and subgraph level (`rule_target`'s
        scores, the paper's −FID − λ·bits by default, so λ sets the bit width);
      * for every budget B, the exact best total score with average bits ≤ B (`qsd.search.knapsack`) from the GNN's
@@ -15,18 +15,22 @@ Steps:
        `knapsack_target`'s scores (FID alone by default: the budget already holds the bits).
   3. Label every constructed configuration under stage 02's protocol into the same store (kind `constructed`,
      the name says how it was built).
-  4. Beyond the paper: predictor-guided labelling against random labelling at the same label budget
-     (`qsd.search.active`; every label goes to the store).
-  5. Refit (`refit`): the GNN retrained on the run's random and uniform rows and every configuration steps 2-4
-     labelled rebuilds the budget configurations (`gnn-refit`), which are labelled too.
-  6. Compare: each construction's frontier against the random configurations and the uniform ones; the summary's
-     headline fields (`best_uniform_w4_fid`, `best_sub35_fid`, `best_sub35_bits`, `frontier_dominates_random`,
-     `gnn_beats_error_knapsack`, both for `gnn_frontier`: the refit GNN's when it ran, else the stage-03 GNN's).
+  4. Optionally (`active_rounds`), predictor-guided labelling against random labelling at the same label budget
+     (`qsd.search.active`).
+  5. Beyond the paper, the search loop (`qsd.search.loop`): from the run's random and uniform rows and everything
+     steps 3-4 labelled, `search_rounds` rounds of fit → knapsack at every budget → label → refit, each round once
+     per training seed (`search_seeds`), stopping when no budget's frontier gains more than `stop_fid` (stage 02's
+     float seed spread). The frontier is, per budget, the best labelled configuration at ≤ B average bits among
+     all of them (uniform and random rows included: never worse than a labelled configuration at equal or fewer
+     bits).
+  6. Compare: each construction against the random and uniform configurations; the frontier against random
+     labelling (how many of the run's random labels reach it); the seeds' spread per budget.
 
 Outputs in `data/runs/<model_id>/<run_id>/05_build_configs/`: constructions.csv (method, budget, name, avg bits,
-score, FID), configs/<name>.json (each configuration, the refit's included), frontier.csv (the `gnn_frontier`
-method's budget configurations: what stages 06 and 07 read, `RunFolder.frontier_config`), summary.json; figures
-`05_pareto_<model_id>.png`, `05_active_<model_id>.png`.
+score, FID; the loop's rows with round and seed), search.csv (the frontier after every round), configs/<name>.json,
+frontier.csv (per budget the frontier's configuration and its source: what stages 06 and 07 read,
+`RunFolder.frontier_config`), summary.json; figures `05_pareto_<model_id>.png`, `05_search_<model_id>.png` and,
+when the active comparison ran, `05_active_<model_id>.png`.
 """
 
 from __future__ import annotations
@@ -53,9 +57,17 @@ from qsd.predictor.target import TARGETS, TargetExpression
 from qsd.predictor.training import TrainSettings
 from qsd.predictor.yardsticks import RidgeYardstick
 from qsd.provenance import write_run_record
-from qsd.run_folder import CONFIGS, FRONTIER_FILE, PREDICTOR, RunFolder
-from qsd.search.active import ActiveLoop, ActiveSettings, Pool, fit_fold_scorers, frontier_configs
+from qsd.run_folder import CONFIGS, FRONTIER_FILE, LABELS, PREDICTOR, RunFolder
+from qsd.search.active import ActiveLoop, ActiveSettings, Pool
 from qsd.search.construct import budget_config, error_scores, lowest_budget, ridge_scores, rule_config
+from qsd.search.loop import (
+    Candidate,
+    LoopResult,
+    LoopSettings,
+    SearchLoop,
+    labelled_frontier,
+    random_labels_to_match,
+)
 from qsd.search.pareto import dominated_fraction, pareto_front
 from qsd.search.scores import LEVELS
 from qsd.stages import StageSettings
@@ -63,7 +75,8 @@ from qsd.stages import StageSettings
 STAGE = CONFIGS
 DEFAULT_BUDGETS = (3.3, 3.4, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0)
 YARDSTICKS = ("error", "ridge")
-REFIT = "gnn-refit"
+SEARCH = "search"
+"""Method name of the search loop's configurations in constructions.csv (`search r<round>`)."""
 POOL_STREAM = 1
 """Seed-stream tag of the active loop's candidate pool (stage 02's random stream is untagged)."""
 SUB_BITS = 3.5
@@ -82,8 +95,20 @@ class Settings(StageSettings):
     """Stage-04 target whose scores (and the ridge yardstick's target) the bit-budget configurations use."""
     yardsticks: tuple[str, ...] = YARDSTICKS
     """Simpler scores built with the same knapsack: 'error' (−per-layer error), 'ridge' (per-layer coefficients)."""
-    active_rounds: int = 4
-    """Rounds of predictor-guided labelling compared with random labelling (`qsd.search.active`; 0 skips it)."""
+    search_rounds: int = 3
+    """Rounds of the search loop (`qsd.search.loop`): fit on every label so far → knapsack at `budgets` → label
+    → refit; 0 skips it (the frontier is then the best labelled configuration per budget)."""
+    search_seeds: int = 3
+    """Training seeds per round (folds and initialisation): each builds and labels its own configurations, which
+    gives the search its own spread."""
+    search_folds: int = 5
+    search_epochs: int = 50
+    stop_fid: float | None = None
+    """The loop stops after a round in which no budget's frontier fell by more than this FID; None: stage 02's
+    float seed spread (a smaller gain is within the labels' noise)."""
+    active_rounds: int = 0
+    """Rounds of predictor-guided labelling compared with random labelling (`qsd.search.active`; 0 skips it: the
+    search loop counts its labels against random labelling without labelling more random configurations)."""
     active_initial: int = 40
     """Random labels both arms start from."""
     active_per_round: int = 10
@@ -94,24 +119,20 @@ class Settings(StageSettings):
     active_epochs: int = 50
     active_pool: int = 300
     """Unlabelled random candidates (their own seed stream) the explore step picks from."""
-    refit: bool = True
-    """Last, retrain the GNN (FID target) on the run's random and uniform rows and every configuration this stage
-    labelled before, and rebuild the budget configurations from it (method `gnn-refit`)."""
-    refit_folds: int = 5
-    refit_epochs: int = 50
     w4_max_avg_bits: float = 4.5
     """The best uniform 4-bit row is taken among those with at most this many average bits (stage 02's bar)."""
     progress: bool = True
 
-    SMOKE: ClassVar[dict[str, object]] = {"budgets": (3.4, 4.0), "active_rounds": 1, "active_initial": 2,
+    SMOKE: ClassVar[dict[str, object]] = {"budgets": (3.4, 4.0), "search_rounds": 2, "search_seeds": 2,
+                                          "search_folds": 2, "search_epochs": 2, "active_initial": 2,
                                           "active_per_round": 1, "active_budgets": (4.0,), "active_folds": 2,
-                                          "active_epochs": 2, "active_pool": 8, "refit_folds": 2,
-                                          "refit_epochs": 2, "progress": False}
+                                          "active_epochs": 2, "active_pool": 8, "progress": False}
 
     RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
         "budgets": (1, 16), "active_rounds": (0, None), "active_initial": (2, None), "active_per_round": (1, None),
         "active_budgets": (1, 16), "active_folds": (2, None), "active_epochs": (1, None), "active_pool": (0, None),
-        "refit_folds": (2, None), "refit_epochs": (1, None), "w4_max_avg_bits": (1, 16)}
+        "search_rounds": (0, None), "search_seeds": (1, None), "search_folds": (2, None), "search_epochs": (1, None),
+        "stop_fid": (0, None), "w4_max_avg_bits": (1, 16)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -134,6 +155,8 @@ class Result:
     labels: pd.DataFrame
     """Every row of the run's store (random, uniform, float and constructed)."""
     summary: dict
+    search: LoopResult
+    """The search loop: its proposals per round and seed, the frontier after every round, why it stopped."""
     active: pd.DataFrame | None = None
     """The active loop's checkpoints (`qsd.search.active.ActiveResult.checkpoints`), when it ran."""
 
@@ -236,48 +259,90 @@ def run(settings: Settings) -> Result:
         active, active_fingerprints = active_comparison(settings, session, labels, graph, option_table, recipe)
         active.to_csv(directory / "active.csv", index=False)
         labelled_here |= active_fingerprints
-    if settings.refit:
-        labels = run_folder.labels()
-        rows = labels[labels["kind"].isin(["random", "uniform"]) | labels["fingerprint"].isin(labelled_here)]
-        constructions = pd.concat([constructions, refit_frontier(settings, session, rows, graph, option_table, recipe)],
-                                  ignore_index=True)
-        constructions.to_csv(directory / "constructions.csv", index=False)
+    loop = search(settings, session, start_candidates(run_folder.labels(), labelled_here), graph, option_table,
+                  recipe, stop_fid(settings, run_folder))
+    searched = loop.proposals.assign(method=[f"{SEARCH} r{r}" for r in loop.proposals["round"]])
+    constructions = pd.concat([constructions, searched], ignore_index=True)
+    constructions.to_csv(directory / "constructions.csv", index=False)
+    loop.rounds.to_csv(directory / "search.csv", index=False)
+    write_frontier(directory, loop)
     labels = run_folder.labels()
-    summary = _summary(settings, constructions, labels) | ({} if active is None else active_summary(active))
-    write_frontier(directory, constructions, summary["gnn_frontier"])
+    summary = (_summary(settings, constructions, labels) | search_summary(loop, labels)
+               | ({} if active is None else active_summary(active)))
     write_run_record(directory, settings, summary)
-    return Result(settings, directory, constructions, labels, summary, active)
+    return Result(settings, directory, constructions, labels, summary, loop, active)
 
 
-def write_frontier(directory: Path, constructions: pd.DataFrame, method: str) -> None:
-    """`FRONTIER_FILE`: the budget configurations of `method` (the Qua²SeDiMo frontier stages 06 and 07 take), with
-    each configuration's path relative to this stage's folder."""
-    rows = constructions[(constructions["method"] == method) & constructions["budget"].notna()]
-    table = rows[["budget", "name", "avg_bits", "fid"]].assign(
-        path=[f"configs/{_file_name(name)}.json" for name in rows["name"]])
+def stop_fid(settings: Settings, run: RunFolder) -> float:
+    """The loop's stopping gain: the setting, or stage 02's float seed spread."""
+    if settings.stop_fid is not None:
+        return settings.stop_fid
+    return float(run.summary(LABELS)["float_seed_fid_spread"])
+
+
+def start_candidates(labels: pd.DataFrame, labelled_here: set[str]) -> list[Candidate]:
+    """What the loop starts from and the frontier chooses among: the run's random and uniform rows and the
+    configurations this stage labelled before the loop (a re-run starts from the same rows)."""
+    rows = labels[(labels["kind"].isin(["random", "uniform"]) | labels["fingerprint"].isin(labelled_here))
+                  & labels["fid"].notna()]
+    return [Candidate(row.name, QuantConfig.loads(row.config), float(row.avg_bits), float(row.fid), row.kind)
+            for row in rows.itertuples()]
+
+
+def search(settings: Settings, session: LabelSession, start: list[Candidate], graph: DenoiserGraph,
+           option_table: pd.DataFrame, recipe: PredictorRecipe, stop: float) -> LoopResult:
+    """The search loop at `budgets` from `start` (every new label goes to the store as kind `constructed`)."""
+    loop_settings = LoopSettings(budgets=settings.budgets, rounds=settings.search_rounds, seeds=settings.search_seeds,
+                                 folds=settings.search_folds, level=settings.level, predictor=recipe.predictor,
+                                 training=recipe.training(settings.search_epochs, settings.seed), stop_fid=stop,
+                                 seed=settings.seed)
+
+    def label(batch: list[QuantConfig], names: list[str]) -> np.ndarray:
+        return session.fids([LabelJob(c, "constructed", n) for c, n in zip(batch, names, strict=True)],
+                            progress=False)
+
+    return SearchLoop(graph, option_table, label, loop_settings, settings.progress).run(start)
+
+
+def write_frontier(directory: Path, loop: LoopResult) -> None:
+    """`FRONTIER_FILE`: per budget, the best labelled configuration at ≤ that many average bits (the Qua²SeDiMo
+    frontier stages 06 and 07 take), each saved in configs/ and named by a path relative to this stage's folder."""
+    frontier = loop.frontier()
+    by_name = {c.name: c for c in loop.candidates}
+    paths = [f"configs/{_file_name(name)}.json" for name in frontier["name"]]
+    for name, path in zip(frontier["name"], paths, strict=True):
+        by_name[name].config.save(directory / path)
+    table = frontier[["budget", "name", "source", "avg_bits", "fid"]].assign(path=paths)
     atomic_write(directory / FRONTIER_FILE, lambda tmp: table.to_csv(tmp, index=False))
 
 
-def refit_frontier(settings: Settings, session: LabelSession, labels: pd.DataFrame, graph: DenoiserGraph,
-                   option_table: pd.DataFrame, recipe: PredictorRecipe) -> pd.DataFrame:
-    """The budget configurations of fold predictors trained on `labels` (the run's random and uniform rows and what
-    this stage labelled before: a re-run trains on the same rows), labelled; rows of the constructions table
-    (method `gnn-refit`)."""
-    rows = labels[labels["fid"].notna()]
-    scorers = fit_fold_scorers(graph, option_table, [QuantConfig.loads(c) for c in rows["config"]],
-                               rows["fid"].to_numpy(dtype=float), settings.refit_folds, recipe.predictor,
-                               recipe.training(settings.refit_epochs, settings.seed), seed=settings.seed)
-    built = frontier_configs(graph, option_table, scorers, settings.level, settings.budgets)
-    names = {budget: f"{REFIT} ≤{budget:.2f} bits" for budget in built}
-    configs = RunFolder(settings.model_id, settings.run_id).path(STAGE) / "configs"
-    for budget, b in built.items():
-        b.config.save(configs / f"{_file_name(names[budget])}.json")
-    fids = session.fids([LabelJob(b.config, "constructed", names[budget]) for budget, b in built.items()],
-                        progress=False)
-    return pd.DataFrame([{"method": REFIT, "budget": budget, "name": names[budget], "score": b.solution.score,
-                          "note": b.note, "fingerprint": b.config.fingerprint, "avg_bits": b.solution.avg_bits,
-                          "fid": fid, "trained_on": len(rows)}
-                         for (budget, b), fid in zip(built.items(), fids, strict=True)])
+def search_summary(loop: LoopResult, labels: pd.DataFrame) -> dict:
+    """The loop's record: rounds run and why it stopped, labels spent, the final frontier per budget, the seeds'
+    spread, and against random labelling (the best of the run's random labels at each budget): how many random
+    labels reach the frontier's FID, and whether the frontier is better at every budget."""
+    frontier, rounds = loop.frontier(), loop.rounds
+    random_rows = labels[(labels["kind"] == "random") & labels["fid"].notna()].sort_values("sample_index")
+    budgets = frontier["budget"].tolist()
+    needed = random_labels_to_match(random_rows["avg_bits"], random_rows["fid"], budgets, frontier["fid"])
+    random_best = [None if i is None else float(random_rows["fid"].iloc[i])
+                   for i in labelled_frontier(random_rows["avg_bits"], random_rows["fid"], budgets)]
+    beats = [best is None or fid < best for fid, best in zip(frontier["fid"], random_best, strict=True)]
+    at_start = int(rounds.loc[rounds["round"] == 0, "labels"].iloc[0])
+    spread = loop.seed_spread()
+    return {
+        "search": {"rounds_run": int(rounds["round"].max()), "stopped": loop.stopped, "labels_at_start": at_start,
+                   "labels_spent": len(loop.candidates) - at_start},
+        "frontier": {f"{row.budget:.2f}": {"name": row.name, "source": row.source,
+                                           "avg_bits": round(float(row.avg_bits), 4), "fid": round(float(row.fid), 4)}
+                     for row in frontier.itertuples()},
+        "search_seed_spread": {f"{row.budget:.2f}": {"mean": round(float(row.mean), 4), "std": round(float(row.std), 4)}
+                               for row in spread.itertuples()},
+        "random_labels": len(random_rows),
+        "random_best_fid": {f"{b:.2f}": None if f is None else round(f, 4)
+                            for b, f in zip(budgets, random_best, strict=True)},
+        "random_labels_to_match": {f"{b:.2f}": n for b, n in zip(budgets, needed, strict=True)},
+        "frontier_beats_random_labelling": bool(all(beats)) if beats else None,
+    }
 
 
 def active_comparison(settings: Settings, session: LabelSession, labels: pd.DataFrame, graph: DenoiserGraph,
@@ -347,8 +412,7 @@ def _summary(settings: Settings, constructions: pd.DataFrame, labels: pd.DataFra
                              "fid": [round(float(f), 4) for f in rows["fid"]],
                              "dominated_random_share": None if judged == 0 else round(share, 4),
                              "judged_random": judged}
-    gnn = REFIT if settings.refit else gnn_name(settings.level)
-    wins = _budget_wins(built, gnn, "error")
+    wins = _budget_wins(built, gnn_name(settings.level), "error")
     return {
         "level": settings.level, "rule_target": settings.rule_target, "knapsack_target": settings.knapsack_target,
         "constructed": len(built),
@@ -360,8 +424,6 @@ def _summary(settings: Settings, constructions: pd.DataFrame, labels: pd.DataFra
         "best_sub35_bits": None if best_sub is None else round(float(best_sub["avg_bits"]), 4),
         "sub35_beats_uniform_w4": (None if best_sub is None or best_w4 is None
                                    else bool(best_sub["fid"] <= best_w4["fid"])),
-        "gnn_frontier": gnn,
-        "frontier_dominates_random": bool(frontiers.get(gnn, {}).get("dominated_random_share") == 1.0),
         "gnn_beats_error_knapsack": None if wins is None else bool(wins > 0.5),
         "gnn_beats_error_share": None if wins is None else round(wins, 4),
         "rule": {r["name"]: {"avg_bits": round(float(r["avg_bits"]), 4), "fid": round(float(r["fid"]), 4)}
@@ -385,20 +447,44 @@ def summary_text(result: Result) -> str:
              f"{s['best_uniform_w4_fid']:.2f} at {s['best_uniform_w4_bits']:.3f} bits",
              f"best constructed at ≤ {SUB_BITS} bits: {s['best_sub35']} FID {s['best_sub35_fid']:.2f} at "
              f"{s['best_sub35_bits']:.3f} bits (beats uniform W4: {s['sub35_beats_uniform_w4']})",
-             f"GNN frontier ({s['gnn_frontier']}) dominates every random configuration: "
-             f"{s['frontier_dominates_random']}; beats the per-layer-error knapsack at most budgets: "
-             f"{s['gnn_beats_error_knapsack']}"]
+             "stage-03 GNN knapsack beats the per-layer-error knapsack at most budgets: "
+             f"{s['gnn_beats_error_knapsack']}",
+             f"search loop: {s['search']['stopped']}; {s['search']['labels_spent']} labels on top of "
+             f"{s['search']['labels_at_start']}; frontier better than the best of {s['random_labels']} random labels "
+             f"at every budget: {s['frontier_beats_random_labelling']}"]
     for name, row in s["rule"].items():
         lines.append(f"  {name}: {row['avg_bits']:.3f} bits, FID {row['fid']:.2f}")
     return "\n".join(lines)
 
 
 def budget_table(result: Result) -> pd.DataFrame:
-    """FID per budget (rows) and method (columns), with the achieved average bits."""
-    rows = result.constructions[result.constructions["budget"].notna()]
+    """FID per budget (rows) and construction (columns: the paper's GNN and the yardsticks), with the achieved
+    average bits."""
+    rows = result.constructions[result.constructions["budget"].notna()
+                                & ~result.constructions["method"].str.startswith(SEARCH)]
     fid = rows.pivot(index="budget", columns="method", values="fid")
     bits = rows.pivot(index="budget", columns="method", values="avg_bits").add_suffix(" bits")
     return pd.concat([fid, bits], axis=1).round(3)
+
+
+def search_table(result: Result) -> pd.DataFrame:
+    """Per budget: the frontier's FID after every round (round 0: before the loop), the final frontier's source and
+    bits, the last round's seed mean ± std, and the best of the run's random labels."""
+    rounds = result.search.rounds
+    table = rounds.pivot(index="budget", columns="round", values="fid").add_prefix("FID after round ")
+    final = result.search.frontier().set_index("budget")
+    spread = result.search.seed_spread().set_index("budget")
+    s = result.summary
+    table["frontier"] = final["name"]
+    table["source"] = final["source"]
+    table["avg bits"] = final["avg_bits"]
+    table["seeds' FID"] = [f"{spread.loc[b, 'mean']:.1f} ± {spread.loc[b, 'std']:.1f}" if b in spread.index else ""
+                           for b in table.index]
+    table["best random"] = [s["random_best_fid"].get(f"{b:.2f}") for b in table.index]
+    needed = s["random_labels_to_match"]
+    table["random labels to match"] = [("" if f"{b:.2f}" not in needed else needed[f"{b:.2f}"] or
+                                        f"> {s['random_labels']}") for b in table.index]
+    return table.round(2)
 
 
 def active_text(result: Result) -> str:
@@ -434,8 +520,14 @@ def plot_pareto(result: Result) -> Figure:
     for row in uniform.itertuples():
         ax.annotate(QuantSpec(row.method, int(row.w_bits)).key, (row.avg_bits, row.fid), fontsize=6, color="crimson",
                     textcoords="offset points", xytext=(4, 2))
-    for method, rows in built[built["budget"].notna() & built["fid"].notna()].groupby("method", sort=False):
+    budget_rows = built[built["budget"].notna() & built["fid"].notna()]
+    searched = budget_rows["method"].str.startswith(SEARCH)
+    for method, rows in budget_rows[~searched].groupby("method", sort=False):
         ax.plot(rows["avg_bits"], rows["fid"], marker="o", ms=4, lw=1.4, label=f"{method} knapsack")
+    ax.scatter(budget_rows.loc[searched, "avg_bits"], budget_rows.loc[searched, "fid"], marker="x", s=18,
+               color="tab:purple", alpha=0.7, label=f"search loop ({int(searched.sum())} proposals)")
+    frontier = result.search.frontier()
+    ax.step(frontier["avg_bits"], frontier["fid"], where="post", color="black", lw=2, label="frontier (best labelled)")
     for row in built[built["budget"].isna() & built["fid"].notna()].itertuples():
         ax.scatter(row.avg_bits, row.fid, marker="*", s=120, zorder=5, label=row.name)
     float_fid = labels.loc[labels["kind"] == "float", "fid"]
@@ -446,6 +538,39 @@ def plot_pareto(result: Result) -> Figure:
            title=f"{s.model_id}: constructed configurations vs random and uniform")
     ax.legend(fontsize=7, frameon=False, bbox_to_anchor=(1.01, 1), loc="upper left")
     savefig(fig, f"05_pareto_{s.model_id}", s.figures_to(result.directory))
+    return fig
+
+
+def plot_search(result: Result) -> Figure:
+    """Left: the frontier's FID per budget after every round of the search loop (round 0: before it) and the best
+    of the run's random labels. Right: the last round's configurations per budget, one point per training seed,
+    with the final frontier."""
+    s, loop = result.settings, result.search
+    fig, (left, right) = new_figure(11, 4.2, ncols=2)
+    rounds = sorted(loop.rounds["round"].unique())
+    colours = dict(zip(rounds, sns.color_palette("viridis", len(rounds)), strict=True))
+    for round_, rows in loop.rounds.groupby("round"):
+        left.plot(rows["budget"], rows["fid"], marker="o", ms=4, color=colours[round_],
+                  label=f"round {round_} ({int(rows['labels'].iloc[0])} labels)")
+    best_random = result.summary["random_best_fid"]
+    left.plot([float(b) for b in best_random], [np.nan if f is None else f for f in best_random.values()],
+              color="0.5", ls="--", marker="x", label=f"best of {result.summary['random_labels']} random labels")
+    left.set_yscale("log")
+    left.set(xlabel="budget (average bits)", ylabel="FID of the best labelled configuration (log)",
+             title="frontier after each round")
+    left.legend(fontsize=7, frameon=False)
+    if len(loop.proposals):
+        last = loop.proposals[loop.proposals["round"] == loop.proposals["round"].max()]
+        right.scatter(last["budget"], last["fid"], marker="x", color="tab:purple",
+                      label=f"round {int(last['round'].iloc[0])}, one per seed")
+    frontier = loop.frontier()
+    right.scatter(frontier["budget"], frontier["fid"], marker="o", facecolor="none", edgecolor="black", s=50,
+                  label="frontier")
+    right.set_yscale("log")
+    right.set(xlabel="budget (average bits)", ylabel="labelled FID (log)", title="the search's spread over seeds")
+    right.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"{s.model_id}: the search loop ({result.summary['search']['stopped']})", fontsize=9)
+    savefig(fig, f"05_search_{s.model_id}", s.figures_to(result.directory))
     return fig
 
 

@@ -3,8 +3,9 @@ published baselines at W4A8 and W4A6 (paper §6, Fig. 1 and the W4A6 tables; not
 
 Steps:
   1. Read stage 02's sampling protocol and stage 01's multiquantizer; read stage 05's Qua²SeDiMo configurations at
-     `budgets` (its frontier.csv, `RunFolder.frontier_config`: the GNN frontier's, the refit GNN's when it ran; a
-     budget below every built one is an error naming the lowest). Nothing upstream is re-run.
+     `budgets` (its frontier.csv, `RunFolder.frontier_config`: per budget the best labelled configuration, the search
+     loop's or, where nothing built beat it, a uniform or random one, which its row name then says; a budget below
+     every built one is an error naming the lowest). Nothing upstream is re-run.
   2. Calibration set for the baselines: the float model's own inputs at every solver step while it samples
      `calibration_samples` images (noise seed `calibration_seed`, never an evaluation seed).
   3. Rows, each sampled under stage 02's protocol (eagerly: activation quantizers are hooks) at `noise_seeds`
@@ -95,6 +96,8 @@ paper's search space). 'first_last': every method, Qua²SeDiMo included, keeps e
 forward pass calls (each baseline's `FIRST_LAST_FLOAT`), so a gap between rows is not the convention."""
 FIRST_LAST_SUFFIX = " (first/last float)"
 """What a row's name gains under the 'first_last' convention (`convention_name`)."""
+UNBUILT_SOURCES = ("uniform", "random")
+"""Stage-05 frontier sources (frontier.csv `source`) that no construction built; the row name says which."""
 
 
 @dataclass(frozen=True)
@@ -234,7 +237,10 @@ def grid_images(context: Context, name: str) -> torch.Tensor:
 
 
 def qsd_name(config_row: dict, a_bits: int) -> str:
-    return f"Qua²SeDiMo W{config_row['avg_bits']:.2f}A{a_bits}"
+    """'Qua²SeDiMo W<avg bits>A<a_bits>', naming the configuration when stage 05's frontier took one it did not
+    build (a uniform or random row that nothing built beat at its budget)."""
+    name = f"Qua²SeDiMo W{config_row['avg_bits']:.2f}A{a_bits}"
+    return name + (f" ({config_row['name']})" if config_row.get("source") in UNBUILT_SOURCES else "")
 
 
 def convention_name(name: str, convention: str) -> str:

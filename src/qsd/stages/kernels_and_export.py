@@ -3,8 +3,8 @@
 Steps:
   1. The configuration: `config_path` if given (any `QuantConfig` JSON), else the W3.x configuration stage 05 built
      at the largest budget ≤ `w3x_budget` average bits (stage 05's frontier.csv, `RunFolder.frontier_config`: the
-     GNN frontier's, the refit's when it ran; a budget below every built one is an error naming the lowest); which
-     one was taken is recorded in the summary.
+     best labelled configuration at that budget; a budget below every built one is an error naming the lowest);
+     which one was taken is recorded in the summary.
   2. `qsd.export` writes it packed (codes at exactly b bits + tables); `qsd.load_quantized` rebuilds the
      denoiser from that file alone, with `QLinear`/`QConv` layers that never hold the float weights.
   3. The same images (common random numbers) are sampled from the float model, the fake-quantized model and
