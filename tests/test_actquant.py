@@ -155,7 +155,7 @@ def test_multiquantizer_applies_and_restores_activation_bits():
 def test_packed_model_carries_activation_bits(tmp_path):
     model = random_denoiser("pixart")
     units = [u.name for u in quantizable_units(model)]
-    config = QuantConfig.uniform(units, QuantSpec("kmeans_c", 3)).with_layers({units[0]: None}).with_a_bits(6)
+    config = QuantConfig.uniform(units, QuantSpec("kmeans_a", 3)).with_layers({units[0]: None}).with_a_bits(6)
     path = export(model, config, tmp_path / "w3a6.safetensors")
     packed = load_quantized(path)
     assert QuantConfig.from_model(packed) == config
