@@ -77,7 +77,7 @@ def test_reference_rows_and_seed_stream_extension(run_id):
 
 
 def test_resume_after_hard_kill(run_id):
-    n_configs, total = 30, 7 + 30
+    n_configs, total = 12, 7 + 12
     database = project_root() / "data" / "runs" / "tiny_pixart" / run_id / stage.STAGE / "labels.sqlite"
     command = [sys.executable, "-c", RUNNER, run_id, str(n_configs)]
     process = subprocess.Popen(command, cwd=project_root())

@@ -36,6 +36,7 @@ when the active comparison ran, `05_active_<model_id>.png`.
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -245,7 +246,8 @@ def run(settings: Settings) -> Result:
     graph, option_table = run_folder.graph(), run_folder.option_table()
     session = LabelSession.of_run(run_folder, settings.progress)
     directory = settings.output_dir(STAGE)
-    (directory / "configs").mkdir(exist_ok=True)
+    shutil.rmtree(directory / "configs", ignore_errors=True)  # every file in it is written again below
+    (directory / "configs").mkdir()
     for name, config in configs.items():
         config.save(directory / "configs" / f"{_file_name(name)}.json")
     fids = dict(zip(configs, session.fids([LabelJob(config, "constructed", name) for name, config in configs.items()],
@@ -259,6 +261,8 @@ def run(settings: Settings) -> Result:
         active, active_fingerprints = active_comparison(settings, session, labels, graph, option_table, recipe)
         active.to_csv(directory / "active.csv", index=False)
         labelled_here |= active_fingerprints
+    else:
+        (directory / "active.csv").unlink(missing_ok=True)  # an earlier run's comparison is not this run's
     loop = search(settings, session, start_candidates(run_folder.labels(), labelled_here), graph, option_table,
                   recipe, stop_fid(settings, run_folder))
     searched = loop.proposals.assign(method=[f"{SEARCH} r{r}" for r in loop.proposals["round"]])
