@@ -7,11 +7,14 @@ the paper's, quantizes every layer, so its configurations hold them at 3-4 bits.
 protocol (stage 02's prompts and solver, 3 noise seeds, float activations):
   * RTN W4 (min-max per channel) with the end layers float and at 4 bits;
   * stage 05's configurations at 4.0 and 3.7 bits as built, and with their end layers set to float (the added bits
-    are the end layers' FP16 weights, counted as everywhere: `MultiQuantizer.cost`).
+    are the end layers' FP16 weights, counted as everywhere: `MultiQuantizer.cost`);
+  * with `--search_seeds`, also the search loop's last-round configuration of every training seed at those budgets
+    (`05_build_configs/constructions.csv`): the search's own spread at held-out seeds, beside the one its selection
+    seed chose.
 Each row also gives its first noise seed's pixel MSE to the float model's images (`sample_mse_vs_float`).
 The run's stages 00-05 must exist (`make reproduce`); nothing is re-run.
 
-Run:  .venv/bin/python benchmarks/w3x_end_layers.py [--model_id tiny_pixart] [--run_id default]
+Run:  .venv/bin/python benchmarks/w3x_end_layers.py [--model_id tiny_pixart] [--run_id default] [--search_seeds]
 The last stdout line is one JSON object; progress goes to stderr.
 """
 
@@ -21,6 +24,8 @@ import argparse
 import json
 import sys
 
+import pandas as pd
+
 from qsd.baselines import rtn
 from qsd.baselines.calibration import CalibrationSet
 from qsd.baselines.common import first_and_last
@@ -28,8 +33,9 @@ from qsd.config import QuantConfig
 from qsd.labelling import Labeller
 from qsd.layers import quantizable_units
 from qsd.models import load_model
-from qsd.run_folder import RunFolder
+from qsd.run_folder import CONFIGS, RunFolder
 from qsd.stages import final_comparison as stage
+from qsd.stages.build_configs import SEARCH
 
 BUDGETS = (4.0, 3.7)
 SEEDS = 3
@@ -39,6 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_id", default="tiny_pixart")
     parser.add_argument("--run_id", default="default")
+    parser.add_argument("--search_seeds", action="store_true",
+                        help="also every training seed's last-round search configuration at each budget")
     args = parser.parse_args()
     run = RunFolder(args.model_id, args.run_id)
     labelling, protocol = stage.evaluation_protocol(run, stage.Settings(model_id=args.model_id, run_id=args.run_id,
@@ -65,16 +73,30 @@ def main() -> None:
         print(name, rows[name], file=sys.stderr, flush=True)
     for budget in BUDGETS:
         config, row = run.frontier_config(budget)
-        float_ends = QuantConfig({n: None if n in end_units else config[n] for n in config})
-        for label, chosen in (("as built", config), ("end layers float", float_ends)):
-            mq.restore()
-            mq.apply(chosen)
-            name = f"{row['name']}, {label}"
-            rows[name] = {"avg_bits": round(mq.cost(chosen)["avg_bits"], 3)} | fids(model)
-            print(name, rows[name], file=sys.stderr, flush=True)
+        candidates = {row["name"]: config} | (last_round_configs(run, budget) if args.search_seeds else {})
+        for config_name, config in candidates.items():
+            float_ends = QuantConfig({n: None if n in end_units else config[n] for n in config})
+            for label, chosen in (("as built", config), ("end layers float", float_ends)):
+                name = f"{config_name}, {label}"
+                if name in rows:
+                    continue
+                mq.restore()
+                mq.apply(chosen)
+                rows[name] = {"avg_bits": round(mq.cost(chosen)["avg_bits"], 3)} | fids(model)
+                print(name, rows[name], file=sys.stderr, flush=True)
         mq.restore()
     print(json.dumps({"model_id": args.model_id, "run_id": args.run_id, "end_layers": ends, "noise_seeds": SEEDS,
                       "rows": rows}))
+
+
+def last_round_configs(run: RunFolder, budget: float) -> dict[str, QuantConfig]:
+    """The search loop's last-round configuration of every training seed at `budget`, by name (from the store, where
+    each configuration the loop labelled sits under the name it was first labelled with)."""
+    built = pd.read_csv(run.path(CONFIGS) / "constructions.csv")
+    searched = built[built["method"].str.startswith(SEARCH) & (built["budget"] - budget).abs().lt(1e-9)]
+    last = searched[searched["round"] == searched["round"].max()]
+    labels = run.labels().set_index("fingerprint")
+    return {labels.loc[fp, "name"]: QuantConfig.loads(labels.loc[fp, "config"]) for fp in last["fingerprint"]}
 
 
 if __name__ == "__main__":

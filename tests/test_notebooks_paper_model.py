@@ -30,7 +30,7 @@ OVERRIDES = {  # notebook parameters that keep the run small (on top of smoke=Tr
     "03": {"compare_losses": False, "compare_readout": False},
     "05": {"budgets": [3.4, 4.0], "search_rounds": 0},  # a smoke run builds 3.4 and 4.0
     "06": {"budgets": [3.4], "w3x_budget": 3.4, "baselines": ["rtn", "dmq"], "baseline_a_bits": [6],
-           "qsd_a_bits": [6]},
+           "qsd_a_bits": [6], "dmq_a_bits": [], "variants": [], "conventions": ["released"]},  # the smoke run has them
     "07": {"w3x_budget": 3.4},
 }
 
