@@ -37,12 +37,12 @@ def label_points(ax: plt.Axes, points: list[tuple[float, float, str]], fontsize:
     ax.autoscale_view()
     to_points = 72 / ax.figure.dpi
     placed: list[tuple[float, float, float]] = []  # (left, right, centre height) of each label, in points
+    clear = gap_points * (1 - 1e-9)  # a label moved up by exactly the gap clears the one below despite rounding
     unique = dict.fromkeys((round(x, 4), round(y, 4), text) for x, y, text in points)
     for x, y, text in sorted(unique, key=lambda p: (ax.transData.transform(p[:2])[1], p[0])):
         px, py = (v * to_points for v in ax.transData.transform((x, y)))
         left, right = px + 6, px + 6 + 0.6 * fontsize * len(text)
         height = py + 2
-        clear = gap_points * (1 - 1e-9)  # a label moved up by exactly the gap clears the one below despite rounding
         while clash := [h for lo, hi, h in placed if lo < right and left < hi and abs(h - height) < clear]:
             height = max(clash) + gap_points
         placed.append((left, right, height))
