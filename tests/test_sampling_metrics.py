@@ -10,7 +10,7 @@ from qsd.config import QuantSpec
 from qsd.embedded import digits
 from qsd.errors import InvalidSettingError
 from qsd.labelling import Labeller
-from qsd.metrics.fid import fid_scorer, reference_statistics
+from qsd.metrics.fid import FidScorer, fid_scorer, reference_statistics
 from qsd.metrics.prompt_accuracy import prompt_accuracy
 from qsd.metrics.proxies import eps_error, guided_noise_at, probe_from_trajectory
 from qsd.models import feature_backend, load_model
@@ -102,6 +102,22 @@ def test_reference_statistics_are_cached_not_recomputed(backend, tmp_path):
     assert calls == [1] and again == path and path.stat().st_mtime_ns == mtime
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert int(first["real_features_num_samples"]) == 200
+
+
+@pytest.mark.parametrize("n_generated", [12, 40])
+def test_fid_with_fewer_images_than_features_equals_torchmetrics(n_generated, tmp_path):
+    """n < d takes the n x n trace path, n >= d torchmetrics' own; both equal torchmetrics' d x d computation."""
+    torch.manual_seed(0)
+    feature = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 32), torch.nn.Tanh())
+    real, generated = torch.rand(300, 1, 4, 4), torch.rand(n_generated, 1, 4, 4) ** 2
+    reference, _ = reference_statistics(feature, (1, 4, 4), "toy", lambda: real, tmp_path)
+    scorer = FidScorer(feature, (1, 4, 4), reference, batch_size=7)
+    expected = FidScorer(feature, (1, 4, 4), reference).metric
+    expected.update(generated, real=False)
+    assert scorer(generated) == pytest.approx(float(expected.compute()), rel=1e-6)
+    assert scorer(generated) > 0.01  # a real distance, not two zeros agreeing
+    with pytest.raises(ValueError, match="at least 2"):
+        scorer(generated[:1])
 
 
 @pytest.mark.comparison
