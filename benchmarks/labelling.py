@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from qsd.design import config_sampler
 from qsd.executors import InProcessExecutor, RayExecutor, WorkerSpec
 from qsd.label_session import LabellingSetup
 from qsd.stages import label_configs, multiquantizer
@@ -41,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     built = multiquantizer.run(multiquantizer.Settings(model_id=args.model, run_id="bench", damage_options=(),
                                                                progress=False))
-    jobs = label_configs.random_jobs(built.multiquantizer, seed=0, n=args.configs)
+    jobs = label_configs.random_jobs(config_sampler("paper", built.multiquantizer), seed=0, n=args.configs)
     protocol = LabellingSetup.of(label_configs.Settings(model_id=args.model, n_images=args.images).effective()
                                  ).protocol()
     path = str(built.directory / "multiquantizer.safetensors")

@@ -18,6 +18,7 @@ import torch
 
 from qsd import executors, label_session
 from qsd.config import QuantConfig
+from qsd.design import config_sampler
 from qsd.errors import ModelMismatchError, QsdError
 from qsd.executors import InProcessExecutor, RayExecutor, WorkerSpec
 from qsd.paths import project_root
@@ -98,7 +99,7 @@ def test_inprocess_and_ray_give_identical_labels(run_id):
     ray = pytest.importorskip("ray")
     built = multiquantizer_stage.run(multiquantizer_stage.Settings(run_id=run_id, damage_options=(), progress=False))
     mq = built.multiquantizer
-    jobs = stage.reference_jobs(mq)[:2] + stage.random_jobs(mq, seed=0, n=2)
+    jobs = stage.reference_jobs(mq)[:2] + stage.random_jobs(config_sampler("paper", mq), seed=0, n=2)
     spec = WorkerSpec("tiny_pixart", SamplingProtocol(n_images=16, steps=4),
                       str(built.directory / "multiquantizer.safetensors"), n_probe=4, threads=1)
     threads = torch.get_num_threads()

@@ -6,13 +6,12 @@ import pytest
 from margins import above
 from scipy import stats
 
-from qsd.config import QuantConfig, QuantSpec
+from qsd.config import FLOAT_KEY, QuantConfig, QuantSpec
 from qsd.errors import InvalidSettingError, UnsupportedSpecError
 from qsd.multiquant import DEFAULT_OPTIONS
 from qsd.predictor.folds import kfold_splits
 from qsd.predictor.metrics import spearman
 from qsd.predictor.yardsticks import (
-    FLOAT,
     YARDSTICKS,
     RidgeYardstick,
     config_features,
@@ -55,7 +54,7 @@ def test_features_are_one_hot_per_unit():
     columns = feature_columns(UNITS, DEFAULT_OPTIONS)
     assert features.shape == (2, len(UNITS) * 7) == (2, len(columns))
     np.testing.assert_array_equal(features.sum(axis=1), [len(UNITS)] * 2)
-    assert {columns[j] for j in np.flatnonzero(features[0])} == {(u, FLOAT) for u in UNITS}
+    assert {columns[j] for j in np.flatnonzero(features[0])} == {(u, FLOAT_KEY) for u in UNITS}
     assert {columns[j] for j in np.flatnonzero(features[1])} == {(u, "kmeans_a-3") for u in UNITS}
     with pytest.raises(UnsupportedSpecError, match="uaq-2"):
         config_features([QuantConfig.uniform(UNITS, QuantSpec("uaq", 2))], UNITS, DEFAULT_OPTIONS)
@@ -70,7 +69,7 @@ def test_ridge_ranks_held_out_configs_and_recovers_the_per_option_effects(synthe
     above(spearman(scores, targets), 0.9, 0.03, "ridge held-out Spearman vs 0.9")
     coefficients = model.coefficients()
     assert list(coefficients.columns) == ["unit", "option", "coefficient"] and len(coefficients) == len(UNITS) * 7
-    quantized = coefficients[coefficients["option"] != FLOAT].copy()
+    quantized = coefficients[coefficients["option"] != FLOAT_KEY].copy()
     effects = synthetic[3]
     quantized["truth"] = [effects[u, QuantSpec.parse(o)] for u, o in zip(quantized["unit"], quantized["option"],
                                                                          strict=True)]

@@ -2,11 +2,12 @@
 model's SamplingProtocol."""
 
 import dataclasses
+import json
 
 import pytest
 
 from qsd import sampling
-from qsd.errors import InvalidSettingError
+from qsd.errors import InvalidSettingError, SettingsMismatchError
 from qsd.models import get_entry
 from qsd.sampling import SamplingProtocol
 from qsd.stages import (
@@ -81,3 +82,20 @@ def test_predictor_stage_settings_are_checked_and_name_their_runs():
     assert settings.variants()[:2] == [("paper", "hybrid", "anchors"), ("fid", "hybrid", "anchors")]
     assert len(settings.variants()) == 2 + 3 + 1
     assert len(train_predictor.Settings(compare_losses=False, compare_readout=False).variants()) == 2
+
+
+def test_a_setting_added_after_a_run_was_saved_differs_only_away_from_its_default(tmp_path, monkeypatch):
+    """A run folder saved before `space` existed re-runs at the default space, and refuses another one."""
+    monkeypatch.setenv("QSD_ROOT", str(tmp_path))
+    settings = multiquantizer.Settings(model_id="tiny_pixart", run_id="old")
+    folder = settings.output_dir(multiquantizer.STAGE)
+    saved = dataclasses.asdict(settings)
+    del saved["space"]
+    (folder / "settings.json").write_text(json.dumps(saved))
+    assert settings.output_dir(multiquantizer.STAGE) == folder
+    with pytest.raises(SettingsMismatchError, match="space"):
+        dataclasses.replace(settings, space="extended").output_dir(multiquantizer.STAGE)
+    with pytest.raises(InvalidSettingError, match="extended"):
+        multiquantizer.Settings(space="wide")
+    with pytest.raises(InvalidSettingError, match="stratified"):
+        label_configs.Settings(design="latin")

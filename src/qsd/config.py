@@ -30,6 +30,9 @@ METHODS = ("uaq", "kmeans_c", "kmeans_a")
 SUPPORTED_W_BITS = tuple(range(2, 9))
 SUPPORTED_A_BITS = tuple(range(2, 9))
 """Activation bit widths of the token-wise quantizer (`qsd.actquant`); None = float (16-bit) activations."""
+FLOAT_KEY = "float"
+"""Option key of a unit kept at the parameter precision (FP16), a choice of the extended search space
+(`qsd.space`); in a `QuantConfig` such a unit's spec is None."""
 CONFIG_FORMAT_VERSION = 1
 SPEC_ATTRIBUTE = "qsd_specs"
 """Attribute on every quantized module: {unit name: QuantSpec or None} as last applied (the readback)."""
@@ -112,6 +115,26 @@ def check_a_bits(bits: object) -> None:
                                    "(16-bit) activations")
 
 
+def option_key(spec: QuantSpec | None) -> str:
+    """The key of an option of the search space: `QuantSpec.key`, or `FLOAT_KEY` for None (kept float)."""
+    return FLOAT_KEY if spec is None else spec.key
+
+
+def parse_option(key: str) -> QuantSpec | None:
+    """Inverse of `option_key`."""
+    return None if key == FLOAT_KEY else QuantSpec.parse(key)
+
+
+def option_order(spec: QuantSpec | None) -> tuple[int, int]:
+    """Sort key of tables and figures over a space's choices: float first, then `QuantSpec.display_order`."""
+    return (-1, 0) if spec is None else spec.display_order()
+
+
+def option_method(spec: QuantSpec | None) -> str:
+    """The method of an option: the quantizer's name, or `FLOAT_KEY` for a unit kept float."""
+    return FLOAT_KEY if spec is None else spec.method
+
+
 class QuantConfig(Mapping[str, QuantSpec | None]):
     """Immutable map unit name -> `QuantSpec` (or `None` = full precision)."""
 
@@ -151,7 +174,7 @@ class QuantConfig(Mapping[str, QuantSpec | None]):
     def __repr__(self) -> str:
         counts: dict[str, int] = {}
         for spec in self._layers.values():
-            key = "fp" if spec is None else spec.key
+            key = option_key(spec)
             counts[key] = counts.get(key, 0) + 1
         return f"QuantConfig({len(self)} layers: {', '.join(f'{k}×{v}' for k, v in sorted(counts.items()))})"
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from qsd.config import option_key
 from qsd.executors import LabelJob, WorkerSpec, make_executor
 from qsd.models import get_entry, load_model
 from qsd.models.base import DiffusionModel
@@ -61,7 +62,7 @@ class LabellingSetup:
                 "n_images": protocol.n_images, "steps": protocol.steps, "guidance": protocol.guidance,
                 "compute_dtype": protocol.compute_dtype, "compile": protocol.compile,
                 "noise_seed": protocol.seed, "n_probe": self.n_probe, "batch_size": self.batch_size,
-                "clip_dir": self.clip_dir, "options": [s.key for s in multiquantizer.options],
+                "clip_dir": self.clip_dir, "options": [option_key(s) for s in multiquantizer.choices],
                 "quantizer": multiquantizer.settings.to_json()}
 
 

@@ -8,6 +8,9 @@ SHA-256 of its float weights.
 
 Random configurations (paper §3.2, code.md §3): per configuration draw p ~ U(0, 1); each unit gets the
 low bit width with probability p, else the high one; the method is uniform over the methods.
+
+With `float_option` (the extended search space, `qsd.space`) keeping a unit float is one more choice of the search:
+its option-table row has 16 bits a weight and no error.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from tqdm import tqdm
 
 from qsd.actquant import apply_activation_bits
 from qsd.bits import count_bits
-from qsd.config import METHODS, QuantConfig, QuantSpec
+from qsd.config import FLOAT_KEY, METHODS, QuantConfig, QuantSpec, option_key
 from qsd.errors import CorruptFileError, ModelMismatchError, QsdError
 from qsd.files import atomic_write, tensor_digest
 from qsd.layers import Unit, quantizable_units
@@ -57,6 +60,7 @@ class MultiQuantizer:
         quantized: dict[str, dict[QuantSpec, QuantizedWeight]],
         errors: dict[str, dict[QuantSpec, float]],
         checksum: str,
+        float_option: bool = False,
     ):
         self.model = model
         self.units = list(units)
@@ -65,6 +69,7 @@ class MultiQuantizer:
         self.quantized = quantized
         self.errors = errors
         self.checksum = checksum
+        self.float_option = float_option
         self._modules = dict(model.named_modules())
         self._groups = units_by_module(self.units)
         self._float = {name: self._modules[name].weight.data for name, _ in self._groups}
@@ -77,8 +82,10 @@ class MultiQuantizer:
         options: Iterable[QuantSpec] = DEFAULT_OPTIONS,
         settings: QuantizerSettings = QuantizerSettings(),
         progress: bool = True,
+        float_option: bool = False,
     ) -> MultiQuantizer:
-        """Quantize every unit of `model` with every option (weights only, no data needed)."""
+        """Quantize every unit of `model` with every option (weights only, no data needed); `float_option` makes
+        keeping a unit float a choice of the search space too."""
         options = tuple(dict.fromkeys(options))
         if not options:
             raise QsdError("a MultiQuantizer needs at least one option, e.g. QuantSpec('uaq', 4)")
@@ -99,7 +106,8 @@ class MultiQuantizer:
                     spec = QuantSpec(method, b)
                     quantized[unit.name][spec] = qw
                     errors[unit.name][spec] = qw.error  # measured inside the quantizer
-        return cls(model, units, options, settings, quantized, errors, float_weights_checksum(model, units))
+        return cls(model, units, options, settings, quantized, errors, float_weights_checksum(model, units),
+                   float_option)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -111,15 +119,21 @@ class MultiQuantizer:
         """The float weight of a quantized module, whatever configuration is applied."""
         return self._float[module_name]
 
+    @property
+    def choices(self) -> tuple[QuantSpec | None, ...]:
+        """Every choice of a unit in the search space: the options, and None (float) with `float_option`."""
+        return self.options + ((None,) if self.float_option else ())
+
     def option(self, unit: str, spec: QuantSpec) -> QuantizedWeight:
         """The precomputed codes and table of `unit` under `spec`."""
         return self.quantized[unit][spec]
 
     def search_space(self) -> pd.DataFrame:
-        """One row per (unit, option): size in bits (indices + overhead) and relative error."""
+        """One row per (unit, choice): size in bits (indices + overhead) and relative error; a float choice
+        (`float_option`) is the unit's weights at the parameter precision, with no error."""
         rows = []
+        p = self.settings.param_bits
         for unit in self.units:
-            p = self.settings.param_bits
             for spec in self.options:
                 qw = self.quantized[unit.name][spec]
                 rows.append(
@@ -136,6 +150,11 @@ class MultiQuantizer:
                         "error": self.errors[unit.name][spec],
                     }
                 )
+            if self.float_option:
+                n = self.quantized[unit.name][self.options[0]].numel
+                rows.append({"unit": unit.name, "method": FLOAT_KEY, "w_bits": p, "option": FLOAT_KEY, "n_weights": n,
+                             "index_bits": p * n, "overhead_bits": 0, "size_bits": p * n, "bits_per_weight": float(p),
+                             "error": 0.0})
         return pd.DataFrame(rows)
 
     def cost(self, config: QuantConfig) -> dict[str, float]:
@@ -169,9 +188,13 @@ class MultiQuantizer:
 
     def sample(self, rng: np.random.Generator | int | None) -> QuantConfig:
         """A random configuration by the paper's scheme (p ~ U(0,1); low bits w.p. p; uniform method)."""
-        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         bits = sorted({o.w_bits for o in self.options})
         methods = sorted({o.method for o in self.options}, key=METHODS.index)
+        if self.float_option or set(self.options) != {QuantSpec(m, b) for m in methods for b in (bits[0], bits[-1])}:
+            raise QsdError(f"the paper's sampling scheme draws one of two bit widths per unit and a method for each; "
+                           f"this search space ({', '.join(option_key(c) for c in self.choices)}) is not of that "
+                           "shape: draw with the budget-stratified design (qsd.design)")
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         p = rng.uniform()
         low = rng.uniform(size=len(self.units)) < p
         method_idx = rng.integers(len(methods), size=len(self.units))
@@ -230,6 +253,7 @@ class MultiQuantizer:
                 for u in self.units
             ],
             "options": [s.key for s in self.options],
+            "float_option": self.float_option,
             "settings": self.settings.to_json(),
             "float_checksum": self.checksum,
         }
@@ -289,4 +313,4 @@ class MultiQuantizer:
                 for s in options
             }
             errors[unit.name] = {s: float(error_table[i, j]) for j, s in enumerate(options)}
-        return cls(model, units, options, settings, quantized, errors, checksum)
+        return cls(model, units, options, settings, quantized, errors, checksum, bool(meta.get("float_option")))

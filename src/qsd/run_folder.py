@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from qsd.config import QuantConfig
+from qsd.design import DEFAULT_BITS_RANGE, ConfigSampler, config_sampler
 from qsd.errors import CorruptFileError, InfeasibleBudgetError, MissingFileError, ModelMismatchError
 from qsd.graph import DenoiserGraph
 from qsd.multiquant import MultiQuantizer
@@ -104,6 +105,13 @@ class RunFolder:
         """Every labelled row of the run's dataset (stage 02's store, with what stage 05 added)."""
         with LabelStore(self.require(LABELS, LABELS_FILE, "labelled configurations")) as store:
             return store.to_pandas()
+
+    def label_sampler(self, multiquantizer: MultiQuantizer) -> ConfigSampler:
+        """The label design stage 02 drew its random configurations with (`qsd.design`; a run saved before designs
+        existed drew by the paper's scheme)."""
+        saved = self.settings(LABELS)
+        return config_sampler(saved.get("design", "paper"), multiquantizer,
+                              tuple(saved.get("design_bits", DEFAULT_BITS_RANGE)))
 
     # ------------------------------------------------------------------ stage 03
     def graph(self) -> DenoiserGraph:

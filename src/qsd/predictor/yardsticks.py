@@ -24,13 +24,11 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from qsd.config import QuantConfig, QuantSpec
+from qsd.config import FLOAT_KEY, QuantConfig, QuantSpec
 from qsd.errors import InvalidSettingError, closest_names
 from qsd.predictor.metrics import mae, ranking_metrics
 
 YARDSTICKS = ("summed_error", "ridge", "mlp")
-FLOAT = "float"
-"""Option label of a unit kept at full precision."""
 RIDGE_ALPHAS = np.logspace(-3, 3, 13)
 MLP_HIDDEN = (64, 64)
 MLP_L2 = 1e-2
@@ -54,7 +52,7 @@ class Yardstick(Protocol):
 # ---------------------------------------------------------------------- features
 def feature_columns(unit_names: Sequence[str], options: Sequence[QuantSpec]) -> list[tuple[str, str]]:
     """(unit, option label) of every column of `config_features`: per unit, `float` then each option's key."""
-    return [(unit, option) for unit in unit_names for option in (FLOAT, *(spec.key for spec in options))]
+    return [(unit, option) for unit in unit_names for option in (FLOAT_KEY, *(spec.key for spec in options))]
 
 
 def config_features(configs: Sequence[QuantConfig], unit_names: Sequence[str], options: Sequence[QuantSpec]

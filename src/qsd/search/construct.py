@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from qsd.config import QuantConfig, QuantSpec
+from qsd.config import QuantConfig, QuantSpec, parse_option
 from qsd.errors import InvalidSettingError
 from qsd.search.knapsack import KnapsackSolution, solve_budget
 from qsd.search.scores import SEPARATOR
@@ -42,12 +42,12 @@ def lowest_budget(scores: pd.DataFrame) -> float:
 
 def config_of(rows: list[pd.Series]) -> QuantConfig:
     """The configuration that takes variant `rows[c]` for every candidate c."""
-    layers: dict[str, QuantSpec] = {}
+    layers: dict[str, QuantSpec | None] = {}
     for row in rows:
         for layer, key in zip(row["layers"].split(SEPARATOR), row["options"].split(SEPARATOR), strict=True):
             if layer in layers:
                 raise InvalidSettingError(f"layer {layer!r} belongs to two candidates of the score table")
-            layers[layer] = QuantSpec.parse(key)
+            layers[layer] = parse_option(key)
     return QuantConfig(layers)
 
 

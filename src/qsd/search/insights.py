@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from qsd.bits import FLOAT_BITS
+from qsd.config import option_method, parse_option
 from qsd.search.scores import SEPARATOR
 
 
@@ -51,8 +53,9 @@ def winners(scores: pd.DataFrame) -> pd.DataFrame:
             for layer, role, option in zip(r["layers"].split(SEPARATOR), r["roles"].split(SEPARATOR),
                                            r["options"].split(SEPARATOR), strict=True)]
     table = pd.DataFrame(rows, columns=["layer", "role", "option"])
-    table["method"] = table["option"].str.rsplit("-", n=1).str[0]
-    table["bits"] = table["option"].str.rsplit("-", n=1).str[1].astype(int)
+    specs = [parse_option(key) for key in table["option"]]
+    table["method"] = [option_method(spec) for spec in specs]
+    table["bits"] = [FLOAT_BITS if spec is None else spec.w_bits for spec in specs]
     return table
 
 

@@ -33,7 +33,7 @@ import torch
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from qsd.config import QuantConfig, QuantSpec
+from qsd.config import QuantConfig, QuantSpec, option_key, option_method, parse_option
 from qsd.errors import InvalidSettingError
 from qsd.graph import DenoiserGraph
 from qsd.graph.encode import COLUMN, METHOD_CODES, encode_configs, option_lookup
@@ -111,12 +111,12 @@ def induced_graph(graph: DenoiserGraph, nodes: Sequence[int]) -> DenoiserGraph:
     return DenoiserGraph([graph.nodes[i] for i in nodes], edges, [], graph.block_names, graph.model_class)
 
 
-def unit_options(option_table: pd.DataFrame, layer: str) -> list[QuantSpec]:
-    """The options of `layer` in the option table's order."""
+def unit_options(option_table: pd.DataFrame, layer: str) -> list[QuantSpec | None]:
+    """The choices of `layer` in the option table's order (None: kept float, in the extended space)."""
     rows = option_table[option_table["unit"] == layer]
     if rows.empty:
         raise InvalidSettingError(f"the option table has no rows for layer {layer!r}; was it built for this model?")
-    return [QuantSpec.parse(key) for key in rows["option"]]
+    return [parse_option(key) for key in rows["option"]]
 
 
 class CandidateVariants:
@@ -133,8 +133,9 @@ class CandidateVariants:
         self.template = encode_configs(self.local, [first], option_table, hops)[0]
         lookup = option_lookup(option_table)
         self.positions = [self.local.weight_node[layer] for layer in candidate.layers]
-        self.method_table = [torch.tensor([METHOD_CODES.index(s.method) for s in specs]) for specs in self.specs]
-        self.feature_table = [torch.tensor([lookup[layer, s.key] for s in specs], dtype=torch.float32)
+        self.method_table = [torch.tensor([METHOD_CODES.index(option_method(s)) for s in specs])
+                             for specs in self.specs]
+        self.feature_table = [torch.tensor([lookup[layer, option_key(s)] for s in specs], dtype=torch.float32)
                               for layer, specs in zip(candidate.layers, self.specs, strict=True)]
         self.choices = torch.tensor(list(itertools.product(*[range(len(s)) for s in self.specs])), dtype=torch.long)
 
@@ -202,7 +203,7 @@ def score_variants(graph: DenoiserGraph, scorers: Sequence[FoldScorer], option_t
     for candidate in tqdm(candidates(graph, level), desc=f"{level} scores", disable=not progress):
         variants = CandidateVariants(graph, candidate, option_table, hops)
         choices = variants.choices.numpy()
-        keys = [np.array([s.key for s in specs], dtype=object) for specs in variants.specs]
+        keys = [np.array([option_key(s) for s in specs], dtype=object) for specs in variants.specs]
         columns = {}
         for column in ("size_bits", "n_weights", "error"):
             per_layer = [table.loc[[(layer, key) for key in keys[j]], column].to_numpy(dtype=float)

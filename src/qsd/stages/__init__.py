@@ -16,7 +16,7 @@ from typing import ClassVar, Self
 
 from qsd.errors import InvalidSettingError, SettingsMismatchError
 from qsd.models import DEFAULT_MODEL_ID, get_entry
-from qsd.run_folder import RunFolder
+from qsd.run_folder import MULTIQUANTIZER, RunFolder
 from qsd.store import protocol_difference
 
 RESULT_NEUTRAL = ("model_id", "run_id", "progress", "overwrite")
@@ -69,12 +69,15 @@ class StageSettings:
 
     def output_dir(self, stage: str) -> Path:
         """This run's folder of `stage` (created). If it holds results made with settings that differ in anything
-        that changes results, the run is refused before anything is written, unless `overwrite`."""
+        that changes results, the run is refused before anything is written, unless `overwrite`. A setting the saved
+        run does not have (added to qsd later) is no difference at its default value, which keeps the old behaviour."""
         path = RunFolder(self.model_id, self.run_id).path(stage)
         saved_path = path / "settings.json"
         if saved_path.is_file() and not self.overwrite:
             neutral = {*RESULT_NEUTRAL, *self.NEUTRAL}
             saved, now = json.loads(saved_path.read_text()), dataclasses.asdict(self)
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            neutral |= {k for k in now if k not in saved and now[k] == defaults[k]}  # added later, at its default
             differences = protocol_difference({k: v for k, v in saved.items() if k not in neutral},
                                               {k: v for k, v in now.items() if k not in neutral})
             if differences:
@@ -86,6 +89,22 @@ class StageSettings:
                     "them.")
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def run_space(self) -> str:
+        """The run's search space (`qsd.space`): stage 01's `space`, 'paper' before stage 01 ran or spaces existed."""
+        path = RunFolder(self.model_id, self.run_id).path(MULTIQUANTIZER) / "settings.json"
+        return json.loads(path.read_text()).get("space", "paper") if path.is_file() else "paper"
+
+    def subject(self) -> str:
+        """What a figure title names: the model, and the search space unless it is the paper's."""
+        space = self.run_space()
+        return self.model_id if space == "paper" else f"{self.model_id} ({space} space)"
+
+    def figure_name(self, prefix: str) -> str:
+        """`<prefix>_<model_id>`, with `_<space>` after it unless the run's space is the paper's (so the two spaces'
+        figures sit side by side in figures/)."""
+        space = self.run_space()
+        return f"{prefix}_{self.model_id}" + ("" if space == "paper" else f"_{space}")
 
     def figures_to(self, directory: Path) -> Path | None:
         """Where this run's figures go: `figures/` (None), except that a smoke run keeps them in `directory`."""

@@ -46,7 +46,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from qsd.config import QuantConfig, QuantSpec
+from qsd.config import QuantConfig, QuantSpec, parse_option
 from qsd.errors import InfeasibleBudgetError, InvalidSettingError
 from qsd.executors import LabelJob
 from qsd.files import atomic_write
@@ -200,7 +200,7 @@ def ridge_coefficients(labels: pd.DataFrame, node: pd.DataFrame, target: TargetE
     stage-03 target of `knapsack_target`)."""
     random_rows = labels[(labels["kind"] == "random") & labels["fid"].notna()]
     layers = list(dict.fromkeys(node["layers"]))
-    options = [QuantSpec.parse(k) for k in dict.fromkeys(node["options"])]
+    options = [o for o in map(parse_option, dict.fromkeys(node["options"])) if o is not None]  # float: its own column
     ridge = RidgeYardstick(layers, options)
     ridge.fit([QuantConfig.loads(c) for c in random_rows["config"]], target.evaluate(random_rows))
     return ridge.coefficients()
@@ -271,8 +271,8 @@ def run(settings: Settings) -> Result:
     loop.rounds.to_csv(directory / "search.csv", index=False)
     write_frontier(directory, loop)
     labels = run_folder.labels()
-    summary = (_summary(settings, constructions, labels) | search_summary(loop, labels)
-               | ({} if active is None else active_summary(active)))
+    summary = ({"space": settings.run_space()} | _summary(settings, constructions, labels)
+               | search_summary(loop, labels) | ({} if active is None else active_summary(active)))
     write_run_record(directory, settings, summary)
     return Result(settings, directory, constructions, labels, summary, loop, active)
 
@@ -362,7 +362,8 @@ def active_comparison(settings: Settings, session: LabelSession, labels: pd.Data
     stream = labels[(labels["kind"] == "random") & labels["fid"].notna()].sort_values("sample_index")
     configs, fids = [QuantConfig.loads(c) for c in stream["config"]], stream["fid"].to_numpy(dtype=float)
     n = active_settings.label_budget
-    candidates = [session.multiquantizer.sample(np.random.default_rng([settings.seed, POOL_STREAM, i]))
+    sampler = RunFolder(settings.model_id, settings.run_id).label_sampler(session.multiquantizer)
+    candidates = [sampler(np.random.default_rng([settings.seed, POOL_STREAM, i]), i)
                   for i in range(settings.active_pool)]
     pool = Pool(configs[:n], fids[:n], configs[n:], fids[n:], candidates)
 
@@ -539,9 +540,9 @@ def plot_pareto(result: Result) -> Figure:
         ax.axhline(float_fid.iloc[0], color="black", ls="--", lw=0.8, label=f"float ({float_fid.iloc[0]:.1f})")
     ax.set_yscale("log")
     ax.set(xlabel="average bits per weight (incl. FP16 overhead)", ylabel="FID (log scale)",
-           title=f"{s.model_id}: constructed configurations vs random and uniform")
+           title=f"{s.subject()}: constructed configurations vs random and uniform")
     ax.legend(fontsize=7, frameon=False, bbox_to_anchor=(1.01, 1), loc="upper left")
-    savefig(fig, f"05_pareto_{s.model_id}", s.figures_to(result.directory))
+    savefig(fig, s.figure_name("05_pareto"), s.figures_to(result.directory))
     return fig
 
 
@@ -573,8 +574,8 @@ def plot_search(result: Result) -> Figure:
     right.set_yscale("log")
     right.set(xlabel="budget (average bits)", ylabel="labelled FID (log)", title="the search's spread over seeds")
     right.legend(fontsize=7, frameon=False)
-    fig.suptitle(f"{s.model_id}: the search loop ({result.summary['search']['stopped']})", fontsize=9)
-    savefig(fig, f"05_search_{s.model_id}", s.figures_to(result.directory))
+    fig.suptitle(f"{s.subject()}: the search loop ({result.summary['search']['stopped']})", fontsize=9)
+    savefig(fig, s.figure_name("05_search"), s.figures_to(result.directory))
     return fig
 
 
@@ -598,6 +599,6 @@ def plot_active(result: Result) -> Figure | None:
         right.plot(first["labels"], first["heldout_spearman"], marker="o", label=arm)
     right.set(xlabel="labels used", ylabel="Spearman on held-out random configurations", title="ranking vs labels")
     right.legend(fontsize=7, frameon=False)
-    fig.suptitle(f"{s.model_id}: predictor-guided vs random labelling")
-    savefig(fig, f"05_active_{s.model_id}", s.figures_to(result.directory))
+    fig.suptitle(f"{s.subject()}: predictor-guided vs random labelling")
+    savefig(fig, s.figure_name("05_active"), s.figures_to(result.directory))
     return fig

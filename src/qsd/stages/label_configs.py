@@ -1,11 +1,12 @@
 """Stage 02: label random quantization configurations (paper §3.2; notebook 02_label_configs).
 
-Draws `n_configs` random configurations by the paper's scheme (`MultiQuantizer.sample`: p ~ U(0,1), each
-layer low-bit with probability p, method uniform), configuration i from its own generator seeded by
-(seed, i) so that asking for more extends the same stream. It also labels the reference rows: the float
-model and the six uniform configurations (every layer one method at 4 bits, and at 3 bits). Each label is
-FID, prompt accuracy (embedded models), average bits incl. overhead, quantized size, summed layer error and
-the two cheap proxies, under common random numbers.
+Draws `n_configs` random configurations by the run's label design (`qsd.design`; `design`): the paper's scheme
+(`MultiQuantizer.sample`: p ~ U(0,1), each layer low-bit with probability p, method uniform) for the paper's search
+space, or the budget-stratified design (average bits spread evenly over `design_bits`), the default of the extended
+space. Configuration i comes from its own generator seeded by (seed, i), so asking for more extends the same stream.
+It also labels the reference rows: the float model and every uniform configuration (every layer one option).
+Each label is FID, prompt accuracy (embedded models), average bits incl. overhead, quantized size, summed layer
+error and the two cheap proxies, under common random numbers.
 
 It reads the multiquantizer that stage 01 saved for the same run (a missing or mismatched file is an error
 naming notebook 01, never a rebuild) and labels through a `qsd.label_session.LabelSession`, in this process,
@@ -36,6 +37,8 @@ from matplotlib.ticker import NullFormatter
 from scipy.stats import spearmanr
 
 from qsd.config import QuantConfig, QuantSpec
+from qsd.design import DEFAULT_BITS_RANGE, DESIGNS, ConfigSampler, config_sampler
+from qsd.errors import InvalidSettingError
 from qsd.executors import InProcessExecutor, LabelJob
 from qsd.label_session import LabellingSetup, LabelSession
 from qsd.labelling import Labeller
@@ -45,6 +48,7 @@ from qsd.provenance import write_run_record
 from qsd.row_cache import RowCache
 from qsd.run_folder import LABELS, RunFolder
 from qsd.sampling import AUTO_DTYPE, resolve_compute_dtype
+from qsd.space import search_space
 from qsd.stages import SamplingSettings
 from qsd.store import DATASET_KINDS, LabelStore
 
@@ -60,6 +64,11 @@ class Settings(SamplingSettings):
     """Random configurations (the reference rows come on top). Sized by the predictor's learning curve: the
     smallest measured budget whose 5-fold GNN Spearman on FID clears 0.85 by more than its spread, and ≤ 20 min
     on 2 cores (docs/stages.md, "Label budget")."""
+    design: str | None = None
+    """How the random configurations are drawn (`qsd.design`): 'paper' or 'stratified'; None = the search space's
+    own (stage 01's `space`: 'paper' for the paper's space, 'stratified' for the extended one)."""
+    design_bits: tuple[float, float] = DEFAULT_BITS_RANGE
+    """The average bits the stratified design spreads its configurations over (raised to the space's lowest)."""
     n_images: int = 256
     compute_dtype: str = AUTO_DTYPE
     """The denoiser's compute precision under autocast: 'bfloat16', 'float32', or 'auto' = bfloat16 where `device`
@@ -97,9 +106,16 @@ class Settings(SamplingSettings):
     NEUTRAL: ClassVar[tuple[str, ...]] = ("executor", "workers", "ray_address")
     """The executors label identically (tests/test_label_configs.py)."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.design is not None and self.design not in DESIGNS:
+            raise InvalidSettingError(f"label_configs setting design = {self.design!r}: choose one of {DESIGNS} "
+                                      "(or None: the search space's own)")
+
     def resolve(self) -> Settings:
         resolved = super().resolve()
-        return dataclasses.replace(resolved, compute_dtype=resolve_compute_dtype(self.compute_dtype, self.device))
+        return dataclasses.replace(resolved, compute_dtype=resolve_compute_dtype(self.compute_dtype, self.device),
+                                   design=self.design or search_space(self.run_space()).default_design)
 
 
 @dataclass
@@ -111,16 +127,15 @@ class Result:
 
 
 def reference_jobs(multiquantizer: MultiQuantizer) -> list[LabelJob]:
-    """The float model and every uniform configuration (one per option: method × bits)."""
+    """The float model and every uniform configuration (one per quantized option: method × bits)."""
     jobs = [LabelJob(multiquantizer.uniform(None), "float", "float")]
     options = sorted(multiquantizer.options, key=QuantSpec.display_order)
     return jobs + [LabelJob(multiquantizer.uniform(s), "uniform", f"uniform {s.key}") for s in options]
 
 
-def random_jobs(multiquantizer: MultiQuantizer, seed: int, n: int) -> list[LabelJob]:
+def random_jobs(sampler: ConfigSampler, seed: int, n: int) -> list[LabelJob]:
     """Random configurations 0..n-1 of the seed stream `seed` (configuration i depends only on (seed, i))."""
-    return [LabelJob(multiquantizer.sample(np.random.default_rng([seed, i])), "random", f"random {i}", i)
-            for i in range(n)]
+    return [LabelJob(sampler(np.random.default_rng([seed, i]), i), "random", f"random {i}", i) for i in range(n)]
 
 
 def run(settings: Settings) -> Result:
@@ -130,16 +145,16 @@ def run(settings: Settings) -> Result:
                                 settings.progress)
     directory = settings.output_dir(STAGE)
     multiquantizer = session.multiquantizer
-    labels = session.label(reference_jobs(multiquantizer) + random_jobs(multiquantizer, settings.seed,
-                                                                          settings.n_configs))
+    sampler = config_sampler(settings.design, multiquantizer, settings.design_bits)
+    labels = session.label(reference_jobs(multiquantizer) + random_jobs(sampler, settings.seed, settings.n_configs))
     labels = labels[labels["kind"].isin(DATASET_KINDS)].reset_index(drop=True)
     float_fids = float_seed_fids(directory, session, settings.float_seeds)
     table = regime_table(labels, float_fids)
     table.to_csv(directory / "regime.csv")
     with LabelStore(session.store_path, session.record) as store:
-        summary = store.summary(DATASET_KINDS) | {"fid_by_reference_row": reference_fids(labels),
-                                     "proxy_spearman_vs_fid": proxy_correlations(labels),
-                                     **regime(labels, float_fids, settings.w4_max_avg_bits)}
+        summary = {"space": settings.run_space(), "design": settings.design} | store.summary(DATASET_KINDS) | {
+            "fid_by_reference_row": reference_fids(labels), "proxy_spearman_vs_fid": proxy_correlations(labels),
+            **regime(labels, float_fids, settings.w4_max_avg_bits)}
     write_run_record(directory, settings, summary)
     return Result(settings, directory, labels, summary)
 
@@ -288,7 +303,7 @@ def plot_fid_vs_bits(result: Result) -> Figure:
     ax.set_yscale("log")
     ax.set_xlabel("average bits per weight (incl. overhead)")
     ax.set_ylabel("FID (log scale)")
-    ax.set_title(f"{result.settings.model_id}: {len(random_rows)} random configurations + uniform (red)")
+    ax.set_title(f"{result.settings.subject()}: {len(random_rows)} random configurations + uniform (red)")
     ax.legend(loc="upper right", fontsize=7)
     quantized = labels[labels["kind"] != "float"]
     correlations = result.summary["proxy_spearman_vs_fid"]
@@ -302,5 +317,5 @@ def plot_fid_vs_bits(result: Result) -> Figure:
         ax.set_title(f"Spearman ρ = {'n/a' if rho is None else f'{rho:.3f}'}")
     axes[1].set_ylabel("FID")
     directory = result.settings.figures_to(result.directory)
-    savefig(fig, f"02_fid_vs_bits_{result.settings.model_id}", directory)
+    savefig(fig, result.settings.figure_name("02_fid_vs_bits"), directory)
     return fig

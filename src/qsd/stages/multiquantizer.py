@@ -2,14 +2,15 @@
 
 Builds (or loads, when a file for the same weights, options and heuristics exists) the MultiQuantizer of
 `model_id`: UAQ, K-Means-C and K-Means-A at each bit width for every Linear/Conv layer, with the quantizer
-settings of the model's registry entry (`ModelEntry.quantizer`) unless others are given. Then, because the
-paper's sensitivity proxies assume that a layer's weight error predicts the damage its quantization does, it
-measures that damage: for each layer and each of `damage_options`, only that layer is quantized and the
-mean squared pixel distance of `damage_images` samples to the float model's (same noise, same prompts) is
-recorded beside the layer's weight error. Writes to `data/runs/<model_id>/<run_id>/01_multiquantizer/`:
+settings of the model's registry entry (`ModelEntry.quantizer`) unless others are given. `space` picks the search
+space (`qsd.space`): 'paper' (the reproduction), or 'extended' (also 8-bit UAQ, and keeping a layer float).
+Then, because the paper's sensitivity proxies assume that a layer's weight error predicts the damage its
+quantization does, it measures that damage: for each layer and each of `damage_options`, only that layer is
+quantized and the mean squared pixel distance of `damage_images` samples to the float model's (same noise, same
+prompts) is recorded beside the layer's weight error. Writes to `data/runs/<model_id>/<run_id>/01_multiquantizer/`:
   multiquantizer.safetensors   codes + lookup tables of every option (reloadable, verified); stages 02 and 07
                                read it and never rebuild it
-  search_space.csv             one row per (layer, option): size in bits and relative error
+  search_space.csv             one row per (layer, choice): size in bits and relative error
   layer_damage.csv             one row per (layer, damage option): relative error and sample MSE
   settings.json, provenance.json, summary.json
 """
@@ -30,7 +31,7 @@ from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from qsd.config import METHODS, QuantSpec
+from qsd.config import FLOAT_KEY, METHODS, QuantSpec, option_key, option_order, parse_option
 from qsd.errors import CorruptFileError, ModelMismatchError
 from qsd.metrics.proxies import sample_mse
 from qsd.models import get_entry, load_denoiser, load_model
@@ -41,6 +42,7 @@ from qsd.provenance import write_run_record
 from qsd.quantizers import QuantizerSettings
 from qsd.run_folder import MULTIQUANTIZER, MULTIQUANTIZER_FILE, OPTION_TABLE_FILE
 from qsd.sampling import AUTO_DTYPE, SamplingProtocol, generate, resolve_compute_dtype
+from qsd.space import search_space
 from qsd.stages import StageSettings
 
 STAGE = MULTIQUANTIZER
@@ -50,6 +52,8 @@ STAGE = MULTIQUANTIZER
 class Settings(StageSettings):
     methods: tuple[str, ...] = METHODS
     bits: tuple[int, ...] = DEFAULT_BITS
+    space: str = "paper"
+    """The search space (`qsd.space`): 'paper' or 'extended' (adds 8-bit UAQ and float layers as choices)."""
     quantizer: QuantizerSettings | None = None
     """The quantizers' heuristics; None = the model's registry entry's (`ModelEntry.quantizer`)."""
     rebuild: bool = False
@@ -75,6 +79,10 @@ class Settings(StageSettings):
         "bits": (2, 8), "damage_images": (1, None), "damage_units": (1, None), "damage_steps": (1, None)}
     NEUTRAL: ClassVar[tuple[str, ...]] = ("rebuild",)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        search_space(self.space)  # an unknown space is an error naming the spaces
+
     def resolve(self) -> Settings:
         entry = get_entry(self.model_id)
         return dataclasses.replace(self, quantizer=self.quantizer or entry.quantizer,
@@ -94,16 +102,19 @@ class Result:
 
 def _build_or_load(settings: Settings, denoiser: torch.nn.Module, path: Path) -> MultiQuantizer:
     """Reuse the saved file when it was built for these weights, options and heuristics; otherwise (re)build."""
-    options = [QuantSpec(m, b) for m in settings.methods for b in settings.bits]
+    space = search_space(settings.space)
+    options = space.options([QuantSpec(m, b) for m in settings.methods for b in settings.bits])
     if path.exists() and not settings.rebuild:
         try:
             mq = MultiQuantizer.load(path, denoiser)
-            if set(mq.options) == set(options) and mq.settings == settings.quantizer:
+            if (set(mq.options) == set(options) and mq.float_option == space.float_option
+                    and mq.settings == settings.quantizer):
                 return mq
             print("rebuilding the multiquantizer: it was saved with other options or quantizer settings")
         except (ModelMismatchError, CorruptFileError) as exc:  # retrained weights, or an older file format
             print(f"rebuilding the multiquantizer: {exc}")
-    mq = MultiQuantizer.build(denoiser, options, settings.quantizer, progress=settings.progress)
+    mq = MultiQuantizer.build(denoiser, options, settings.quantizer, progress=settings.progress,
+                              float_option=space.float_option)
     mq.save(path)
     return mq
 
@@ -159,10 +170,11 @@ def run(settings: Settings) -> Result:
         "model_id": settings.model_id,
         "n_units": len(mq.unit_names),
         "n_weights": int(mq.cost(mq.uniform(None))["n_weights"]),
-        "options": [s.key for s in mq.options],
+        "space": settings.space,
+        "options": [option_key(s) for s in mq.choices],
         "quantizer": mq.settings.to_json(),
         "mean_error": space.groupby("option")["error"].mean().round(8).to_dict(),
-        "uniform_avg_bits": {s.key: round(mq.cost(mq.uniform(s))["avg_bits"], 6) for s in mq.options},
+        "uniform_avg_bits": {option_key(s): round(mq.cost(mq.uniform(s))["avg_bits"], 6) for s in mq.choices},
         "damage_spearman_error_vs_sample_mse": None if damage is None else damage_correlations(damage),
     }
     write_run_record(directory, settings, summary, float_weights_sha256=mq.checksum)
@@ -180,17 +192,16 @@ def summary_text(result: Result) -> str:
 
 
 def summary_table(result: Result) -> pd.DataFrame:
-    """Per option: mean/median/max relative error over layers and the uniform configuration's avg bits."""
-    table = result.search_space.groupby(["method", "w_bits"])["error"].agg(["mean", "median", "max"])
-    table["uniform_avg_bits"] = [
-        result.summary["uniform_avg_bits"][QuantSpec(m, b).key] for m, b in table.index
-    ]
-    return table.loc[sorted(table.index, key=lambda mb: QuantSpec(*mb).display_order())]
+    """Per choice of the space: mean/median/max relative error over layers and the uniform configuration's avg
+    bits."""
+    table = result.search_space.groupby("option")["error"].agg(["mean", "median", "max"])
+    table["uniform_avg_bits"] = [result.summary["uniform_avg_bits"][key] for key in table.index]
+    return table.loc[sorted(table.index, key=lambda key: option_order(parse_option(key)))]
 
 
 def plot_layer_errors(result: Result) -> Figure:
     """Heatmap of each layer's relative error (log scale) by method × bits; saved to figures/."""
-    space = result.search_space
+    space = result.search_space[result.search_space["option"] != FLOAT_KEY]  # a float layer has no error
     units = list(dict.fromkeys(space["unit"]))
     grid = space.pivot(index="option", columns="unit", values="error")[units]
     grid = grid.loc[[s.key for s in sorted(map(QuantSpec.parse, grid.index), key=QuantSpec.display_order)]]
@@ -205,9 +216,9 @@ def plot_layer_errors(result: Result) -> Figure:
     ax.set_xticklabels(units[::step], rotation=90, fontsize=6)
     ax.set_xlabel(f"layer (module order, {len(units)} units)" + ("; blank = exact (error 0)" if exact.any() else ""))
     ax.set_ylabel("method-bits")
-    ax.set_title(f"{result.settings.model_id}: per-layer weight quantization error ‖W−Ŵ‖²/‖W‖²")
+    ax.set_title(f"{result.settings.subject()}: per-layer weight quantization error ‖W−Ŵ‖²/‖W‖²")
     directory = result.settings.figures_to(result.directory)
-    savefig(fig, f"01_layer_errors_{result.settings.model_id}", directory)
+    savefig(fig, result.settings.figure_name("01_layer_errors"), directory)
     return fig
 
 
@@ -231,8 +242,8 @@ def plot_layer_damage(result: Result) -> Figure | None:
         for row in rows.nlargest(3, "sample_mse").itertuples():
             ax.annotate(row.unit, (row.error, row.sample_mse), fontsize=5, textcoords="offset points", xytext=(3, 2))
     axes[0][0].set_ylabel("sample MSE to float (only this layer quantized)")
-    fig.suptitle(f"{result.settings.model_id}: does a layer's weight error predict the damage it does? "
+    fig.suptitle(f"{result.settings.subject()}: does a layer's weight error predict the damage it does? "
                  f"({len(damage) // len(options)} layers)", fontsize=10)
     directory = result.settings.figures_to(result.directory)
-    savefig(fig, f"01_layer_damage_{result.settings.model_id}", directory)
+    savefig(fig, result.settings.figure_name("01_layer_damage"), directory)
     return fig

@@ -35,9 +35,10 @@ from qsd.search.scores import LEVELS, score_variants
 from qsd.stages import StageSettings
 
 STAGE = SCORES
-OPTION_COLORS = {"kmeans_c-4": "#1f4e9c", "kmeans_c-3": "#7ea6e0", "kmeans_a-4": "#2e7d32", "kmeans_a-3": "#9ccc65",
-                 "uaq-4": "#c62828", "uaq-3": "#ef9a9a"}
-"""Method × bits colours of the stacked bars (dark = 4 bits, light = 3 bits)."""
+OPTION_COLORS = {"float": "#424242", "kmeans_c-4": "#1f4e9c", "kmeans_c-3": "#7ea6e0", "kmeans_a-4": "#2e7d32",
+                 "kmeans_a-3": "#9ccc65", "uaq-8": "#7f0000", "uaq-4": "#c62828", "uaq-3": "#ef9a9a"}
+"""Method × bits colours of the stacked bars (dark = 4 bits, light = 3 bits; the extended space's float and UAQ-8
+darkest)."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def run(settings: Settings) -> Result:
     (directory / "insights.json").write_text(json.dumps(records, indent=1))
     counts = scores.groupby(["target", "level"]).size()
     result.summary = {
-        "target": settings.target, "units": int(scores.query("level == 'subgraph'")["unit"].nunique()),
+        "space": settings.run_space(), "target": settings.target,
+        "units": int(scores.query("level == 'subgraph'")["unit"].nunique()),
         "layers": int(scores.query("level == 'node'")["unit"].nunique()),
         "variants_scored": {f"{t}/{lv}": int(n) for (t, lv), n in counts.items()},
         "folds": folds[settings.target],
@@ -115,7 +117,7 @@ def summary_text(result: Result) -> str:
     s = result.summary
     counts = ", ".join(f"{k}: {v}" for k, v in s["variants_scored"].items())
     return (f"{s['layers']} layers in {s['units']} units, {s['folds']} fold predictors; variants scored ({counts})\n"
-            f"insights ({s['target']} target):\n" + insight_text(result.insights))
+            f"insights ({s['target']} target, {s['space']} search space):\n" + insight_text(result.insights))
 
 
 # ---------------------------------------------------------------------- figures
@@ -126,8 +128,8 @@ def _boxes(result: Result, table: pd.DataFrame, column: str, name: str, title: s
     ax.axhline(0, color="0.4", lw=0.6)
     ax.tick_params(axis="x", rotation=45)
     ax.set(xlabel="", ylabel=f"score ({result.settings.target} target, Σ over folds)",
-           title=f"{result.settings.model_id}: {title}")
-    savefig(fig, f"{name}_{result.settings.model_id}", result.settings.figures_to(result.directory))
+           title=f"{result.settings.subject()}: {title}")
+    savefig(fig, result.settings.figure_name(name), result.settings.figures_to(result.directory))
     return fig
 
 
@@ -158,8 +160,8 @@ def plot_choices(result: Result) -> Figure:
     fig, ax = new_figure(max(6.0, 0.55 * len(roles) + 2), 4.2)
     shares.loc[roles].plot.bar(stacked=True, ax=ax, color=[OPTION_COLORS[o] for o in shares.columns], width=0.8)
     ax.set(xlabel="", ylabel="share of the op type's layers", ylim=(0, 1),
-           title=f"{s.model_id}: top-1 {s.level}-level choices ({s.target} target)")
+           title=f"{s.subject()}: top-1 {s.level}-level choices ({s.target} target)")
     ax.tick_params(axis="x", rotation=45)
     ax.legend(fontsize=7, frameon=False, bbox_to_anchor=(1.01, 1), loc="upper left")
-    savefig(fig, f"04_choices_{s.model_id}", s.figures_to(result.directory))
+    savefig(fig, s.figure_name("04_choices"), s.figures_to(result.directory))
     return fig

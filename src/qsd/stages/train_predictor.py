@@ -170,7 +170,7 @@ def run(settings: Settings) -> Result:
     metrics = _metrics_table(runs, yardsticks)
     metrics.to_csv(directory / "metrics.csv", index=False)
     _predictions(runs, settings, dataset).to_csv(directory / "predictions.csv", index=False)
-    summary = _summary(settings, dataset, runs, metrics)
+    summary = {"space": settings.run_space()} | _summary(settings, dataset, runs, metrics)
     write_run_record(directory, settings, summary)
     return Result(settings, directory, dataset, runs, yardsticks, metrics, summary)
 
@@ -257,7 +257,7 @@ def plot_graph_block(result: Result) -> Figure:
     """One block's subgraph with its nodes' roles (the middle block)."""
     graph = result.dataset.graph
     fig = draw_block(graph, graph.n_blocks // 2)
-    savefig(fig, f"03_graph_block_{result.settings.model_id}", result.settings.figures_to(result.directory))
+    savefig(fig, result.settings.figure_name("03_graph_block"), result.settings.figures_to(result.directory))
     return fig
 
 
@@ -277,8 +277,8 @@ def plot_pred_vs_true(result: Result) -> Figure:
         ax.set(xlabel=f"true target: {t['expression']}", ylabel="predicted",
                title=f"{target} target: Spearman {t['gnn_spearman_mean']:.3f} ± {t['gnn_spearman_std']:.3f}")
         ax.legend(fontsize=7, frameon=False)
-    fig.suptitle(f"{s.model_id}: GNN ({predictor_variant(s.loss, s.readout)}) on held-out folds")
-    savefig(fig, f"03_pred_vs_true_{s.model_id}", s.figures_to(result.directory))
+    fig.suptitle(f"{s.subject()}: GNN ({predictor_variant(s.loss, s.readout)}) on held-out folds")
+    savefig(fig, s.figure_name("03_pred_vs_true"), s.figures_to(result.directory))
     return fig
 
 
@@ -298,8 +298,8 @@ def plot_hop_spearman(result: Result) -> Figure:
     ax.axhline(0, color="0.3", lw=0.6)
     ax.set_xticks(np.arange(len(groups)), groups)
     ax.set(ylabel="test Spearman (mean ± std over folds)", ylim=(-1, 1),
-           title=f"{s.model_id}: hop-level ranking, paper target, {s.folds} folds")
+           title=f"{s.subject()}: hop-level ranking, paper target, {s.folds} folds")
     ax.legend(fontsize=8, frameon=False, ncols=2)
-    savefig(fig, f"03_hop_spearman_{s.model_id}", s.figures_to(result.directory))
+    savefig(fig, s.figure_name("03_hop_spearman"), s.figures_to(result.directory))
     return fig
 
