@@ -35,14 +35,23 @@ def test_the_run_knows_every_seed_it_sampled_with(run):
 
 
 def test_evaluation_seeds_are_held_out_from_labelling_selection_and_calibration(run):
-    seeds = stage.evaluation_seeds(run, stage.Settings(noise_seeds=3))
+    seeds = stage.evaluation_seeds([run], stage.Settings(noise_seeds=3))
     assert seeds == [8, 9, 10], "one past every sampled seed, consecutive"
     assert not set(seeds) & (run.sampled_seeds() | {stage.Settings().calibration_seed})
-    assert stage.evaluation_seeds(run, stage.Settings(noise_seeds=2, evaluation_seed=20)) == [20, 21]
+    assert stage.evaluation_seeds([run], stage.Settings(noise_seeds=2, evaluation_seed=20)) == [20, 21]
     with pytest.raises(InvalidSettingError, match=r"include \[1, 2\].*leave it None \(seeds from 8\)"):
-        stage.evaluation_seeds(run, stage.Settings(noise_seeds=3, evaluation_seed=1))
+        stage.evaluation_seeds([run], stage.Settings(noise_seeds=3, evaluation_seed=1))
     with pytest.raises(InvalidSettingError, match=r"include \[9\].*calibration: 9"):
-        stage.evaluation_seeds(run, stage.Settings(noise_seeds=3, calibration_seed=9))
+        stage.evaluation_seeds([run], stage.Settings(noise_seeds=3, calibration_seed=9))
+
+
+def test_evaluation_seeds_are_held_out_from_the_extended_runs_seeds_too(run):
+    extended = RunFolder("tiny_pixart", "extended")
+    extended.path(LABELS).mkdir(parents=True)
+    (extended.path(LABELS) / "settings.json").write_text(json.dumps({"seed": 8, "float_seeds": 3}))
+    settings = stage.Settings(noise_seeds=3, extended_run="extended")
+    assert [r.run_id for r in stage.selection_runs(settings)] == ["default", "extended"]
+    assert stage.evaluation_seeds(stage.selection_runs(settings), settings) == [11, 12, 13]
 
 
 def row(name: str, family: str, bits: float, fids: list[float], a_bits: int = 6, convention: str = "released") -> dict:
@@ -201,3 +210,44 @@ def test_variant_rows_are_measured_but_not_a_release_in_the_headline_or_rule_tab
     assert set(summary["w4a6_paired_fid_differences"]) == {"RTN W4A6", "DMQ W4A6"}
     assert set(summary["qsd_dominates"]) == {"RTN W4A6"}, "the Pareto verdict covers every baseline row"
     assert summary["baseline_rows"] == 4
+
+
+def test_extended_rows_are_built_from_the_extended_multiquantizer_and_judged_on_their_own():
+    """`extended_run`: its configurations become 'Qua²SeDiMo-ext' rows applied through its own multiquantizer (float
+    layers and 8-bit UAQ), priced by it, and `qsd_dominates(..., EXTENDED)` judges only them."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from qsd.config import QuantSpec
+    from qsd.multiquant import MultiQuantizer
+    from qsd.space import search_space
+
+    denoiser = random_denoiser("pixart", 0).eval()
+    weights = {n: m.weight.detach().clone() for n, m in denoiser.named_modules()
+               if isinstance(getattr(m, "weight", None), torch.Tensor)}
+    mq = MultiQuantizer.build(denoiser, progress=False)
+    ext_mq = MultiQuantizer.build(denoiser, search_space("extended").options(), progress=False, float_option=True)
+    units = ext_mq.unit_names
+    config = ext_mq.uniform(QuantSpec("uaq", 3)).with_layers({units[0]: None, units[1]: QuantSpec("uaq", 8)})
+    config_row = {"name": "searched 1", "avg_bits": ext_mq.cost(config)["avg_bits"], "source": "searched"}
+    settings = stage.Settings(smoke=True, baselines=(), variants=(), dmq_a_bits=(), qsd_a_bits=(16,),
+                              conventions=("released",))
+    context = stage.Context(settings, None, SimpleNamespace(denoiser=denoiser), mq, None, None, 8, {}, None)
+    rows = stage.plan(context, {}, lambda: None, (ext_mq, {"searched 1": (config, config_row)}))
+    name, build, depends_on = rows[-1]
+    assert name == f"Qua²SeDiMo-ext W{config_row['avg_bits']:.2f}A16" and depends_on["space"] == "extended"
+    _, columns = build()
+    assert columns["family"] == stage.EXTENDED and columns["float_layers"] == [units[0]]
+    assert columns["avg_bits"] == pytest.approx(config_row["avg_bits"])
+    modules = dict(denoiser.named_modules())
+    assert torch.equal(modules[units[0]].weight, weights[units[0]])
+    assert torch.equal(modules[units[1]].weight, ext_mq.option(units[1], QuantSpec("uaq", 8)).dequantize())
+    assert not torch.equal(modules[units[2]].weight, weights[units[2]])
+    mq.restore()
+    assert all(torch.equal(modules[n].weight, w) for n, w in weights.items() if n in modules)
+    table = pd.DataFrame([row("RTN W4A6", "baseline", 4.2, [50.0, 60.0, 55.0]),
+                          row("Q W3.70A6", "qsd", 3.7, [60.0, 70.0, 65.0]),
+                          row("Qx W3.60A6", stage.EXTENDED, 3.6, [40.0, 50.0, 45.0])])
+    assert stage.qsd_dominates(table) == {}
+    assert stage.qsd_dominates(table, stage.EXTENDED)["RTN W4A6"]["by"] == "Qx W3.60A6"

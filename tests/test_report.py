@@ -119,6 +119,22 @@ def test_the_comparison_table_pairs_both_conventions_and_names_the_dominating_ro
     assert "| RTN | released | first and last |  |" in rules[3]
 
 
+def test_the_extended_spaces_verdict_joins_the_table_and_the_headline(tmp_path):
+    extended = {"by": "Qua²SeDiMo-ext W3.60A6", "qsd_bits": 3.6, "baseline_bits": 4.24,
+                "paired": {"mean": 2.0, "std": 0.5, "per_seed": [1.5, 2.0, 2.5], "beaten": True}}
+    summaries = SUMMARIES | {"06_final_comparison": SUMMARIES["06_final_comparison"] | {
+        "extended_run": "extended", "extended_dominates": {"RTN W4A6": extended,
+                                                           "RTN W4A6 (first/last float)": extended}}}
+    run = fake_run(tmp_path, summaries)
+    comparison_files(run)
+    lines = report.comparison_lines(report.read_run(run))
+    assert lines[4] == ("| RTN W4A6 | 4.24 | 32.0 ± 2.0 | Qua²SeDiMo-ext W3.60A6 | 4.24 | 32.0 ± 2.0 | "
+                        "Qua²SeDiMo W3.90A6 (first/last float); Qua²SeDiMo-ext W3.60A6 |")
+    headline = "\n".join(report.glance_lines(report.read_run(run)))
+    assert "Qua²SeDiMo dominates 1 of 12 baseline rows; the extended search space's rows (run `extended`) " \
+           "dominate 2." in headline
+
+
 def test_stages_are_the_notebooks():
     assert [s.name for s in report.STAGES] == sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert set(report.FIELDS) == {s.name for s in report.STAGES}

@@ -303,7 +303,8 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field(("qsd_w3x_a6_beats_every_w4a6_baseline_beyond_spread",)),
         Field(("w4a6_baselines_beaten_beyond_spread",)), Field(("w4a6_baselines_beaten_paired",)),
         Field(("w4a6_paired_fid_differences",), paired), Field(("evaluation_seeds",)),
-        Field(("qsd_dominates",), dominated), Field(("baseline_rows",)),
+        Field(("qsd_dominates",), dominated), Field(("baseline_rows",)), Field(("extended_run",)),
+        Field(("extended_dominates",), dominated),
     ),
     EXPORT: (
         Field(("config_source",)), Field(("avg_bits",), number(".3f")), Field(("packed_equals_fake_quantized",)),
@@ -402,7 +403,10 @@ def glance_lines(run: Run) -> list[str]:
         f"**{v(s06, 'qsd_w3x_a6_beats_every_w4a6_baseline_beyond_spread')}**; baselines it beats at every noise seed: "
         f"{count(beaten)} of {count(baselines)}. At matched cost (same float-layer convention and activation bits, no "
         f"more weight bits, lower FID at every held-out seed) Qua²SeDiMo dominates "
-        f"{count(run.value(s06, ('qsd_dominates',)))} of {v(s06, 'baseline_rows')} baseline rows.",
+        f"{count(run.value(s06, ('qsd_dominates',)))} of {v(s06, 'baseline_rows')} baseline rows"
+        + ("." if run.value(s06, ("extended_run",)) == NOT_RUN else
+           f"; the extended search space's rows (run `{v(s06, 'extended_run')}`) dominate "
+           f"{count(run.value(s06, ('extended_dominates',)))}."),
         f"- **Real low-bit weights** (stage 07): {v(s07, 'avg_bits', spec='.3f')} bits, "
         f"packed layers {v(s07, 'packed_layers_ratio_vs_fp16', spec='.3f')}× their fp16 bytes; "
         f"packed images equal fake-quantized ones: {v(s07, 'packed_equals_fake_quantized')}.",
@@ -422,15 +426,16 @@ def comparison_lines(run: Run) -> list[str]:
     if not path.is_file():
         return [f"Stage 06: {NOT_RUN}."]
     table = pd.read_csv(path)
-    dominates = run.value(COMPARISON, ("qsd_dominates",))
-    dominates = dominates if isinstance(dominates, Mapping) else {}
+    verdicts = [run.value(COMPARISON, (key,)) for key in ("qsd_dominates", "extended_dominates")]
+    verdicts = [v for v in verdicts if isinstance(v, Mapping)]
     seeds = text(run.value(COMPARISON, ("evaluation_seeds",)))
     float_fid = table.loc[table["family"] == "float", "fid_mean"]
     at = table[(table["a_bits"] == HEADLINE_A_BITS) & (table["family"] != "float")]
     lines = [f"Stage 06 on `{run.model_id}` at A{HEADLINE_A_BITS} (W4 baselines), FID mean ± std over the held-out "
              f"noise seeds {seeds}; float {float_fid.iloc[0]:.1f}. Left: each method with its released float "
              "layers; right: the first and last layer float for every method. A baseline dominated by a Qua²SeDiMo "
-             "row (same convention and activations, no more bits, lower FID at every seed) names it.", "",
+             "row (same convention and activations, no more bits, lower FID at every seed) names it (Qua²SeDiMo-ext: "
+             "the extended search space's, when stage 06 ran with `extended_run`).", "",
              "| row | bits | FID | dominated by | bits, first/last float | FID, first/last float | dominated by |",
              "|---|---|---|---|---|---|---|"]
     by_name = {r["name"]: r for _, r in at.iterrows()}
@@ -439,7 +444,7 @@ def comparison_lines(run: Run) -> list[str]:
         if name not in by_name:
             return ["", "", ""]
         r = by_name[name]
-        by = dominates.get(name, {}).get("by", "")
+        by = "; ".join(v[name]["by"] for v in verdicts if name in v)
         return [f"{r['avg_bits']:.2f}", f"{r['fid_mean']:.1f} ± {r['fid_std']:.1f}", cell(by)]
 
     released = [n for n in by_name if by_name[n]["convention"] != FIRST_LAST]

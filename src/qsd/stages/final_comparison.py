@@ -22,14 +22,17 @@ Steps:
        paper describes it);
      every method keeping float what its release keeps float (`RELEASED`); then, under one rule for all
      (`FIRST_LAST`: the first and last layer float), at each of `first_last_a_bits`: every baseline whose release
-     keeps other layers and each Qua²SeDiMo configuration.
+     keeps other layers and each Qua²SeDiMo configuration;
+     * with `extended_run` (issue 31 item 8), that extended-search-space run's stage-05 configurations at `budgets`,
+       applied through its own multiquantizer, at each of `qsd_a_bits` (released: as its search built them, float
+       layers included) and `first_last_a_bits` ('Qua²SeDiMo-ext' rows; the held-out seeds avoid its seeds too).
   4. Real low-bit weights: each Qua²SeDiMo configuration at the lowest of `qsd_a_bits` exported packed
      (`qsd.export`), reloaded and sampled through the packed kernels at the first noise seed; its FID, resident weight
      bytes and sampling seconds against the float model's, timed in the same process.
   5. The headline (`summary.json`): the Qua²SeDiMo configuration at `w3x_budget` with A6 against the best W4A6
      baseline (released conventions), and whether it wins beyond the seed spread (its mean + std below the baseline's
      mean − std); the Pareto verdict `qsd_dominates` over every baseline row, at matched convention, activation bits
-     and no more weight bits.
+     and no more weight bits (`extended_dominates`: the same for the Qua²SeDiMo-ext rows).
 
 Rows are saved as they finish (`rows/<key>.json` and their grid images, `qsd.row_cache`), each under what it alone
 depends on: a re-run resumes from them, and changing `progress` or adding a budget re-measures only what changed.
@@ -72,7 +75,7 @@ from qsd.packed import export, load_quantized, memory_report
 from qsd.plotting import label_points, new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.row_cache import RowCache, without_record
-from qsd.run_folder import COMPARISON, COMPARISON_FILE, LABELS, RULES_FILE, RunFolder
+from qsd.run_folder import COMPARISON, COMPARISON_FILE, LABELS, MULTIQUANTIZER, RULES_FILE, RunFolder
 from qsd.sampling import SamplingProtocol, generate
 from qsd.stages import StageSettings
 
@@ -98,6 +101,11 @@ FIRST_LAST_SUFFIX = " (first/last float)"
 """What a row's name gains under the 'first_last' convention (`convention_name`)."""
 UNBUILT_SOURCES = ("uniform", "random")
 """Stage-05 frontier sources (frontier.csv `source`) that no construction built; the row name says which."""
+QSD = "Qua²SeDiMo"
+EXTENDED = "qsd-ext"
+"""The family of the extended search space's Qua²SeDiMo rows (`extended_run`)."""
+FAMILY_METHODS = {"qsd": QSD, EXTENDED: "Qua²SeDiMo-ext"}
+"""A Qua²SeDiMo family's method name (its rows' names start with it)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,11 @@ class Settings(StageSettings):
     sampled with (`RunFolder.sampled_seeds`). Seeds the run labelled, selected or calibrated with are refused."""
     baseline_settings: dict = field(default_factory=dict)
     """Per baseline, overrides of its `Settings` (e.g. {"qdiffusion": {"iters": 100}})."""
+    extended_run: str | None = None
+    """The run_id of an extended-search-space run of this model (`qsd.space`; stages 01-05 run there): its stage-05
+    configurations at `budgets` join the table as 'Qua²SeDiMo-ext' rows, measured like this run's Qua²SeDiMo rows
+    (same protocol, held-out seeds, activation bits and conventions), so both spaces' frontiers stand beside the
+    baselines (`extended_dominates`). None: no such rows."""
     grid_images: int = 8
     packed: bool = True
     """Export, reload and sample the Qua²SeDiMo configurations packed (step 4)."""
@@ -193,27 +206,34 @@ class Context:
     rows: RowCache
 
 
-def evaluation_seeds(run: RunFolder, settings: Settings) -> list[int]:
+def selection_runs(settings: Settings) -> list[RunFolder]:
+    """The runs whose configurations this stage evaluates: this one, and `extended_run` if given."""
+    runs = [RunFolder(settings.model_id, settings.run_id)]
+    return runs + ([RunFolder(settings.model_id, settings.extended_run)] if settings.extended_run else [])
+
+
+def evaluation_seeds(runs: Sequence[RunFolder], settings: Settings) -> list[int]:
     """The held-out noise seeds: `noise_seeds` consecutive ones from `evaluation_seed` (default: one past every seed
-    the run sampled with). Stage 05 chose its configurations with labels at stage 02's seed, so scoring them there
-    would favour them; a seed the run sampled with, or the calibration seed, is refused."""
-    sampled = run.sampled_seeds()
+    the runs sampled with). Stage 05 chose its configurations with labels at stage 02's seed, so scoring them there
+    would favour them; a seed a run sampled with, or the calibration seed, is refused."""
+    sampled = set().union(*(run.sampled_seeds() for run in runs))
     held_out = max(sampled) + 1
     first = held_out if settings.evaluation_seed is None else settings.evaluation_seed
     seeds = list(range(first, first + settings.noise_seeds))
     if reused := sorted(set(seeds) & (sampled | {settings.calibration_seed})):
         raise InvalidSettingError(
-            f"evaluation seeds {seeds} include {reused}, which this run already sampled with (labelling, selection "
+            f"evaluation seeds {seeds} include {reused}, which the runs already sampled with (labelling, selection "
             f"and float spread: {sorted(sampled)}; calibration: {settings.calibration_seed}); choose an "
             f"evaluation_seed whose {settings.noise_seeds} seeds avoid them, or leave it None (seeds from {held_out})")
     return seeds
 
 
-def evaluation_protocol(run: RunFolder, settings: Settings) -> tuple[LabellingSetup, SamplingProtocol]:
-    """Stage 02's labelling setup and its protocol at the first held-out seed (`evaluation_seeds`), sampled eagerly
-    (activation quantizers are forward hooks); `Labeller.seed_scores` takes the next seeds from there."""
-    setup = LabellingSetup.of(run.settings(LABELS))
-    return setup, dataclasses.replace(setup.protocol(), seed=evaluation_seeds(run, settings)[0], compile=False)
+def evaluation_protocol(runs: Sequence[RunFolder], settings: Settings) -> tuple[LabellingSetup, SamplingProtocol]:
+    """This run's (the first's) stage-02 labelling setup and its protocol at the first held-out seed
+    (`evaluation_seeds`), sampled eagerly (activation quantizers are forward hooks); `Labeller.seed_scores` takes
+    the next seeds from there."""
+    setup = LabellingSetup.of(runs[0].settings(LABELS))
+    return setup, dataclasses.replace(setup.protocol(), seed=evaluation_seeds(runs, settings)[0], compile=False)
 
 
 def measure(context: Context, name: str, variant: RowBuilder, depends_on: dict | None = None) -> dict:
@@ -236,10 +256,16 @@ def grid_images(context: Context, name: str) -> torch.Tensor:
     return load_file(str(context.rows.path(name, ".safetensors")))["images"]
 
 
-def qsd_name(config_row: dict, a_bits: int) -> str:
-    """'Qua²SeDiMo W<avg bits>A<a_bits>', naming the configuration when stage 05's frontier took one it did not
-    build (a uniform or random row that nothing built beat at its budget)."""
-    name = f"Qua²SeDiMo W{config_row['avg_bits']:.2f}A{a_bits}"
+def qsd_method(settings: Settings) -> str:
+    """The method name of this run's Qua²SeDiMo rows: 'Qua²SeDiMo-ext' when the run's search space is the extended
+    one (so its rows never pass for the paper's)."""
+    return QSD if settings.run_space() == "paper" else FAMILY_METHODS[EXTENDED]
+
+
+def qsd_name(config_row: dict, a_bits: int, method: str = QSD) -> str:
+    """'Qua²SeDiMo W<avg bits>A<a_bits>' ('Qua²SeDiMo-ext' for the extended space's), naming the configuration when
+    stage 05's frontier took one it did not build (a uniform or random row that nothing built beat at its budget)."""
+    name = f"{method} W{config_row['avg_bits']:.2f}A{a_bits}"
     return name + (f" ({config_row['name']})" if config_row.get("source") in UNBUILT_SOURCES else "")
 
 
@@ -268,10 +294,11 @@ def first_last_aliases(settings: Settings) -> dict[str, str]:
             and method_settings(settings, name, FIRST_LAST) == method_settings(settings, name)}
 
 
-def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
-         calibration: Callable[[], CalibrationSet]) -> list[tuple[str, RowBuilder, dict]]:
+def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]], calibration: Callable[[], CalibrationSet],
+         extended: tuple[MultiQuantizer, dict[str, tuple[QuantConfig, dict]]] | None = None
+         ) -> list[tuple[str, RowBuilder, dict]]:
     """Every row to measure, in table order: (name, builder of its model and fixed columns, what the row depends on
-    beyond the context's `common`)."""
+    beyond the context's `common`). `extended`: the extended run's multiquantizer and configurations."""
     s, model, mq = context.settings, context.model, context.multiquantizer
     n_weights = mq.cost(mq.uniform(None))["n_weights"]
 
@@ -292,13 +319,16 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
                 settings=result.settings)
         return build
 
-    def qsd_row(config: QuantConfig, config_row: dict, a_bits: int, convention: str = RELEASED):
+    own_method = qsd_method(s)
+
+    def qsd_row(config: QuantConfig, config_row: dict, a_bits: int, convention: str = RELEASED,
+                source: MultiQuantizer = mq, family: str = "qsd", method: str = own_method):
         def build() -> tuple[DiffusionModel, dict]:
-            mq.restore()
+            mq.restore()  # either multiquantizer restores the same float weights
             chosen = config if convention == RELEASED else with_float_ends(config, model.denoiser, calibration())
-            mq.apply(chosen.with_a_bits(None if a_bits == FLOAT_ACTIVATIONS else a_bits))
-            return model, columns("qsd", "Qua²SeDiMo", mq.cost(chosen)["avg_bits"], a_bits, 0.0, convention,
-                                  config=config_row["name"],
+            source.apply(chosen.with_a_bits(None if a_bits == FLOAT_ACTIVATIONS else a_bits))
+            return model, columns(family, method, source.cost(chosen)["avg_bits"], a_bits, 0.0,
+                                  convention, config=config_row["name"],
                                   float_layers=sorted(unit for unit, spec in chosen.items() if spec is None))
         return build
 
@@ -332,18 +362,29 @@ def plan(context: Context, configs: dict[str, tuple[QuantConfig, dict]],
                          calibrated(method, a, extra=overrides)))
     for config, config_row in configs.values():
         fingerprint = {"config": config.fingerprint}
-        rows += [(qsd_name(config_row, a), qsd_row(config, config_row, a), fingerprint | {"a_bits": a})
+        rows += [(qsd_name(config_row, a, own_method), qsd_row(config, config_row, a), fingerprint | {"a_bits": a})
                  for a in s.qsd_a_bits]
-        rows += [(qsd_name(config_row, a) + " + DMQ act.", qsd_dmq_row(config, config_row, a),
+        rows += [(qsd_name(config_row, a, own_method) + " + DMQ act.", qsd_dmq_row(config, config_row, a),
                   fingerprint | calibrated("dmq", a)) for a in s.dmq_a_bits]
     if FIRST_LAST in s.conventions:
         aliases = first_last_aliases(s)
         rows += [(name, baseline_row(method, a, FIRST_LAST), calibrated(method, a, FIRST_LAST))
                  for a in s.first_last_a_bits for method in s.baselines
                  if (name := convention_name(f"{BASELINES[method]} W{W_BITS}A{a}", FIRST_LAST)) not in aliases]
-        rows += [(convention_name(qsd_name(config_row, a), FIRST_LAST), qsd_row(config, config_row, a, FIRST_LAST),
+        rows += [(convention_name(qsd_name(config_row, a, own_method), FIRST_LAST),
+                  qsd_row(config, config_row, a, FIRST_LAST),
                   {"config": config.fingerprint, "a_bits": a, "convention": FIRST_LAST})
                  for config, config_row in configs.values() for a in s.first_last_a_bits]
+    if extended is not None:
+        ext_mq, ext_configs = extended
+        method = FAMILY_METHODS[EXTENDED]
+        for convention, a_bits in ((RELEASED, s.qsd_a_bits), (FIRST_LAST, s.first_last_a_bits)):
+            if convention not in s.conventions:
+                continue
+            rows += [(convention_name(qsd_name(config_row, a, method), convention),
+                      qsd_row(config, config_row, a, convention, ext_mq, EXTENDED, method),
+                      {"config": config.fingerprint, "a_bits": a, "convention": convention, "space": "extended"})
+                     for config, config_row in ext_configs.values() for a in a_bits]
     return rows
 
 
@@ -368,12 +409,19 @@ def stage_configs(settings: Settings, run: RunFolder) -> dict[str, tuple[QuantCo
 def run(settings: Settings) -> Result:
     """Measure every row (see the module docstring), resuming from saved rows."""
     settings = settings.effective()
-    run_folder = RunFolder(settings.model_id, settings.run_id)
-    labelling, protocol = evaluation_protocol(run_folder, settings)
+    runs = selection_runs(settings)
+    run_folder = runs[0]
+    labelling, protocol = evaluation_protocol(runs, settings)
     configs = stage_configs(settings, run_folder)
     w3x_name = run_folder.frontier_config(settings.w3x_budget)[1]["name"]
     model = load_model(settings.model_id, device=labelling.device)
     mq = run_folder.multiquantizer(model.denoiser)
+    extended = None
+    if settings.extended_run:
+        if (space := runs[1].settings(MULTIQUANTIZER).get("space", "paper")) != "extended":
+            raise InvalidSettingError(f"extended_run={settings.extended_run!r} is a {space!r}-space run; name a run "
+                                      "whose notebook 01 ran with space='extended'")
+        extended = runs[1].multiquantizer(model.denoiser), stage_configs(settings, runs[1])
     directory = settings.output_dir(STAGE)
     labeller = Labeller(model, protocol, labelling.n_probe, labelling.batch_size, progress=False,
                         clip_dir=labelling.clip_dir)
@@ -390,7 +438,7 @@ def run(settings: Settings) -> Result:
                                                    settings.calibration_seed))
         return cache[0]
 
-    rows = plan(context, configs, calibration)
+    rows = plan(context, configs, calibration, extended)
     measured = []
     for name, build, depends_on in tqdm(rows, desc="final comparison", unit="row", disable=not settings.progress):
         try:
@@ -408,7 +456,7 @@ def run(settings: Settings) -> Result:
     grid = {name: grid_images(context, name) for name, *_ in rows}  # aliases share their released row's images
     summary = _summary(settings, table, w3x_name, packed) | {
         "evaluation_seeds": list(range(protocol.seed, protocol.seed + settings.noise_seeds)),
-        "sampled_seeds": sorted(run_folder.sampled_seeds())}
+        "sampled_seeds": sorted(set().union(*(run.sampled_seeds() for run in runs)))}
     result = Result(settings, directory, table, packed, grid, summary)
     rule_table(result).rename_axis(["method", "source"]).reset_index().to_csv(directory / RULES_FILE, index=False)
     write_run_record(directory, settings, summary)
@@ -440,7 +488,8 @@ def packed_rows(context: Context, configs: dict[str, tuple[QuantConfig, dict]]) 
         packed = model.with_denoiser(load_quantized(path, s.model_id))
         images, seconds = timed_generate(packed, context.protocol, context.batch_size)
         memory = memory_report(packed.denoiser)
-        return {"name": qsd_name(config_row, a_bits), "config": name, "avg_bits": mq.cost(config)["avg_bits"],
+        return {"name": qsd_name(config_row, a_bits, qsd_method(context.settings)), "config": name,
+                "avg_bits": mq.cost(config)["avg_bits"],
                 "a_bits": a_bits, "fid_packed": context.labeller.score(images)["fid"],
                 "packed_layers_mib": memory["packed_layers_bytes"] / 2**20,
                 "fp16_layers_mib": memory["packed_layers_fp16_bytes"] / 2**20,
@@ -480,6 +529,8 @@ def _summary(settings: Settings, table: pd.DataFrame, w3x_name: str, packed: pd.
                     "w4a6_paired_fid_differences": paired,
                     "w4a6_baselines_beaten_paired": [name for name, d in paired.items() if d["beaten"]]}
     summary["qsd_dominates"] = qsd_dominates(table)
+    if settings.extended_run:
+        summary |= {"extended_run": settings.extended_run, "extended_dominates": qsd_dominates(table, EXTENDED)}
     summary["baseline_rows"] = int((table["family"] == "baseline").sum())
     if len(packed):
         summary["packed"] = {r["name"]: {"fid_packed": round(r["fid_packed"], 3),
@@ -505,12 +556,12 @@ def paired_difference(baseline_fids: Sequence[float], qsd_fids: Sequence[float])
             "beaten": bool((d > 0).all() and d.mean() > std)}
 
 
-def qsd_dominates(table: pd.DataFrame) -> dict[str, dict]:
-    """The Pareto verdict at matched cost: the baseline rows some Qua²SeDiMo row dominates — same float-layer
-    convention, same activation bits, no more average weight bits, and lower FID paired by noise seed
-    (`paired_difference` beaten). Per dominated baseline: the dominating row with the largest mean difference, both
-    rows' bits and the paired difference."""
-    qsd, dominated = table[table["family"] == "qsd"], {}
+def qsd_dominates(table: pd.DataFrame, family: str = "qsd") -> dict[str, dict]:
+    """The Pareto verdict at matched cost: the baseline rows some Qua²SeDiMo row (of `family`: "qsd", or
+    `EXTENDED` for the extended space's) dominates — same float-layer convention, same activation bits, no more
+    average weight bits, and lower FID paired by noise seed (`paired_difference` beaten). Per dominated baseline: the
+    dominating row with the largest mean difference, both rows' bits and the paired difference."""
+    qsd, dominated = table[table["family"] == family], {}
     for _, base in table[table["family"] == "baseline"].iterrows():
         rivals = qsd[(qsd["a_bits"] == base["a_bits"]) & (qsd["avg_bits"] <= base["avg_bits"])
                      & (qsd["convention"] == base["convention"])]
@@ -596,6 +647,10 @@ def summary_text(result: Result) -> str:
     if "qsd_dominates" in s:
         lines.append(f"Pareto (same activation bits, no more weight bits, lower FID at every paired seed): "
                      f"Qua²SeDiMo dominates {len(s['qsd_dominates'])} of {s['baseline_rows']} baseline rows")
+    if "extended_dominates" in s:
+        lines.append(f"extended search space (run {s['extended_run']!r}): Qua²SeDiMo-ext dominates "
+                     f"{len(s['extended_dominates'])} of {s['baseline_rows']} baseline rows: "
+                     + (", ".join(f"{base} by {v['by']}" for base, v in s["extended_dominates"].items()) or "none"))
     return "\n".join(lines)
 
 
@@ -658,21 +713,21 @@ def plot_pareto(result: Result) -> Figure:
     t, dominated = result.table, result.summary.get("qsd_dominates", {})
     a_bits = sorted(set(t.loc[t["family"] == "baseline", "a_bits"]) | {HEADLINE_A_BITS}, reverse=True)
     fig, axes = new_figure(5.5 * len(a_bits), 4.6, ncols=len(a_bits), squeeze=False)
-    colours = {"baseline": "#777777", "qsd": "#d1495b", "qsd+dmq": "#5b8fd1"}
+    colours = {"baseline": "#777777", "qsd": "#d1495b", "qsd+dmq": "#5b8fd1", EXTENDED: "#2a9d8f"}
     float_fid = float(t.loc[t["family"] == "float", "fid_mean"].iloc[0])
     for ax, a in zip(axes[0], a_bits, strict=True):
         rows = t[(t["a_bits"] == a) & (t["family"] != "float")].sort_values("avg_bits")
         labels = []
         for (family, convention), group in rows.groupby(["family", "convention"]):
             marker = "o" if convention == RELEASED else "s"
-            if family == "qsd":
+            if family in ("qsd", EXTENDED):
                 ax.plot(group["avg_bits"], group["fid_mean"], color=colours[family], lw=1, alpha=0.6,
                         ls="-" if convention == RELEASED else ":")
             for _, r in group.iterrows():
                 hollow = r["name"] in dominated
                 ax.errorbar(r["avg_bits"], r["fid_mean"], yerr=r["fid_std"], fmt=marker, capsize=3,
                             color=colours[family], mfc="white" if hollow else colours[family])
-                label = r["name"].replace("Qua²SeDiMo ", "Q ").replace(f" W4A{a}", "")
+                label = r["name"].replace("Qua²SeDiMo-ext ", "Qx ").replace("Qua²SeDiMo ", "Q ").replace(f" W4A{a}", "")
                 labels.append((r["avg_bits"], r["fid_mean"], label.removesuffix(FIRST_LAST_SUFFIX)))
         ax.axhline(float_fid, color="black", ls="--", lw=1, label="float")
         ax.set_yscale("log")
