@@ -17,7 +17,7 @@ ranked against a held-out set of random configurations neither arm trains on (Sp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,18 +25,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from qsd.config import QuantConfig
-from qsd.errors import InfeasibleBudgetError, InvalidSettingError
+from qsd.errors import InvalidSettingError
 from qsd.graph import DenoiserGraph
-from qsd.predictor.cross_validation import cross_validate
-from qsd.predictor.folds import kfold_splits
 from qsd.predictor.metrics import spearman
 from qsd.predictor.model import PredictorSettings
 from qsd.predictor.training import TrainSettings
-from qsd.search.construct import BudgetConfig, budget_config
-from qsd.search.scores import FoldScorer, score_variants
+from qsd.search.construct import BudgetConfig
+from qsd.search.guided import LabelFunction, fit_fold_scorers, frontier_configs
+from qsd.search.scores import FoldScorer
 
-LabelFunction = Callable[[Sequence[QuantConfig], Sequence[str]], np.ndarray]
-"""(configurations, names) → their FIDs (labelling whatever is not labelled yet)."""
 MIN_HELDOUT = 3
 
 
@@ -85,31 +82,6 @@ class ActiveResult:
     """One row per (arm, round, budget): labels, budget, avg_bits, fid, heldout_spearman."""
     labelled: list[tuple[str, QuantConfig, float]] = field(default_factory=list)
     """The active arm's labelled set at the end: (how it came in, configuration, FID)."""
-
-
-def fit_fold_scorers(graph: DenoiserGraph, option_table: pd.DataFrame, configs: Sequence[QuantConfig],
-                     fids: np.ndarray, folds: int, predictor: PredictorSettings, training: TrainSettings,
-                     seed: int = 0) -> list[FoldScorer]:
-    """Cross-validated fold predictors of −FID on (`configs`, `fids`) (`seed`: the folds'), each with its hops'
-    test Spearman."""
-    hops = predictor.hops
-    graphs = graph.encode(configs, option_table, hops, targets=-np.asarray(fids, dtype=float))
-    cv = cross_validate(graphs, kfold_splits(len(graphs), folds, seed), predictor, training)
-    return [FoldScorer(fold, [float(cv.metrics[f"hop{m}_spearman"].iloc[k]) for m in range(hops + 1)])
-            for k, fold in enumerate(cv.predictors)]
-
-
-def frontier_configs(graph: DenoiserGraph, option_table: pd.DataFrame, scorers: list[FoldScorer], level: str,
-                     budgets: Sequence[float]) -> dict[float, BudgetConfig]:
-    """The knapsack configuration of `scorers`' scores at every feasible budget."""
-    table = score_variants(graph, scorers, option_table, level)
-    built = {}
-    for budget in budgets:
-        try:
-            built[budget] = budget_config(table, budget)
-        except InfeasibleBudgetError:
-            continue
-    return built
 
 
 class ActiveLoop:

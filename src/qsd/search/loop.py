@@ -28,7 +28,7 @@ from qsd.errors import InvalidSettingError
 from qsd.graph import DenoiserGraph
 from qsd.predictor.model import PredictorSettings
 from qsd.predictor.training import TrainSettings
-from qsd.search.active import LabelFunction, fit_fold_scorers, frontier_configs
+from qsd.search.guided import LabelFunction, fit_fold_scorers, frontier_configs
 
 BITS_TOLERANCE = 1e-9
 PROPOSAL_COLUMNS = ("round", "seed", "budget", "name", "fingerprint", "avg_bits", "score", "note", "new", "fid")
