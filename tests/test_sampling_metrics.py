@@ -116,7 +116,7 @@ def test_fid_with_fewer_images_than_features_equals_torchmetrics(n_generated, tm
     expected.update(generated, real=False)
     assert scorer(generated) == pytest.approx(float(expected.compute()), rel=1e-6)
     assert scorer(generated) > 0.01  # a real distance, not two zeros agreeing
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(InvalidSettingError, match="at least 2"):
         scorer(generated[:1])
 
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from qsd.errors import InvalidSettingError
 from qsd.files import atomic_write, tensor_digest
 from qsd.metrics.features import FeatureBackend
 from qsd.paths import project_root
@@ -66,7 +67,7 @@ def low_rank_fid(reference: dict[str, torch.Tensor], features: torch.Tensor) -> 
     tr sqrt(Sigma_r Sigma_g) is the sum of the square roots of its eigenvalues.
     """
     if len(features) < 2:
-        raise ValueError(f"FID needs at least 2 generated images, got {len(features)}")
+        raise InvalidSettingError(f"FID needs at least 2 generated images, got {len(features)}")
     features = features.double()
     count = reference["real_features_num_samples"].double()
     mean_real = reference["real_features_sum"].double() / count
