@@ -22,7 +22,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from qsd.bits import FLOAT_BITS
-from qsd.config import option_method, parse_option
+from qsd.config import FLOAT_KEY, option_method, parse_option
 from qsd.search.scores import SEPARATOR
 
 
@@ -83,9 +83,11 @@ def insights(node_scores: pd.DataFrame, subgraph_scores: pd.DataFrame) -> list[I
     methods = chosen["method"].value_counts(normalize=True)
     kmeans = float(methods[methods.index.str.startswith("kmeans")].sum())
     low = float((chosen["bits"] == chosen["bits"].min()).mean())
-    out.append(Insight("methods", f"top-1 per layer: K-Means {kmeans:.0%}, UAQ {methods.get('uaq', 0.0):.0%} of "
-                       f"{len(chosen)} layers ({'K-Means' if kmeans > 0.5 else 'UAQ'} preferred; paper: K-Means in "
-                       f"DiTs, UAQ in U-Nets); {low:.0%} at {chosen['bits'].min()} bits",
+    kept_float = float(methods.get(FLOAT_KEY, 0.0))  # the extended space's float choice
+    out.append(Insight("methods", f"top-1 per layer: K-Means {kmeans:.0%}, UAQ {methods.get('uaq', 0.0):.0%}"
+                       + (f", float {kept_float:.0%}" if kept_float else "") + f" of {len(chosen)} layers "
+                       f"({'K-Means' if kmeans > methods.get('uaq', 0.0) else 'UAQ'} preferred among the quantizers; "
+                       f"paper: K-Means in DiTs, UAQ in U-Nets); {low:.0%} at {chosen['bits'].min()} bits",
                        {"method_share": {k: round(float(v), 4) for k, v in methods.items()},
                         "low_bit_share": round(low, 4)}))
     blocks = subgraphs[subgraphs["block"] >= 0].groupby("block")["spread"].mean()
