@@ -108,6 +108,11 @@ def test_the_pareto_figure_has_a_panel_per_activation_width_and_draws_dominated_
     assert hollow == {"DMQ", "RTN"}, "both A6 baselines are dominated by Qua²SeDiMo W4.00A6 (4.0 bits, lower by 2+)"
     assert len(label_at) == 4, "every A6 point is labelled"
     assert (tmp_path / "06_pareto_tiny_pixart.png").is_file()
+    extended = pd.concat([table, pd.DataFrame([row("Qua²SeDiMo-ext W3.60A6", stage.EXTENDED, 3.6, [30.0, 31.0, 32.0])
+                                               | {"fid_mean": 31.0, "fid_std": 1.0}])], ignore_index=True)
+    result.table = extended
+    assert "Qx W3.60A6" in {text.get_text() for text in stage.plot_pareto(result).axes[1].texts}
+    assert len(stage.plot_fid_a6(result).axes[0].get_yticklabels()) == 4, "every A6 row, the extended one too"
 
 
 def test_first_last_float_keeps_exactly_the_end_layers_for_every_baseline():

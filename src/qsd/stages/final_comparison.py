@@ -106,6 +106,8 @@ EXTENDED = "qsd-ext"
 """The family of the extended search space's Qua²SeDiMo rows (`extended_run`)."""
 FAMILY_METHODS = {"qsd": QSD, EXTENDED: "Qua²SeDiMo-ext"}
 """A Qua²SeDiMo family's method name (its rows' names start with it)."""
+FAMILY_COLOURS = {"baseline": "#777777", "qsd": "#d1495b", "qsd+dmq": "#5b8fd1", EXTENDED: "#2a9d8f"}
+"""Each family's colour in the figures."""
 
 
 @dataclass(frozen=True)
@@ -688,9 +690,8 @@ def plot_fid_a6(result: Result) -> Figure:
     t = result.table
     a6 = t[t["a_bits"] == HEADLINE_A_BITS].reset_index(drop=True)
     fig, ax = new_figure(8, 0.35 * len(a6) + 1.4)
-    colours = {"baseline": "#999999", "qsd": "#d1495b", "qsd+dmq": "#5b8fd1"}
     for i, r in a6.iterrows():
-        ax.errorbar(r["fid_mean"], i, xerr=r["fid_std"], fmt="o", color=colours[r["family"]], capsize=3)
+        ax.errorbar(r["fid_mean"], i, xerr=r["fid_std"], fmt="o", color=FAMILY_COLOURS[r["family"]], capsize=3)
         ax.annotate(f"{r['fid_mean']:.1f}", (r["fid_mean"], i), xytext=(6, 3), textcoords="offset points", fontsize=7)
     ax.axvline(float(t.loc[t["family"] == "float", "fid_mean"].iloc[0]), color="black", ls="--", lw=1, label="float")
     ax.set_yticks(range(len(a6)), [f"{n} ({b:.2f} bits)" for n, b in zip(a6["name"], a6["avg_bits"], strict=True)],
@@ -698,7 +699,7 @@ def plot_fid_a6(result: Result) -> Figure:
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel(f"FID (mean ± std over {result.settings.noise_seeds} noise seeds; log scale)")
-    ax.set_title(f"{result.settings.model_id}, A6: baselines at W4 (grey), Qua²SeDiMo (red),\n"
+    ax.set_title(f"{result.settings.model_id}, A6: baselines at W4 (grey), Qua²SeDiMo (red), extended space (teal),\n"
                  "Qua²SeDiMo weights with DMQ's activations (blue)", fontsize=9)
     ax.legend(fontsize=8)
     savefig(fig, f"06_fid_a6_{result.settings.model_id}", result.settings.figures_to(result.directory))
@@ -713,7 +714,6 @@ def plot_pareto(result: Result) -> Figure:
     t, dominated = result.table, result.summary.get("qsd_dominates", {})
     a_bits = sorted(set(t.loc[t["family"] == "baseline", "a_bits"]) | {HEADLINE_A_BITS}, reverse=True)
     fig, axes = new_figure(5.5 * len(a_bits), 4.6, ncols=len(a_bits), squeeze=False)
-    colours = {"baseline": "#777777", "qsd": "#d1495b", "qsd+dmq": "#5b8fd1", EXTENDED: "#2a9d8f"}
     float_fid = float(t.loc[t["family"] == "float", "fid_mean"].iloc[0])
     for ax, a in zip(axes[0], a_bits, strict=True):
         rows = t[(t["a_bits"] == a) & (t["family"] != "float")].sort_values("avg_bits")
@@ -721,12 +721,12 @@ def plot_pareto(result: Result) -> Figure:
         for (family, convention), group in rows.groupby(["family", "convention"]):
             marker = "o" if convention == RELEASED else "s"
             if family in ("qsd", EXTENDED):
-                ax.plot(group["avg_bits"], group["fid_mean"], color=colours[family], lw=1, alpha=0.6,
+                ax.plot(group["avg_bits"], group["fid_mean"], color=FAMILY_COLOURS[family], lw=1, alpha=0.6,
                         ls="-" if convention == RELEASED else ":")
             for _, r in group.iterrows():
                 hollow = r["name"] in dominated
                 ax.errorbar(r["avg_bits"], r["fid_mean"], yerr=r["fid_std"], fmt=marker, capsize=3,
-                            color=colours[family], mfc="white" if hollow else colours[family])
+                            color=FAMILY_COLOURS[family], mfc="white" if hollow else FAMILY_COLOURS[family])
                 label = r["name"].replace("Qua²SeDiMo-ext ", "Qx ").replace("Qua²SeDiMo ", "Q ").replace(f" W4A{a}", "")
                 labels.append((r["avg_bits"], r["fid_mean"], label.removesuffix(FIRST_LAST_SUFFIX)))
         ax.axhline(float_fid, color="black", ls="--", lw=1, label="float")
@@ -734,8 +734,8 @@ def plot_pareto(result: Result) -> Figure:
         label_points(ax, labels)
         ax.set_xlabel("average weight bits (FP16 overhead and float layers included)")
         ax.set_ylabel(f"FID (mean ± std over {result.settings.noise_seeds} seeds; log)")
-        ax.set_title(f"A{a}: W4 baselines (grey; hollow = dominated), Qua²SeDiMo (red), Qua²SeDiMo weights\n"
-                     "+ DMQ activations (blue); circles: released float layers, squares: first/last float",
+        ax.set_title(f"A{a}: W4 baselines (grey; hollow = dominated), Qua²SeDiMo (red; extended space: teal),\n"
+                     "its weights + DMQ activations (blue); circles: released float layers, squares: first/last float",
                      fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle(f"{result.settings.model_id}: FID against bits at held-out seeds", fontsize=10)
