@@ -112,7 +112,7 @@ def test_the_pareto_figure_has_a_panel_per_activation_width_and_draws_dominated_
                                                | {"fid_mean": 31.0, "fid_std": 1.0}])], ignore_index=True)
     result.table = extended
     assert "Qx W3.60A6" in {text.get_text() for text in stage.plot_pareto(result).axes[1].texts}
-    assert len(stage.plot_fid_a6(result).axes[0].get_yticklabels()) == 4, "every A6 row, the extended one too"
+    assert len(stage.plot_fid_a6(result).axes[0].get_yticklabels()) == 5, "every A6 row, the extended one too"
 
 
 def test_first_last_float_keeps_exactly_the_end_layers_for_every_baseline():
