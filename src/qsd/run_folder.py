@@ -86,6 +86,11 @@ class RunFolder:
                         if (self.path(stage) / "settings.json").is_file()}
 
     # ------------------------------------------------------------------ stage 01
+    def space(self) -> str:
+        """The run's search space (`qsd.space`): stage 01's `space`; 'paper' before stage 01 ran or spaces existed."""
+        path = self.path(MULTIQUANTIZER) / "settings.json"
+        return json.loads(path.read_text()).get("space", "paper") if path.is_file() else "paper"
+
     def multiquantizer(self, denoiser: torch.nn.Module) -> MultiQuantizer:
         """Stage 01's multiquantizer for `denoiser`'s weights (a mismatched file is an error, never a rebuild)."""
         path = self.require(MULTIQUANTIZER, MULTIQUANTIZER_FILE, "multiquantizer")

@@ -16,7 +16,7 @@ from typing import ClassVar, Self
 
 from qsd.errors import InvalidSettingError, SettingsMismatchError
 from qsd.models import DEFAULT_MODEL_ID, get_entry
-from qsd.run_folder import MULTIQUANTIZER, RunFolder
+from qsd.run_folder import RunFolder
 from qsd.store import protocol_difference
 
 RESULT_NEUTRAL = ("model_id", "run_id", "progress", "overwrite")
@@ -91,9 +91,8 @@ class StageSettings:
         return path
 
     def run_space(self) -> str:
-        """The run's search space (`qsd.space`): stage 01's `space`, 'paper' before stage 01 ran or spaces existed."""
-        path = RunFolder(self.model_id, self.run_id).path(MULTIQUANTIZER) / "settings.json"
-        return json.loads(path.read_text()).get("space", "paper") if path.is_file() else "paper"
+        """The run's search space (`RunFolder.space`)."""
+        return RunFolder(self.model_id, self.run_id).space()
 
     def subject(self) -> str:
         """What a figure title names: the model, and the search space unless it is the paper's."""

@@ -75,7 +75,7 @@ from qsd.packed import export, load_quantized, memory_report
 from qsd.plotting import label_points, new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.row_cache import RowCache, without_record
-from qsd.run_folder import COMPARISON, COMPARISON_FILE, LABELS, MULTIQUANTIZER, RULES_FILE, RunFolder
+from qsd.run_folder import COMPARISON, COMPARISON_FILE, LABELS, RULES_FILE, RunFolder
 from qsd.sampling import SamplingProtocol, generate
 from qsd.stages import StageSettings
 
@@ -214,11 +214,16 @@ def selection_runs(settings: Settings) -> list[RunFolder]:
     return runs + ([RunFolder(settings.model_id, settings.extended_run)] if settings.extended_run else [])
 
 
+def sampled_seeds(runs: Sequence[RunFolder]) -> set[int]:
+    """Every noise seed any of `runs` sampled with (`RunFolder.sampled_seeds`)."""
+    return set().union(*(run.sampled_seeds() for run in runs))
+
+
 def evaluation_seeds(runs: Sequence[RunFolder], settings: Settings) -> list[int]:
     """The held-out noise seeds: `noise_seeds` consecutive ones from `evaluation_seed` (default: one past every seed
     the runs sampled with). Stage 05 chose its configurations with labels at stage 02's seed, so scoring them there
     would favour them; a seed a run sampled with, or the calibration seed, is refused."""
-    sampled = set().union(*(run.sampled_seeds() for run in runs))
+    sampled = sampled_seeds(runs)
     held_out = max(sampled) + 1
     first = held_out if settings.evaluation_seed is None else settings.evaluation_seed
     seeds = list(range(first, first + settings.noise_seeds))
@@ -420,7 +425,7 @@ def run(settings: Settings) -> Result:
     mq = run_folder.multiquantizer(model.denoiser)
     extended = None
     if settings.extended_run:
-        if (space := runs[1].settings(MULTIQUANTIZER).get("space", "paper")) != "extended":
+        if (space := runs[1].space()) != "extended":
             raise InvalidSettingError(f"extended_run={settings.extended_run!r} is a {space!r}-space run; name a run "
                                       "whose notebook 01 ran with space='extended'")
         extended = runs[1].multiquantizer(model.denoiser), stage_configs(settings, runs[1])
@@ -458,7 +463,7 @@ def run(settings: Settings) -> Result:
     grid = {name: grid_images(context, name) for name, *_ in rows}  # aliases share their released row's images
     summary = _summary(settings, table, w3x_name, packed) | {
         "evaluation_seeds": list(range(protocol.seed, protocol.seed + settings.noise_seeds)),
-        "sampled_seeds": sorted(set().union(*(run.sampled_seeds() for run in runs)))}
+        "sampled_seeds": sorted(sampled_seeds(runs))}
     result = Result(settings, directory, table, packed, grid, summary)
     rule_table(result).rename_axis(["method", "source"]).reset_index().to_csv(directory / RULES_FILE, index=False)
     write_run_record(directory, settings, summary)
