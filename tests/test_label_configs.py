@@ -27,11 +27,12 @@ from qsd.sampling import SamplingProtocol
 from qsd.stages import label_configs as stage
 from qsd.stages import multiquantizer as multiquantizer_stage
 
-SMALL = {"n_images": 16, "steps": 4, "progress": False}
+SMALL = {"n_images": 16, "steps": 4, "test_configs": 0, "progress": False}
 RUNNER = """
 import sys
 from qsd.stages import label_configs as stage
-stage.run(stage.Settings(run_id=sys.argv[1], n_configs=int(sys.argv[2]), n_images=16, steps=4, progress=False))
+stage.run(stage.Settings(run_id=sys.argv[1], n_configs=int(sys.argv[2]), n_images=16, steps=4, test_configs=0,
+                         progress=False))
 """
 
 
@@ -60,8 +61,15 @@ def rows(path: Path) -> list[tuple]:
 
 
 def test_reference_rows_and_seed_stream_extension(run_id):
-    first = stage.run(stage.Settings(run_id=run_id, n_configs=3, **SMALL))
+    """The reference rows, the random stream (asking for more extends it) and the test stream: its own
+    configurations, stored as kind test and left out of the dataset the stage returns and describes."""
+    first = stage.run(stage.Settings(run_id=run_id, n_configs=3, **SMALL | {"test_configs": 2}))
     labels = first.labels
+    stored = RunFolder("tiny_pixart", run_id).labels()
+    tests = stored[stored["kind"] == "test"]
+    assert tests["sample_index"].tolist() == [0, 1] and first.summary["test_configs"] == 2
+    assert not set(tests["fingerprint"]) & set(labels["fingerprint"]) and "test" not in set(labels["kind"])
+    assert first.summary["by_kind"].get("test") is None
     assert sorted(labels[labels["kind"] == "uniform"]["name"]) == sorted(
         f"uniform {m}-{b}" for m in ("uaq", "kmeans_c", "kmeans_a") for b in (3, 4))
     assert list(labels[labels["kind"] == "float"]["name"]) == ["float"]

@@ -26,7 +26,7 @@ MODEL_ID = "pixart_alpha"
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 OVERRIDES = {  # notebook parameters that keep the run small (on top of smoke=True)
     "01": {"damage_options": []},
-    "02": {"n_configs": 2, "n_images": 8, "steps": 2},
+    "02": {"n_configs": 2, "test_configs": 0, "n_images": 8, "steps": 2},
     "03": {"compare_losses": False, "compare_readout": False},
     "05": {"budgets": [3.4, 4.0], "search_rounds": 0},  # a smoke run builds 3.4 and 4.0
     "06": {"budgets": [3.4], "w3x_budget": 3.4, "baselines": ["rtn", "dmq"], "baseline_a_bits": [6],

@@ -19,12 +19,28 @@ from qsd.graph import DenoiserGraph, GraphNode, Subgraph
 from qsd.graph.encode import encode_configs
 from qsd.predictor.model import PredictorSettings
 from qsd.predictor.training import TrainSettings, train_predictor
+from qsd.predictor.yardsticks import RidgeYardstick
 from qsd.search.active import ActiveLoop, ActiveSettings, Pool
 from qsd.search.construct import budget_config, error_scores, ridge_scores, rule_config
 from qsd.search.insights import insights, winners
 from qsd.search.knapsack import pareto_variants, solve_budget
-from qsd.search.loop import Candidate, LoopSettings, SearchLoop, labelled_frontier, random_labels_to_match
+from qsd.search.loop import (
+    Candidate,
+    HeldOutStream,
+    LoopSettings,
+    SearchLoop,
+    labelled_frontier,
+    random_labels_to_match,
+)
 from qsd.search.pareto import dominated_fraction, frontier_fid, pareto_front
+from qsd.search.predictor_choice import (
+    MIN_REGION,
+    PREDICTORS,
+    choose,
+    fit_predictors,
+    option_space,
+    partial_dependence_scores,
+)
 from qsd.search.scores import (
     CandidateVariants,
     FoldScorer,
@@ -479,3 +495,71 @@ def test_search_loop_stops_by_its_rule(graph, option_table):
         LoopSettings(budgets=budgets, seeds=0)
     with pytest.raises(InvalidSettingError, match="at least folds = 2"):
         SearchLoop(graph, option_table, label, LoopSettings(rounds=1, **common)).run(start[:1])
+
+
+# ---------------------------------------------------------------------- which predictor guides the search
+def test_choose_takes_the_best_region_spearman_and_names_what_it_refuses():
+    """auto: the best budget-region Spearman, ties and NaN to the earlier predictor, the whole set's Spearman when
+    the region is too small; a named predictor is taken as it is; an unknown one is refused."""
+    table = pd.DataFrame({"predictor": list(PREDICTORS), "spearman": [0.9, 0.1, 0.2, 0.3],
+                          "spearman_region": [0.5, 0.7, np.nan, 0.7], "mae_region": 1.0, "n": 40,
+                          "n_region": MIN_REGION})
+    assert choose(table) == "ridge"
+    assert choose(table.assign(n_region=MIN_REGION - 1)) == "gnn"
+    assert choose(table, "mlp") == "mlp"
+    with pytest.raises(InvalidSettingError, match="not one of"):
+        choose(table, "xgboost")
+
+
+def test_partial_dependence_of_ridge_is_its_coefficients(graph, option_table):
+    """Ridge is additive: its partial-dependence scores equal its coefficients up to a constant per unit, so the
+    knapsack builds the same configuration from either table."""
+    rng = np.random.default_rng(5)
+    configs = [QuantConfig({layer: OPTIONS[rng.integers(len(OPTIONS))] for layer in graph.unit_names})
+               for _ in range(40)]
+    units, options = option_space(option_table)
+    ridge = RidgeYardstick(units, options).fit(configs, rng.normal(size=len(configs)))
+    table = partial_dependence_scores(option_table, ridge.score, configs[:5])
+    coefficients = ridge.coefficients().set_index(["unit", "option"])["coefficient"]
+    keys = list(zip(table["unit"], table["options"], strict=True))
+    offset = table["score"].to_numpy() - coefficients.loc[keys].to_numpy()
+    assert pd.Series(offset).groupby(table["unit"].to_numpy()).std().max() < 1e-9
+    node = ridge_scores(table.drop(columns="score"), ridge.coefficients())
+    budget = float(table.groupby("unit")["size_bits"].mean().sum() / table.groupby("unit")["n_weights"].first().sum())
+    assert budget_config(table, budget).config == budget_config(node, budget).config
+
+
+def test_search_loop_builds_from_the_predictor_the_validation_chose(graph, option_table):
+    """Every round's proposals come from the predictor with the best cross-validated numbers (or the one named);
+    each predictor has an out-of-fold prediction of every label; the test stream is scored and chooses nothing
+    (shuffling its FIDs changes no proposal)."""
+    label, calls, start, budgets, fid, avg_bits = loop_fixture(graph, option_table)
+    rng = np.random.default_rng(11)
+    test_configs = [QuantConfig({layer: OPTIONS[rng.integers(len(OPTIONS))] for layer in graph.unit_names})
+                    for _ in range(10)]
+    test = HeldOutStream(test_configs, np.array([fid(c) for c in test_configs]),
+                      np.array([avg_bits(c) for c in test_configs]))
+    common = {"budgets": budgets, "rounds": 1, "seeds": 2, "folds": 3, "stop_fid": 0.0,
+              "predictor": PredictorSettings(hops=SETTINGS.hops), "training": TrainSettings(epochs=1)}
+    result = SearchLoop(graph, option_table, label, LoopSettings(**common), test=test).run(start)
+    choices = result.choices
+    assert set(choices["set"]) == {"cv", "test"} and set(choices["predictor"]) == set(PREDICTORS)
+    for (round_, seed), rows in choices[choices["set"] == "cv"].groupby(["round", "seed"]):
+        chosen = rows.loc[rows["chosen"], "predictor"].tolist()
+        assert chosen == [choose(rows)]
+        built = result.proposals[(result.proposals["round"] == round_) & (result.proposals["seed"] == seed)]
+        assert set(built["predictor"]) == set(chosen)
+    assert (choices.loc[choices["set"] == "test", "n"] == len(test_configs)).all()
+    shuffled = HeldOutStream(test_configs, rng.permutation(test.fids), test.avg_bits)
+    label2, *_ = loop_fixture(graph, option_table)
+    again = SearchLoop(graph, option_table, label2, LoopSettings(**common), test=shuffled).run(start)
+    assert again.proposals["fingerprint"].tolist() == result.proposals["fingerprint"].tolist()
+    named = SearchLoop(graph, option_table, label2, LoopSettings(**common | {"choice": "ridge"})).run(start)
+    assert set(named.proposals["predictor"]) == {"ridge"} and set(named.choices["set"]) == {"cv"}
+    fitted = fit_predictors(graph, option_table, [c.config for c in start], np.array([c.fid for c in start]), 3,
+                            common["predictor"], common["training"], 0)
+    assert all(v.shape == (len(start),) and np.isfinite(v).all() for v in fitted.held_out.values())
+    assert np.allclose(fitted.held_out["ensemble"],
+                       np.mean([fitted.held_out[m] for m in ("gnn", "ridge", "mlp")], axis=0))
+    with pytest.raises(InvalidSettingError, match="predictor 'best'"):
+        LoopSettings(budgets=budgets, choice="best")

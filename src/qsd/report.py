@@ -247,6 +247,14 @@ def spread(value: object) -> str:
     return "; ".join(f"{k} {show(d['mean'])} ± {show(d['std'])}" for k, d in value.items()) or "none"
 
 
+def region_spearman(value: object) -> str:
+    """Per predictor, its budget-region Spearman (stage 05's `search_predictor` record)."""
+    if not isinstance(value, Mapping):
+        return text(value)
+    show = number(".2f")
+    return "; ".join(f"{k} {show(d['spearman_region'])}" for k, d in value.items()) or "none"
+
+
 def count(value: object) -> str:
     return text(len(value)) if isinstance(value, list | Mapping) else text(value)
 
@@ -294,6 +302,9 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field(("search", "labels_at_start")), Field(("search", "labels_spent")), Field(("frontier",), frontier),
         Field(("search_seed_spread",), spread), Field(("random_best_fid",), each(".1f")),
         Field(("random_labels_to_match",)), Field(("frontier_beats_random_labelling",)),
+        Field(("search_predictor", "setting")), Field(("search_predictor", "chosen")),
+        Field(("search_predictor", "cross_validated"), region_spearman),
+        Field(("search_predictor", "test_stream"), region_spearman), Field(("search_predictor", "test_configs")),
     ),
     COMPARISON: (
         Field(("float_fid",), number(".1f")), Field(("qsd_w3x_config",)), Field(("qsd_w3x_a6_bits",), number(".2f")),
@@ -394,7 +405,8 @@ def glance_lines(run: Run) -> list[str]:
         f"≤ 3.5 bits as good as W4: **{v(s05, 'sub35_beats_uniform_w4')}**. Search loop: "
         f"{v(s05, 'search', 'stopped')}, {v(s05, 'search', 'labels_spent')} labels on top of "
         f"{v(s05, 'search', 'labels_at_start')}; frontier better than the best random label at every budget: "
-        f"**{v(s05, 'frontier_beats_random_labelling')}**.",
+        f"**{v(s05, 'frontier_beats_random_labelling')}**; built by (predictor: fits) "
+        f"{v(s05, 'search_predictor', 'chosen')}.",
         f"- **Central claim** (stage 06): {name(s06, 'qsd_w3x_config')} at A6, "
         f"FID {v(s06, 'qsd_w3x_a6_fid', spec='.1f')} ± {v(s06, 'qsd_w3x_a6_fid_std', spec='.1f')} "
         f"({v(s06, 'qsd_w3x_a6_bits', spec='.2f')} bits); best W4A6 baseline {v(s06, 'best_baseline_w4a6')}, "

@@ -29,11 +29,12 @@ SCHEMA_VERSION = 1
 METRICS = ("fid", "prompt_accuracy", "clip_score", "sample_mse", "eps_error", "avg_bits", "quantized_bytes",
            "summed_error", "seconds")
 """Metric columns (NULL where a model has no such metric, e.g. prompt accuracy for the paper's models)."""
-KINDS = ("float", "uniform", "random", "imported", "constructed")
-"""Label kinds: the reference rows, random configurations, rows imported from elsewhere, and configurations built
-by stage 05 (their `name` says how)."""
-DATASET_KINDS = tuple(kind for kind in KINDS if kind != "constructed")
-"""Every kind but stage 05's constructed rows: the rows stage 02's summary and figures describe."""
+KINDS = ("float", "uniform", "random", "imported", "constructed", "test")
+"""Label kinds: the reference rows, random configurations, rows imported from elsewhere, configurations built by
+stage 05 (their `name` says how) and stage 02's test stream (never trained on, never used to choose anything)."""
+DATASET_KINDS = tuple(kind for kind in KINDS if kind not in ("constructed", "test"))
+"""Every kind but stage 05's constructed rows and the test stream: the rows stage 02's summary and figures describe
+and predictors may train on."""
 
 
 @dataclass(frozen=True)

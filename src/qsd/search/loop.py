@@ -2,8 +2,10 @@
 builds the configurations once, from one predictor trained on random labels).
 
 Round r = 1..R, once per training seed k (folds and initialisation):
-  1. cross-validate fold predictors (FID target) on every label so far (`fit_fold_scorers`);
-  2. the exact knapsack configuration at every budget (`frontier_configs`);
+  1. cross-validate the GNN, ridge, the MLP and their ensemble (FID target) on every label so far, and take the one
+     whose held-out ranking in the budget region is best, or the one `choice` names (`qsd.search.predictor_choice`);
+     a test stream, when given, is scored too and chooses nothing;
+  2. the exact knapsack configuration of its scores at every budget (`budget_configs`);
   3. label the configurations no earlier round labelled; they join the training set of round r + 1.
 After every round the frontier is, per budget B, the best labelled configuration with average bits ≤ B among all
 candidates (every configuration the loop started from and every one it labelled), so a frontier point is never
@@ -28,10 +30,22 @@ from qsd.errors import InvalidSettingError
 from qsd.graph import DenoiserGraph
 from qsd.predictor.model import PredictorSettings
 from qsd.predictor.training import TrainSettings
-from qsd.search.guided import LabelFunction, fit_fold_scorers, frontier_configs
+from qsd.search.guided import LabelFunction, budget_configs
+from qsd.search.predictor_choice import (
+    AUTO,
+    CHOICES,
+    VALIDATION_COLUMNS,
+    choose,
+    fit_predictors,
+    references,
+    score_table,
+    validation_table,
+)
 
 BITS_TOLERANCE = 1e-9
-PROPOSAL_COLUMNS = ("round", "seed", "budget", "name", "fingerprint", "avg_bits", "score", "note", "new", "fid")
+PROPOSAL_COLUMNS = ("round", "seed", "predictor", "budget", "name", "fingerprint", "avg_bits", "score", "note", "new",
+                    "fid")
+CHOICE_COLUMNS = ["round", "seed", "set", *VALIDATION_COLUMNS, "chosen"]
 
 
 @dataclass(frozen=True)
@@ -60,18 +74,32 @@ class LoopSettings:
     """Stop after a round in which no budget's frontier FID fell by more than this."""
     seed: int = 0
     """Seed k of a round is `seed + k`."""
+    choice: str = AUTO
+    """The predictor whose scores build the configurations: one of `PREDICTORS`, or auto (the best held-out
+    Spearman in the budget region, per round and seed)."""
 
     def __post_init__(self) -> None:
         if not self.budgets or self.rounds < 0 or self.seeds < 1 or self.folds < 2 or self.stop_fid < 0:
             raise InvalidSettingError(f"the search loop needs budgets, rounds ≥ 0, seeds ≥ 1, folds ≥ 2 and "
                                       f"stop_fid ≥ 0; got {self}")
+        if self.choice not in CHOICES:
+            raise InvalidSettingError(f"the search loop's predictor {self.choice!r} is not one of {CHOICES}")
+
+
+@dataclass(frozen=True)
+class HeldOutStream:
+    """Configurations labelled once and never used to choose anything: each round's predictors are scored on them."""
+
+    configs: Sequence[QuantConfig]
+    fids: np.ndarray
+    avg_bits: np.ndarray
 
 
 @dataclass
 class LoopResult:
     proposals: pd.DataFrame
-    """One row per (round, seed, budget) (`PROPOSAL_COLUMNS`): the configuration's name, fingerprint, avg_bits, knapsack
-    score and note, whether this proposal labelled it (new) and its FID."""
+    """One row per (round, seed, budget) (`PROPOSAL_COLUMNS`): the predictor that built it, the configuration's name,
+    fingerprint, avg_bits, knapsack score and note, whether this proposal labelled it (new) and its FID."""
     rounds: pd.DataFrame
     """One row per (round, budget), round 0 = before the loop: the frontier's name, source, avg_bits and fid, the
     labels held and the FID gained over the previous round."""
@@ -79,6 +107,9 @@ class LoopResult:
     """Every candidate at the end (the starting ones, then the loop's in labelling order)."""
     stopped: str
     """Why the loop ended."""
+    choices: pd.DataFrame
+    """One row per (round, seed, set, predictor) (`CHOICE_COLUMNS`): set `cv` (out-of-fold, what chose) or `test`
+    (the test stream), the validation numbers, and whether that predictor built the round's configurations."""
 
     def frontier(self) -> pd.DataFrame:
         """The last round's frontier (one row per budget that some candidate fits)."""
@@ -124,9 +155,9 @@ class SearchLoop:
     """The loop on one graph and option table (see the module docstring); `label` labels what is new."""
 
     def __init__(self, graph: DenoiserGraph, option_table: pd.DataFrame, label: LabelFunction,
-                 settings: LoopSettings, progress: bool = False) -> None:
+                 settings: LoopSettings, progress: bool = False, test: HeldOutStream | None = None) -> None:
         self.graph, self.option_table, self.label = graph, option_table, label
-        self.settings, self.progress = settings, progress
+        self.settings, self.progress, self.test = settings, progress, test
 
     def run(self, start: Sequence[Candidate]) -> LoopResult:
         s = self.settings
@@ -136,9 +167,12 @@ class SearchLoop:
         candidates = list(start)
         rounds = self._frontier_rows(candidates, 0, None)
         proposals: list[dict] = []
+        choices: list[pd.DataFrame] = []
         stopped = f"ran all {s.rounds} rounds"
         for round_ in tqdm(range(1, s.rounds + 1), desc="search loop", disable=not self.progress):
-            proposals += self._round(round_, candidates)
+            rows, validation = self._round(round_, candidates)
+            proposals += rows
+            choices += validation
             rows = self._frontier_rows(candidates, round_, rounds[-len(s.budgets):])
             rounds += rows
             gains = [row["gain"] for row in rows if row["name"] is not None]
@@ -146,27 +180,40 @@ class SearchLoop:
                 stopped = (f"stopped after round {round_}: no budget's frontier improved by more than "
                            f"{s.stop_fid:.2f} FID")
                 break
-        return LoopResult(pd.DataFrame(proposals, columns=PROPOSAL_COLUMNS), pd.DataFrame(rounds), candidates, stopped)
+        return LoopResult(pd.DataFrame(proposals, columns=PROPOSAL_COLUMNS), pd.DataFrame(rounds), candidates, stopped,
+                          pd.concat(choices, ignore_index=True) if choices else pd.DataFrame(columns=CHOICE_COLUMNS))
 
-    def _round(self, round_: int, candidates: list[Candidate]) -> list[dict]:
-        """Fit and build once per seed on the labels before this round, label what is new (one batch), and append
-        it to `candidates`."""
+    def _round(self, round_: int, candidates: list[Candidate]) -> tuple[list[dict], list[pd.DataFrame]]:
+        """Fit, choose and build once per seed on the labels before this round, label what is new (one batch), and
+        append it to `candidates`. Returns the proposal rows and the validation tables (`CHOICE_COLUMNS`)."""
         s = self.settings
         configs = [c.config for c in candidates]
         fids = np.array([c.fid for c in candidates])
+        bits = np.array([c.avg_bits for c in candidates])
+        region = max(s.budgets)
         known = {c.config.fingerprint: c for c in candidates}
-        built_rows, new = [], {}
+        built_rows, new, choices = [], {}, []
         for k in range(s.seeds):
             seed = s.seed + k
-            scorers = fit_fold_scorers(self.graph, self.option_table, configs, fids, s.folds, s.predictor,
-                                       replace(s.training, seed=seed), seed=seed)
-            for budget, built in frontier_configs(self.graph, self.option_table, scorers, s.level, s.budgets).items():
+            fitted = fit_predictors(self.graph, self.option_table, configs, fids, s.folds, s.predictor,
+                                    replace(s.training, seed=seed), seed)
+            validation = validation_table(fitted.held_out, fids, bits, region)
+            chosen = choose(validation, s.choice)
+            tables = {"cv": validation}
+            if self.test is not None:
+                predicted = {name: predict(self.test.configs) for name, predict in fitted.predict.items()}
+                tables["test"] = validation_table(predicted, self.test.fids, self.test.avg_bits, region)
+            choices += [t.assign(round=round_, seed=k, set=name, chosen=t["predictor"] == chosen)[CHOICE_COLUMNS]
+                        for name, t in tables.items()]
+            table = score_table(fitted, chosen, self.graph, self.option_table, s.level,
+                                references(configs, fids, bits, region))
+            for budget, built in budget_configs(table, s.budgets).items():
                 name = f"search r{round_} s{k} ≤{budget:.2f} bits"
                 fingerprint = built.config.fingerprint
                 is_new = fingerprint not in known and fingerprint not in new
                 if is_new:
                     new[fingerprint] = (name, built.config, built.solution.avg_bits)
-                built_rows.append({"round": round_, "seed": k, "budget": budget, "name": name,
+                built_rows.append({"round": round_, "seed": k, "predictor": chosen, "budget": budget, "name": name,
                                    "fingerprint": fingerprint, "avg_bits": built.solution.avg_bits,
                                    "score": built.solution.score, "note": built.note, "new": is_new})
         if new:
@@ -175,7 +222,7 @@ class SearchLoop:
                                                     bits, strict=True):
                 known[config.fingerprint] = Candidate(name, config, float(avg_bits), float(fid), "search")
                 candidates.append(known[config.fingerprint])
-        return [row | {"fid": known[row["fingerprint"]].fid} for row in built_rows]
+        return [row | {"fid": known[row["fingerprint"]].fid} for row in built_rows], choices
 
     def _frontier_rows(self, candidates: list[Candidate], round_: int, previous: list[dict] | None) -> list[dict]:
         s = self.settings

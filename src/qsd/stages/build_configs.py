@@ -19,15 +19,18 @@ Steps:
      (`qsd.search.active`).
   5. Beyond the paper, the search loop (`qsd.search.loop`): from the run's random and uniform rows and everything
      steps 3-4 labelled, `search_rounds` rounds of fit → knapsack at every budget → label → refit, each round once
-     per training seed (`search_seeds`), stopping when no budget's frontier gains more than `stop_fid` (stage 02's
-     float seed spread). The frontier is, per budget, the best labelled configuration at ≤ B average bits among
-     all of them (uniform and random rows included: never worse than a labelled configuration at equal or fewer
-     bits).
+     per training seed (`search_seeds`), with the predictor the labels support (`search_predictor`, auto: the GNN,
+     ridge, the MLP or their ensemble, whichever ranks the held-out folds' budget region best;
+     `qsd.search.predictor_choice`; stage 02's test stream is scored, never chosen with), stopping when no
+     budget's frontier gains more than `stop_fid` (stage 02's float seed spread). The frontier is, per budget, the
+     best labelled configuration at ≤ B average bits among all of them (uniform and random rows included: never
+     worse than a labelled configuration at equal or fewer bits; the test stream is not a candidate).
   6. Compare: each construction against the random and uniform configurations; the frontier against random
      labelling (how many of the run's random labels reach it); the seeds' spread per budget.
 
 Outputs in `data/runs/<model_id>/<run_id>/05_build_configs/`: constructions.csv (method, budget, name, avg bits,
 score, FID; the loop's rows with round and seed), search.csv (the frontier after every round), configs/<name>.json,
+predictor_choice.csv (per round, seed and predictor: cross-validated and test-stream Spearman, which one built),
 frontier.csv (per budget the frontier's configuration and its source: what stages 06 and 07 read,
 `RunFolder.frontier_config`), summary.json; figures `05_pareto_<model_id>.png`, `05_search_<model_id>.png` and,
 when the active comparison ran, `05_active_<model_id>.png`.
@@ -63,6 +66,7 @@ from qsd.search.active import ActiveLoop, ActiveSettings, Pool
 from qsd.search.construct import budget_config, error_scores, lowest_budget, ridge_scores, rule_config
 from qsd.search.loop import (
     Candidate,
+    HeldOutStream,
     LoopResult,
     LoopSettings,
     SearchLoop,
@@ -70,6 +74,7 @@ from qsd.search.loop import (
     random_labels_to_match,
 )
 from qsd.search.pareto import dominated_fraction, pareto_front
+from qsd.search.predictor_choice import AUTO, CHOICES, PREDICTORS
 from qsd.search.scores import LEVELS
 from qsd.stages import StageSettings
 
@@ -104,6 +109,9 @@ class Settings(StageSettings):
     gives the search its own spread."""
     search_folds: int = 5
     search_epochs: int = 50
+    search_predictor: str = AUTO
+    """Which predictor's scores the search loop builds from: 'gnn' (the paper's), 'ridge', 'mlp', 'ensemble', or
+    'auto' (the best cross-validated Spearman in the budget region, every round and seed)."""
     stop_fid: float | None = None
     """The loop stops after a round in which no budget's frontier fell by more than this FID; None: stage 02's
     float seed spread (a smaller gain is within the labels' noise)."""
@@ -142,6 +150,8 @@ class Settings(StageSettings):
         for name in ("rule_target", "knapsack_target"):
             if getattr(self, name) not in TARGETS:
                 raise InvalidSettingError(f"{name} {getattr(self, name)!r} is not one of {TARGETS}")
+        if self.search_predictor not in CHOICES:
+            raise InvalidSettingError(f"search_predictor {self.search_predictor!r} is not one of {CHOICES}")
         if unknown := set(self.yardsticks) - set(YARDSTICKS):
             raise InvalidSettingError(f"unknown yardstick(s) {sorted(unknown)}; known: {YARDSTICKS}")
 
@@ -263,16 +273,19 @@ def run(settings: Settings) -> Result:
         labelled_here |= active_fingerprints
     else:
         (directory / "active.csv").unlink(missing_ok=True)  # an earlier run's comparison is not this run's
-    loop = search(settings, session, start_candidates(run_folder.labels(), labelled_here), graph, option_table,
-                  recipe, stop_fid(settings, run_folder))
+    current = run_folder.labels()
+    loop = search(settings, session, start_candidates(current, labelled_here), graph, option_table, recipe,
+                  stop_fid(settings, run_folder), test_stream(current))
     searched = loop.proposals.assign(method=[f"{SEARCH} r{r}" for r in loop.proposals["round"]])
     constructions = pd.concat([constructions, searched], ignore_index=True)
     constructions.to_csv(directory / "constructions.csv", index=False)
     loop.rounds.to_csv(directory / "search.csv", index=False)
+    loop.choices.to_csv(directory / "predictor_choice.csv", index=False)
     write_frontier(directory, loop)
     labels = run_folder.labels()
     summary = ({"space": settings.run_space()} | _summary(settings, constructions, labels)
-               | search_summary(loop, labels) | ({} if active is None else active_summary(active)))
+               | search_summary(loop, labels) | predictor_summary(loop.choices, settings.search_predictor)
+               | ({} if active is None else active_summary(active)))
     write_run_record(directory, settings, summary)
     return Result(settings, directory, constructions, labels, summary, loop, active)
 
@@ -293,19 +306,30 @@ def start_candidates(labels: pd.DataFrame, labelled_here: set[str]) -> list[Cand
             for row in rows.itertuples()]
 
 
+def test_stream(labels: pd.DataFrame) -> HeldOutStream | None:
+    """Stage 02's test stream (kind `test`), or None when the run labelled none."""
+    rows = labels[(labels["kind"] == "test") & labels["fid"].notna()]
+    if rows.empty:
+        return None
+    return HeldOutStream([QuantConfig.loads(c) for c in rows["config"]], rows["fid"].to_numpy(dtype=float),
+                         rows["avg_bits"].to_numpy(dtype=float))
+
+
 def search(settings: Settings, session: LabelSession, start: list[Candidate], graph: DenoiserGraph,
-           option_table: pd.DataFrame, recipe: PredictorRecipe, stop: float) -> LoopResult:
-    """The search loop at `budgets` from `start` (every new label goes to the store as kind `constructed`)."""
+           option_table: pd.DataFrame, recipe: PredictorRecipe, stop: float, test: HeldOutStream | None = None
+           ) -> LoopResult:
+    """The search loop at `budgets` from `start` (every new label goes to the store as kind `constructed`), its
+    predictors scored on `test`."""
     loop_settings = LoopSettings(budgets=settings.budgets, rounds=settings.search_rounds, seeds=settings.search_seeds,
                                  folds=settings.search_folds, level=settings.level, predictor=recipe.predictor,
                                  training=recipe.training(settings.search_epochs, settings.seed), stop_fid=stop,
-                                 seed=settings.seed)
+                                 seed=settings.seed, choice=settings.search_predictor)
 
     def label(batch: list[QuantConfig], names: list[str]) -> np.ndarray:
         return session.fids([LabelJob(c, "constructed", n) for c, n in zip(batch, names, strict=True)],
                             progress=False)
 
-    return SearchLoop(graph, option_table, label, loop_settings, settings.progress).run(start)
+    return SearchLoop(graph, option_table, label, loop_settings, settings.progress, test).run(start)
 
 
 def write_frontier(directory: Path, loop: LoopResult) -> None:
@@ -347,6 +371,28 @@ def search_summary(loop: LoopResult, labels: pd.DataFrame) -> dict:
         "random_labels_to_match": {f"{b:.2f}": n for b, n in zip(budgets, needed, strict=True)},
         "frontier_beats_random_labelling": bool(all(beats)) if beats else None,
     }
+
+
+def predictor_summary(choices: pd.DataFrame, setting: str) -> dict:
+    """Which predictor built the loop's configurations (how many of its fits, rounds × seeds, chose each) and every
+    predictor's mean Spearman (budget region and all) and budget-region MAE over those fits: cross-validated (what
+    chose) and on the test stream (what chose nothing; None when the run has none)."""
+    fits = choices[choices["set"] == "cv"]
+
+    def means(rows: pd.DataFrame) -> dict | None:
+        if rows.empty:
+            return None
+        table = rows.groupby("predictor")[["spearman_region", "spearman", "mae_region"]].mean()
+        return {p: {k: None if np.isnan(v) else round(float(v), 4) for k, v in table.loc[p].items()}
+                for p in PREDICTORS if p in table.index}
+
+    test = choices[choices["set"] == "test"]
+    return {"search_predictor": {
+        "setting": setting, "fits": int(fits[["round", "seed"]].drop_duplicates().shape[0]),
+        "chosen": {p: int(n) for p, n in fits.loc[fits["chosen"].astype(bool), "predictor"].value_counts().items()},
+        "cross_validated": means(fits), "test_stream": means(test),
+        "test_configs": int(test["n"].iloc[0]) if len(test) else 0,
+        "test_configs_in_region": int(test["n_region"].iloc[0]) if len(test) else 0}}
 
 
 def active_comparison(settings: Settings, session: LabelSession, labels: pd.DataFrame, graph: DenoiserGraph,
@@ -456,10 +502,40 @@ def summary_text(result: Result) -> str:
              f"{s['gnn_beats_error_knapsack']}",
              f"search loop: {s['search']['stopped']}; {s['search']['labels_spent']} labels on top of "
              f"{s['search']['labels_at_start']}; frontier better than the best of {s['random_labels']} random labels "
-             f"at every budget: {s['frontier_beats_random_labelling']}"]
+             f"at every budget: {s['frontier_beats_random_labelling']}",
+             predictor_text(s["search_predictor"])]
     for name, row in s["rule"].items():
         lines.append(f"  {name}: {row['avg_bits']:.3f} bits, FID {row['fid']:.2f}")
     return "\n".join(lines)
+
+
+def predictor_text(record: dict) -> str:
+    """One line: which predictor built the loop's configurations and each one's budget-region Spearman."""
+    if not record["fits"]:
+        return "search predictor: the loop ran no round"
+    chosen = ", ".join(f"{p} {n}/{record['fits']}" for p, n in record["chosen"].items())
+
+    def ranks(means: dict | None) -> str:
+        return ", ".join(f"{p} {'n/a' if v['spearman_region'] is None else format(v['spearman_region'], '.2f')}"
+                         for p, v in means.items())
+
+    test = (f"; on the test stream ({record['test_configs_in_region']} of {record['test_configs']} in the region): "
+            f"{ranks(record['test_stream'])}" if record["test_stream"] else "; no test stream (stage 02 test_configs)")
+    return (f"search predictor ({record['setting']}): built by {chosen}; budget-region Spearman, cross-validated: "
+            f"{ranks(record['cross_validated'])}{test}")
+
+
+def predictor_table(result: Result) -> pd.DataFrame:
+    """Per predictor: how many of the loop's fits chose it and its mean Spearman (budget region, all) and
+    budget-region MAE, cross-validated and on the test stream."""
+    record = result.summary["search_predictor"]
+    table = pd.DataFrame(index=pd.Index(PREDICTORS, name="predictor"))
+    table["chosen"] = [f"{record['chosen'].get(p, 0)}/{record['fits']}" for p in PREDICTORS]
+    for name, key in (("cross-validated", "cross_validated"), ("test stream", "test_stream")):
+        for metric in ("spearman_region", "spearman", "mae_region"):
+            table[f"{name} {metric.replace('_', ' ')}"] = [None if not record[key] or p not in record[key]
+                                                           else record[key][p][metric] for p in PREDICTORS]
+    return table.round(3)
 
 
 def budget_table(result: Result) -> pd.DataFrame:

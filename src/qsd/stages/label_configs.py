@@ -4,6 +4,8 @@ Draws `n_configs` random configurations by the run's label design (`qsd.design`;
 (`MultiQuantizer.sample`: p ~ U(0,1), each layer low-bit with probability p, method uniform) for the paper's search
 space, or the budget-stratified design (average bits spread evenly over `design_bits`), the default of the extended
 space. Configuration i comes from its own generator seeded by (seed, i), so asking for more extends the same stream.
+A test stream of `test_configs` more is stored as kind `test` (drawn the same way, from generators with their own
+spawn key): no stage trains on it or chooses with it; stage 05 reports every predictor's ranking on it.
 It also labels the reference rows: the float model and every uniform configuration (every layer one option).
 Each label is FID, prompt accuracy (embedded models), average bits incl. overhead, quantized size, summed layer
 error and the two cheap proxies, under common random numbers.
@@ -54,6 +56,8 @@ from qsd.store import DATASET_KINDS, LabelStore
 
 STAGE = LABELS
 PROXIES = ("sample_mse", "eps_error", "summed_error")
+TEST_STREAM = 2
+"""Seed-stream tag of the test stream (the random stream is untagged; stage 05's active pool is tag 1)."""
 LABEL_OFFSETS = {"uaq": (6, -12), "kmeans_c": (6, 4), "kmeans_a": (6, 8)}
 """Where the uniform rows' names go (points), so that neighbouring 4-bit rows stay readable."""
 
@@ -64,6 +68,8 @@ class Settings(SamplingSettings):
     """Random configurations (the reference rows come on top). Sized by the predictor's learning curve: the
     smallest measured budget whose 5-fold GNN Spearman on FID clears 0.85 by more than its spread, and ≤ 20 min
     on 2 cores (docs/stages.md, "Label budget")."""
+    test_configs: int = 40
+    """Test-stream configurations (kind `test`): labelled once, scored against, never trained on or chosen with."""
     design: str | None = None
     """How the random configurations are drawn (`qsd.design`): 'paper' or 'stratified'; None = the search space's
     own (stage 01's `space`: 'paper' for the paper's space, 'stratified' for the extended one)."""
@@ -99,10 +105,11 @@ class Settings(SamplingSettings):
     progress: bool = True
     """Progress bars (always off in smoke runs, whose printed outputs nbval compares)."""
 
-    SMOKE: ClassVar[dict[str, object]] = {"n_configs": 4, "n_images": 32, "steps": 8, "progress": False}
+    SMOKE: ClassVar[dict[str, object]] = {"n_configs": 4, "test_configs": 3, "n_images": 32, "steps": 8,
+                                          "progress": False}
     RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
-        "n_configs": (0, None), "n_images": (1, None), "steps": (1, None), "n_probe": (1, None),
-        "batch_size": (1, None), "float_seeds": (1, None), "workers": (1, None)}
+        "n_configs": (0, None), "test_configs": (0, None), "n_images": (1, None), "steps": (1, None),
+        "n_probe": (1, None), "batch_size": (1, None), "float_seeds": (1, None), "workers": (1, None)}
     NEUTRAL: ClassVar[tuple[str, ...]] = ("executor", "workers", "ray_address")
     """The executors label identically (tests/test_label_configs.py)."""
 
@@ -138,6 +145,14 @@ def random_jobs(sampler: ConfigSampler, seed: int, n: int) -> list[LabelJob]:
     return [LabelJob(sampler(np.random.default_rng([seed, i]), i), "random", f"random {i}", i) for i in range(n)]
 
 
+def test_jobs(sampler: ConfigSampler, seed: int, n: int) -> list[LabelJob]:
+    """Test-stream configurations 0..n-1: the same design, generators seeded by (seed, i) with the spawn key
+    (TEST_STREAM,), which no plain entropy list reproduces (a list like (seed, TEST_STREAM, 0) would: numpy pads
+    entropy with zeros, so it equals (seed, TEST_STREAM), random configuration TEST_STREAM)."""
+    return [LabelJob(sampler(np.random.default_rng(np.random.SeedSequence([seed, i], spawn_key=(TEST_STREAM,))), i),
+                     "test", f"test {i}", i) for i in range(n)]
+
+
 def run(settings: Settings) -> Result:
     """Label the reference rows and `n_configs` random configurations, resuming from the store."""
     settings = settings.effective()
@@ -146,13 +161,16 @@ def run(settings: Settings) -> Result:
     directory = settings.output_dir(STAGE)
     multiquantizer = session.multiquantizer
     sampler = config_sampler(settings.design, multiquantizer, settings.design_bits)
-    labels = session.label(reference_jobs(multiquantizer) + random_jobs(sampler, settings.seed, settings.n_configs))
+    labels = session.label(reference_jobs(multiquantizer) + random_jobs(sampler, settings.seed, settings.n_configs)
+                           + test_jobs(sampler, settings.seed, settings.test_configs))
+    tests = int((labels["kind"] == "test").sum())
     labels = labels[labels["kind"].isin(DATASET_KINDS)].reset_index(drop=True)
     float_fids = float_seed_fids(directory, session, settings.float_seeds)
     table = regime_table(labels, float_fids)
     table.to_csv(directory / "regime.csv")
     with LabelStore(session.store_path, session.record) as store:
         summary = {"space": settings.run_space(), "design": settings.design} | store.summary(DATASET_KINDS) | {
+            "test_configs": tests,
             "fid_by_reference_row": reference_fids(labels), "proxy_spearman_vs_fid": proxy_correlations(labels),
             **regime(labels, float_fids, settings.w4_max_avg_bits)}
     write_run_record(directory, settings, summary)
