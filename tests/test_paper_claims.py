@@ -29,7 +29,10 @@ from scipy.stats import spearmanr
 from test_notebooks import NOTEBOOKS, ROOT, SMOKE_RUN_ID, clear_smoke_runs, execute_smoke
 
 from qsd.config import QuantConfig
+from qsd.predictor.yardsticks import YARDSTICKS
+from qsd.search.predictor_choice import PREDICTORS
 from qsd.stages import final_comparison
+from qsd.store import DATASET_KINDS
 
 pytestmark = [pytest.mark.paper, pytest.mark.notebook]
 
@@ -83,9 +86,10 @@ def labelling(smoke_outputs):
 
 @pytest.fixture(scope="module")
 def labels(smoke_outputs):
-    """Stage 02's own rows (stage 05 adds its constructed configurations to the same store)."""
+    """Stage 02's own dataset rows (stage 05 adds its constructed configurations to the same store; the test stream
+    is no part of the dataset)."""
     rows = pd.read_csv(smoke_outputs / "02_label_configs" / "labels.csv")
-    return rows[rows["kind"] != "constructed"].reset_index(drop=True)
+    return rows[rows["kind"].isin(DATASET_KINDS)].reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -305,6 +309,30 @@ def test_gnn_and_baselines_are_scored_on_the_same_folds(smoke_outputs, predictor
     predictions = pd.read_csv(smoke_outputs / "03_train_predictor" / "predictions.csv")
     for _, rows in predictions.groupby("target_name"):
         assert sorted(rows["index"]) == list(range(predictor["n_configs"]))
+
+
+def test_the_test_stream_is_scored_by_every_predictor_and_trained_on_by_none(smoke_outputs, predictor, built):
+    """Beyond §4: stage 02's test stream is its own configurations; stage 03 scores the GNN and every baseline on it
+    (their folds never saw it), and stage 05's loop reports every predictor on it beside the cross-validated
+    numbers that chose the one whose proposals it labelled."""
+    stored = pd.read_csv(smoke_outputs / "02_label_configs" / "labels.csv")
+    tests = stored[stored["kind"] == "test"]
+    assert len(tests) == summary(smoke_outputs, "02_label_configs")["test_configs"] > 0
+    assert not set(tests["fingerprint"]) & set(stored.loc[stored["kind"] != "test", "fingerprint"])
+    scored = pd.read_csv(smoke_outputs / "03_train_predictor" / "test_stream.csv")
+    assert (scored["n"] == len(tests)).all() and scored["spearman"].between(-1, 1).all()
+    for target, rows in scored.groupby("target"):
+        assert {predictor["chosen"], *YARDSTICKS} == set(rows["method"])
+        assert predictor["targets"][target]["test_configs"] == len(tests)
+    choices = pd.read_csv(smoke_outputs / "05_build_configs" / "predictor_choice.csv")
+    assert (choices.loc[choices["set"] == "test", "n"] == len(tests)).all()
+    proposals = pd.read_csv(smoke_outputs / "05_build_configs" / "constructions.csv").dropna(subset=["round"])
+    for (round_, seed), rows in choices[choices["set"] == "cv"].groupby(["round", "seed"]):
+        chosen = rows.loc[rows["chosen"], "predictor"].tolist()
+        assert len(chosen) == 1 and set(rows["predictor"]) == set(PREDICTORS)
+        built_here = proposals[(proposals["round"] == round_) & (proposals["seed"] == seed)]
+        assert set(built_here["predictor"]) == set(chosen)
+    assert sum(built["search_predictor"]["chosen"].values()) == built["search_predictor"]["fits"]
 
 
 # §3.4-§6 (stages 04-05): scores of every variant, configurations built from them --------------------------------

@@ -17,6 +17,7 @@ from qsd.predictor.yardsticks import (
     config_features,
     evaluate_yardsticks,
     feature_columns,
+    fold_mean_scores,
     make_yardstick,
 )
 
@@ -114,6 +115,18 @@ def test_evaluate_yardsticks_gives_k_rows_per_yardstick(synthetic):
     assert result.loc[result["yardstick"] == "summed_error", "mae"].isna().all()
     assert result.loc[result["yardstick"] != "summed_error", "mae"].notna().all()
     above(result.loc[result["yardstick"] == "ridge", "spearman"].min(), 0.9, 0.02, "ridge's worst fold Spearman vs 0.9")
+
+
+def test_fold_mean_scores_average_the_fold_models_on_unseen_configurations(synthetic):
+    """A test stream is scored by every fold's model (fitted on that fold's training part) and averaged."""
+    configs, targets, _, _, _ = synthetic
+    splits = kfold_splits(100, 4, seed=1)
+    train, unseen = configs[:100], configs[100:]
+    scores = fold_mean_scores("ridge", train, targets[:100], splits, UNITS, DEFAULT_OPTIONS, unseen)
+    by_fold = [make_yardstick("ridge", UNITS, DEFAULT_OPTIONS).fit([train[i] for i in t], targets[t]).score(unseen)
+               for t, _ in splits]
+    np.testing.assert_allclose(scores, np.mean(by_fold, axis=0))
+    assert scores.shape == (len(unseen),) and spearman(scores, targets[100:]) > 0.8
 
 
 def test_bad_requests_get_clear_errors(synthetic):

@@ -287,7 +287,8 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field(("targets", target, key), show) for target in ("fid", "paper") for key, show in (
             ("expression", text), ("gnn_spearman_mean", number(".3f")), ("gnn_spearman_std", number(".3f")),
             ("gnn_ndcg10_mean", number(".3f")), ("best_baseline", text), ("best_baseline_spearman", number(".3f")),
-            ("gnn_beats_every_baseline", text), ("hop_spearman_mean", each(".2f")))
+            ("gnn_beats_every_baseline", text), ("hop_spearman_mean", each(".2f")), ("test_configs", text),
+            ("test_spearman", each(".3f")), ("gnn_beats_every_baseline_on_test", text))
     ) + (Field(("n_configs",)), Field(("train_seconds_per_fold",), number(".1f"))),
     SCORES: (
         Field(("variants_scored",)), Field(("insights", "t-embed vs c-embed")), Field(("insights", "unit types")),
@@ -397,7 +398,9 @@ def glance_lines(run: Run) -> list[str]:
         f"(best baseline {v(s03, *fid03, 'best_baseline')} {v(s03, *fid03, 'best_baseline_spearman', spec='.3f')}), "
         f"on the paper's target {v(s03, *paper03, 'gnn_spearman_mean', spec='.3f')} ± "
         f"{v(s03, *paper03, 'gnn_spearman_std', spec='.3f')} (best baseline {v(s03, *paper03, 'best_baseline')} "
-        f"{v(s03, *paper03, 'best_baseline_spearman', spec='.3f')}).",
+        f"{v(s03, *paper03, 'best_baseline_spearman', spec='.3f')}); on stage 02's test stream "
+        f"({v(s03, *fid03, 'test_configs')} configurations no fold saw), Spearman on FID: "
+        f"{each('.3f')(run.value(s03, (*fid03, 'test_spearman')))}.",
         f"- **Sub-4-bit** (stage 05): best at ≤ 3.5 bits {name(s05, 'best_sub35')}, "
         f"FID {v(s05, 'best_sub35_fid', spec='.1f')} at {v(s05, 'best_sub35_bits', spec='.2f')} bits; "
         f"best uniform W4 {name(s05, 'best_uniform_w4')}, FID {v(s05, 'best_uniform_w4_fid', spec='.1f')} "

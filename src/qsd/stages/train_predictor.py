@@ -12,10 +12,13 @@ Steps:
      an MLP. With `compare_losses`, the other losses too (paper target), and with `compare_readout`, the
      all-node readout against the paper's anchor-node readout.
   4. Metrics per fold and mean ± std (Spearman, Kendall τ, NDCG@10, MAE, per-hop Spearman); which method wins.
+  5. The same methods on stage 02's test stream (kind `test`: configurations no fold trained on and nothing was
+     chosen with), each as the mean of its fold models: Spearman and MAE, so a lead that only cross-validation
+     shows is visible.
 
 Outputs in `data/runs/<model_id>/<run_id>/03_train_predictor/`: graph.json, the fold predictors
 (`predictors/<target>/<variant>/fold<k>.safetensors`, each with its settings and training time; a rerun reuses
-them), metrics.csv, predictions.csv, summary.json; figures `03_graph_block_<model_id>.png`,
+them), metrics.csv, predictions.csv, test_stream.csv, summary.json; figures `03_graph_block_<model_id>.png`,
 `03_pred_vs_true_<model_id>.png`, `03_hop_spearman_<model_id>.png`.
 """
 
@@ -39,10 +42,11 @@ from qsd.plotting import new_figure, savefig
 from qsd.predictor.cross_validation import CrossValidation, cross_validate
 from qsd.predictor.folds import kfold_splits
 from qsd.predictor.losses import RANK_LOSSES
+from qsd.predictor.metrics import mae, spearman
 from qsd.predictor.model import READOUTS, PredictorSettings
 from qsd.predictor.target import TargetExpression, named_targets
 from qsd.predictor.training import TrainSettings
-from qsd.predictor.yardsticks import YARDSTICKS, evaluate_yardsticks
+from qsd.predictor.yardsticks import YARDSTICKS, evaluate_yardsticks, fold_mean_scores
 from qsd.provenance import write_run_record
 from qsd.run_folder import GRAPH_FILE, PREDICTOR, RunFolder, predictor_variant
 from qsd.stages import StageSettings
@@ -112,6 +116,12 @@ class Dataset:
     configs: list[QuantConfig]
     labels: pd.DataFrame
     """Stage 02's rows of `configs`, same order."""
+    tests: pd.DataFrame
+    """Stage 02's test stream (kind `test`; empty when the run labelled none)."""
+
+    @property
+    def test_configs(self) -> list[QuantConfig]:
+        return [QuantConfig.loads(text) for text in self.tests["config"]]
 
     def encode(self, target: TargetExpression, hops: int) -> tuple[list, np.ndarray]:
         """(graphs with targets, targets)."""
@@ -133,15 +143,16 @@ class Result:
 def load_dataset(model_id: str, run_id: str, kinds: tuple[str, ...] = ("random",)) -> Dataset:
     """Stage 02's labels of `kinds` with their configurations, stage 01's multiquantizer and the traced graph."""
     run = RunFolder(model_id, run_id)
-    labels = run.labels()
-    labels = labels[labels["kind"].isin(kinds) & labels["fid"].notna()].reset_index(drop=True)
+    stored = run.labels()
+    labels = stored[stored["kind"].isin(kinds) & stored["fid"].notna()].reset_index(drop=True)
+    tests = stored[(stored["kind"] == "test") & stored["fid"].notna()].reset_index(drop=True)
     if len(labels) < 4:
         raise MissingFileError(f"stage 02 of run {run_id!r} has {len(labels)} labelled configurations of kinds "
                                f"{list(kinds)}; the predictor needs at least 4 (run notebook 02 with more n_configs)")
     model = load_model(model_id)
     mq = run.multiquantizer(model.denoiser)
     graph = DenoiserGraph.from_diffusion_model(model, split_concat_inputs=mq.settings.split_concat_inputs)
-    return Dataset(graph, mq, [QuantConfig.loads(text) for text in labels["config"]], labels)
+    return Dataset(graph, mq, [QuantConfig.loads(text) for text in labels["config"]], labels, tests)
 
 
 def run(settings: Settings) -> Result:
@@ -170,9 +181,34 @@ def run(settings: Settings) -> Result:
     metrics = _metrics_table(runs, yardsticks)
     metrics.to_csv(directory / "metrics.csv", index=False)
     _predictions(runs, settings, dataset).to_csv(directory / "predictions.csv", index=False)
-    summary = {"space": settings.run_space()} | _summary(settings, dataset, runs, metrics)
+    tests = test_stream(settings, dataset, runs, splits)
+    tests.to_csv(directory / "test_stream.csv", index=False)
+    summary = {"space": settings.run_space()} | _summary(settings, dataset, runs, metrics, tests)
     write_run_record(directory, settings, summary)
     return Result(settings, directory, dataset, runs, yardsticks, metrics, summary)
+
+
+def test_stream(settings: Settings, dataset: Dataset, runs: dict[tuple[str, str, str], CrossValidation],
+                splits: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """One row per (target, method): the chosen GNN's and every yardstick's fold-mean scores of the test stream
+    against its targets (n, Spearman, MAE; MAE NaN for a score that is not a prediction). No rows without one."""
+    if dataset.tests.empty:
+        return pd.DataFrame(columns=["target", "method", "n", "spearman", "mae"])
+    mq, test_configs = dataset.multiquantizer, dataset.test_configs
+    graphs = dataset.graph.encode(test_configs, mq.search_space(), settings.hops)
+    rows = []
+    for name, target in settings.targets().items():
+        truth = target.evaluate(dataset.tests)
+        cv = runs[name, settings.loss, settings.readout]
+        scores = {predictor_variant(settings.loss, settings.readout):
+                  np.mean([fold.predict(graphs) for fold in cv.predictors], axis=0)}
+        train_targets = target.evaluate(dataset.labels)
+        scores |= {y: fold_mean_scores(y, dataset.configs, train_targets, splits, mq.unit_names, mq.options,
+                                       test_configs, settings.seed, mq.errors) for y in YARDSTICKS}
+        rows += [{"target": name, "method": method, "n": len(truth), "spearman": spearman(score, truth),
+                  "mae": np.nan if method == "summed_error" else mae(score, truth)}
+                 for method, score in scores.items()]
+    return pd.DataFrame(rows)
 
 
 def _folder(path: Path) -> Path:
@@ -207,7 +243,7 @@ def mean_table(metrics: pd.DataFrame) -> pd.DataFrame:
     return means.round(3).astype(str) + " ± " + stds.round(3).astype(str)
 
 
-def _summary(settings: Settings, dataset: Dataset, runs: dict, metrics: pd.DataFrame) -> dict:
+def _summary(settings: Settings, dataset: Dataset, runs: dict, metrics: pd.DataFrame, tests: pd.DataFrame) -> dict:
     means = metrics.groupby(["target", "method"], sort=False)[["spearman", "kendall", "ndcg10", "mae"]].mean()
     chosen = predictor_variant(settings.loss, settings.readout)
     per_target = {}
@@ -229,6 +265,7 @@ def _summary(settings: Settings, dataset: Dataset, runs: dict, metrics: pd.DataF
             "best_baseline_spearman": float(baseline_rows.loc[best, "spearman"]),
             "gnn_beats_every_baseline": bool(rows.loc[chosen, "spearman"] > baseline_rows["spearman"].max()),
             "best_method": str(rows["spearman"].idxmax()),
+            **_test_summary(tests[tests["target"] == target], chosen),
         }
     paper = means.loc["paper"]["spearman"]
     return {
@@ -241,6 +278,16 @@ def _summary(settings: Settings, dataset: Dataset, runs: dict, metrics: pd.DataF
     }
 
 
+def _test_summary(rows: pd.DataFrame, chosen: str) -> dict:
+    """The test stream's Spearman per method and whether the GNN leads there too (None without a test stream)."""
+    if rows.empty:
+        return {"test_configs": 0, "test_spearman": None, "gnn_beats_every_baseline_on_test": None}
+    spearmans = rows.set_index("method")["spearman"]
+    return {"test_configs": int(rows["n"].iloc[0]),
+            "test_spearman": {m: round(float(v), 4) for m, v in spearmans.items()},
+            "gnn_beats_every_baseline_on_test": bool(spearmans[chosen] > spearmans.drop(chosen).max())}
+
+
 def summary_text(result: Result) -> str:
     s = result.summary
     lines = [f"{s['n_configs']} labelled configurations, {s['folds']} folds; graph: {s['graph_nodes']} nodes "
@@ -249,6 +296,9 @@ def summary_text(result: Result) -> str:
         lines.append(f"{target} target ({t['expression']}): GNN ({s['chosen']}) Spearman {t['gnn_spearman_mean']:.3f} "
                      f"± {t['gnn_spearman_std']:.3f}, NDCG@10 {t['gnn_ndcg10_mean']:.3f}; best baseline "
                      f"{t['best_baseline']} {t['best_baseline_spearman']:.3f}; best method: {t['best_method']}")
+        if t["test_spearman"]:
+            lines.append(f"  on the test stream ({t['test_configs']} configurations no fold saw), Spearman: "
+                         + ", ".join(f"{m} {v:.3f}" for m, v in t["test_spearman"].items()))
     return "\n".join(lines)
 
 
