@@ -95,6 +95,15 @@ def test_a_setting_added_after_a_run_was_saved_differs_only_away_from_its_defaul
     assert settings.output_dir(multiquantizer.STAGE) == folder
     with pytest.raises(SettingsMismatchError, match="space"):
         dataclasses.replace(settings, space="extended").output_dir(multiquantizer.STAGE)
+    labelled = label_configs.Settings(model_id="tiny_pixart", run_id="old").effective()
+    folder = labelled.output_dir(label_configs.STAGE)
+    saved = dataclasses.asdict(labelled)
+    del saved["design"], saved["test_configs"]
+    (folder / "settings.json").write_text(json.dumps(saved))
+    assert labelled.design == "paper", "None resolves to the paper space's own design"
+    assert labelled.output_dir(label_configs.STAGE) == folder
+    with pytest.raises(SettingsMismatchError, match="design"):
+        dataclasses.replace(labelled, design="stratified").output_dir(label_configs.STAGE)
     with pytest.raises(InvalidSettingError, match="extended"):
         multiquantizer.Settings(space="wide")
     with pytest.raises(InvalidSettingError, match="stratified"):

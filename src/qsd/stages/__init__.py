@@ -70,14 +70,16 @@ class StageSettings:
     def output_dir(self, stage: str) -> Path:
         """This run's folder of `stage` (created). If it holds results made with settings that differ in anything
         that changes results, the run is refused before anything is written, unless `overwrite`. A setting the saved
-        run does not have (added to qsd later) is no difference at its default value, which keeps the old behaviour."""
+        run does not have (added to qsd later) is no difference at its default value, resolved for this run (e.g.
+        stage 02's `design`: None resolves to the run's space's own), which keeps the old behaviour."""
         path = RunFolder(self.model_id, self.run_id).path(stage)
         saved_path = path / "settings.json"
         if saved_path.is_file() and not self.overwrite:
             neutral = {*RESULT_NEUTRAL, *self.NEUTRAL}
             saved, now = json.loads(saved_path.read_text()), dataclasses.asdict(self)
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            neutral |= {k for k in now if k not in saved and now[k] == defaults[k]}  # added later, at its default
+            added = {f.name: f.default for f in dataclasses.fields(self) if f.name not in saved}
+            at_default = dataclasses.asdict(dataclasses.replace(self, **added).resolve())
+            neutral |= {k for k in added if now[k] in (added[k], at_default[k])}  # added later, at its default
             differences = protocol_difference({k: v for k, v in saved.items() if k not in neutral},
                                               {k: v for k, v in now.items() if k not in neutral})
             if differences:
