@@ -27,12 +27,14 @@ from qsd.sampling import SamplingProtocol
 from qsd.stages import label_configs as stage
 from qsd.stages import multiquantizer as multiquantizer_stage
 
-SMALL = {"n_images": 16, "steps": 4, "test_configs": 0, "progress": False}
+SMALL = {"n_images": 16, "steps": 4, "test_configs": 0, "compile": False, "progress": False}
+"""Small eager runs: what these tests check does not depend on torch.compile, whose first compile on a cold cache
+costs about a minute (tests/test_sampling_metrics.py checks compiled against eager)."""
 RUNNER = """
 import sys
 from qsd.stages import label_configs as stage
 stage.run(stage.Settings(run_id=sys.argv[1], n_configs=int(sys.argv[2]), n_images=16, steps=4, test_configs=0,
-                         progress=False))
+                         compile=False, progress=False))
 """
 
 
