@@ -18,7 +18,7 @@ import json
 
 import numpy as np
 
-from qsd.design import config_sampler
+from qsd.design import config_sampler, stream_generator
 from qsd.models import load_denoiser
 from qsd.multiquant import MultiQuantizer
 from qsd.space import search_space
@@ -49,7 +49,7 @@ def main() -> None:
         mq = MultiQuantizer.build(denoiser, space.options(), progress=False, float_option=space.float_option)
         for design in designs:
             sampler = config_sampler(design, mq)
-            configs = [sampler(np.random.default_rng([args.seed, i]), i) for i in range(args.configs)]
+            configs = [sampler(stream_generator(args.seed, i), i) for i in range(args.configs)]
             result[f"{name}/{design}"] = describe(mq, configs)
     print(json.dumps(result))
 

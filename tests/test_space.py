@@ -11,7 +11,7 @@ from test_search import SETTINGS, synthetic_option_table, tiny_graph
 from torch import nn
 
 from qsd.config import FLOAT_KEY, QuantConfig, QuantSpec, option_key
-from qsd.design import StratifiedDesign, config_sampler
+from qsd.design import StratifiedDesign, config_sampler, stream_generator
 from qsd.errors import InvalidSettingError, ProtocolMismatchError, QsdError
 from qsd.graph.encode import encode_configs
 from qsd.graph.features import METHOD_CODES
@@ -206,3 +206,18 @@ def test_float_and_eight_bit_variants_score_as_their_configurations_encode():
     scored = score_variants(graph, scorers, table, "node")
     assert set(scored["options"]) == set(table["option"])
     assert SEPARATOR not in FLOAT_KEY
+
+
+def test_seed_streams_never_share_a_configuration_generator():
+    """Stream 0 is stage 02's random stream, seeded by (seed, i); the test stream and the active pool have their own
+    spawn keys, so none of their generators equals a random configuration's (a plain list (seed, stream, 0) would:
+    numpy pads entropy with zeros)."""
+    def state(rng):
+        return tuple(rng.integers(0, 2**62, size=4))
+
+    random_stream = {state(stream_generator(0, i)) for i in range(64)}
+    assert state(stream_generator(0, 5)) == state(np.random.default_rng([0, 5]))
+    assert state(np.random.default_rng([0, 2, 0])) in random_stream, "the pitfall the spawn key avoids"
+    for stream in (1, 2):
+        others = {state(stream_generator(0, i, stream)) for i in range(64)}
+        assert len(others) == 64 and not others & random_stream

@@ -83,6 +83,16 @@ class StratifiedDesign:
         return QuantConfig({unit: self.choices[c] for unit, c in zip(self.units, current, strict=True)})
 
 
+def stream_generator(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The generator of configuration `index` of a seed stream: stream 0 is stage 02's random stream, seeded by
+    (seed, index); any other stream adds the spawn key (stream,), which no plain entropy list reproduces (numpy pads
+    entropy with zeros, so a list like (seed, stream, 0) would equal (seed, stream), configuration `stream` of
+    stream 0)."""
+    if stream == 0:
+        return np.random.default_rng([seed, index])
+    return np.random.default_rng(np.random.SeedSequence([seed, index], spawn_key=(stream,)))
+
+
 def config_sampler(design: str, multiquantizer: MultiQuantizer,
                    bits_range: tuple[float, float] = DEFAULT_BITS_RANGE) -> ConfigSampler:
     """The sampler of `design` over `multiquantizer`'s search space."""

@@ -50,6 +50,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from qsd.config import QuantConfig, QuantSpec, parse_option
+from qsd.design import stream_generator
 from qsd.errors import InfeasibleBudgetError, InvalidSettingError
 from qsd.executors import LabelJob
 from qsd.files import atomic_write
@@ -84,7 +85,8 @@ YARDSTICKS = ("error", "ridge")
 SEARCH = "search"
 """Method name of the search loop's configurations in constructions.csv (`search r<round>`)."""
 POOL_STREAM = 1
-"""Seed-stream tag of the active loop's candidate pool (stage 02's random stream is untagged)."""
+"""Seed stream of the active loop's candidate pool (`qsd.design.stream_generator`; stage 02's random stream is 0).
+Until 0f67110 the pool was seeded by the list (seed, 1, i), whose configuration 0 was random configuration 1."""
 SUB_BITS = 3.5
 """The headline's bit bar: the best constructed configuration at ≤ this many average bits."""
 
@@ -409,8 +411,7 @@ def active_comparison(settings: Settings, session: LabelSession, labels: pd.Data
     configs, fids = [QuantConfig.loads(c) for c in stream["config"]], stream["fid"].to_numpy(dtype=float)
     n = active_settings.label_budget
     sampler = RunFolder(settings.model_id, settings.run_id).label_sampler(session.multiquantizer)
-    candidates = [sampler(np.random.default_rng([settings.seed, POOL_STREAM, i]), i)
-                  for i in range(settings.active_pool)]
+    candidates = [sampler(stream_generator(settings.seed, i, POOL_STREAM), i) for i in range(settings.active_pool)]
     pool = Pool(configs[:n], fids[:n], configs[n:], fids[n:], candidates)
 
     labelled: set[str] = set()

@@ -39,7 +39,7 @@ from matplotlib.ticker import NullFormatter
 from scipy.stats import spearmanr
 
 from qsd.config import QuantConfig, QuantSpec
-from qsd.design import DEFAULT_BITS_RANGE, DESIGNS, ConfigSampler, config_sampler
+from qsd.design import DEFAULT_BITS_RANGE, DESIGNS, ConfigSampler, config_sampler, stream_generator
 from qsd.errors import InvalidSettingError
 from qsd.executors import InProcessExecutor, LabelJob
 from qsd.label_session import LabellingSetup, LabelSession
@@ -57,7 +57,7 @@ from qsd.store import DATASET_KINDS, LabelStore
 STAGE = LABELS
 PROXIES = ("sample_mse", "eps_error", "summed_error")
 TEST_STREAM = 2
-"""Seed-stream tag of the test stream (the random stream is untagged; stage 05's active pool is tag 1)."""
+"""Seed stream of the test stream (`qsd.design.stream_generator`; the random stream is 0, stage 05's active pool 1)."""
 LABEL_OFFSETS = {"uaq": (6, -12), "kmeans_c": (6, 4), "kmeans_a": (6, 8)}
 """Where the uniform rows' names go (points), so that neighbouring 4-bit rows stay readable."""
 
@@ -142,15 +142,12 @@ def reference_jobs(multiquantizer: MultiQuantizer) -> list[LabelJob]:
 
 def random_jobs(sampler: ConfigSampler, seed: int, n: int) -> list[LabelJob]:
     """Random configurations 0..n-1 of the seed stream `seed` (configuration i depends only on (seed, i))."""
-    return [LabelJob(sampler(np.random.default_rng([seed, i]), i), "random", f"random {i}", i) for i in range(n)]
+    return [LabelJob(sampler(stream_generator(seed, i), i), "random", f"random {i}", i) for i in range(n)]
 
 
 def test_jobs(sampler: ConfigSampler, seed: int, n: int) -> list[LabelJob]:
-    """Test-stream configurations 0..n-1: the same design, generators seeded by (seed, i) with the spawn key
-    (TEST_STREAM,), which no plain entropy list reproduces (a list like (seed, TEST_STREAM, 0) would: numpy pads
-    entropy with zeros, so it equals (seed, TEST_STREAM), random configuration TEST_STREAM)."""
-    return [LabelJob(sampler(np.random.default_rng(np.random.SeedSequence([seed, i], spawn_key=(TEST_STREAM,))), i),
-                     "test", f"test {i}", i) for i in range(n)]
+    """Test-stream configurations 0..n-1: the same design, seed stream `TEST_STREAM` (`stream_generator`)."""
+    return [LabelJob(sampler(stream_generator(seed, i, TEST_STREAM), i), "test", f"test {i}", i) for i in range(n)]
 
 
 def run(settings: Settings) -> Result:
