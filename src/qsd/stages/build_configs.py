@@ -86,7 +86,7 @@ SEARCH = "search"
 """Method name of the search loop's configurations in constructions.csv (`search r<round>`)."""
 POOL_STREAM = 1
 """Seed stream of the active loop's candidate pool (`qsd.design.stream_generator`; stage 02's random stream is 0).
-Until 0f67110 the pool was seeded by the list (seed, 1, i), whose configuration 0 was random configuration 1."""
+Earlier runs seeded it by the list (seed, 1, i), whose configuration 0 was random configuration 1."""
 SUB_BITS = 3.5
 """The headline's bit bar: the best constructed configuration at ≤ this many average bits."""
 
