@@ -204,16 +204,23 @@ def evaluate_yardsticks(configs: Sequence[QuantConfig], frame: pd.DataFrame | No
     return pd.DataFrame(rows)
 
 
+def fold_models(name: str, configs: Sequence[QuantConfig], targets: np.ndarray,
+                splits: Sequence[tuple[np.ndarray, np.ndarray]], unit_names: Sequence[str],
+                options: Sequence[QuantSpec], seed: int = 0, errors: ErrorTable | None = None) -> list[Yardstick]:
+    """Yardstick `name` fitted on each split's training part, in split order."""
+    targets = np.asarray(targets, dtype=np.float64)
+    return [make_yardstick(name, unit_names, options, seed, errors).fit([configs[i] for i in train], targets[train])
+            for train, _ in splits]
+
+
 def fold_mean_scores(name: str, configs: Sequence[QuantConfig], targets: np.ndarray,
                      splits: Sequence[tuple[np.ndarray, np.ndarray]], unit_names: Sequence[str],
                      options: Sequence[QuantSpec], test_configs: Sequence[QuantConfig], seed: int = 0,
                      errors: ErrorTable | None = None) -> np.ndarray:
-    """Yardstick `name` fitted on each split's training part, its scores of `test_configs` averaged over the
-    splits (how a fold ensemble scores configurations none of its folds saw)."""
-    targets = np.asarray(targets, dtype=np.float64)
-    scores = [make_yardstick(name, unit_names, options, seed, errors).fit([configs[i] for i in train], targets[train])
-              .score(test_configs) for train, _ in splits]
-    return np.mean(scores, axis=0)
+    """The `fold_models` of yardstick `name`, their scores of `test_configs` averaged over the splits (how a fold
+    ensemble scores configurations none of its folds saw)."""
+    models = fold_models(name, configs, targets, splits, unit_names, options, seed, errors)
+    return np.mean([model.score(test_configs) for model in models], axis=0)
 
 
 def _check_aligned(configs: Sequence[QuantConfig], frame: pd.DataFrame) -> None:

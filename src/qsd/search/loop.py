@@ -33,6 +33,7 @@ from qsd.predictor.training import TrainSettings
 from qsd.search.guided import LabelFunction, budget_configs
 from qsd.search.predictor_choice import (
     AUTO,
+    BITS_TOLERANCE,
     CHOICES,
     VALIDATION_COLUMNS,
     choose,
@@ -42,7 +43,6 @@ from qsd.search.predictor_choice import (
     validation_table,
 )
 
-BITS_TOLERANCE = 1e-9
 PROPOSAL_COLUMNS = ("round", "seed", "predictor", "budget", "name", "fingerprint", "avg_bits", "score", "note", "new",
                     "fid")
 CHOICE_COLUMNS = ["round", "seed", "set", *VALIDATION_COLUMNS, "chosen"]

@@ -34,7 +34,7 @@ from qsd.predictor.folds import kfold_splits
 from qsd.predictor.metrics import mae, spearman
 from qsd.predictor.model import PredictorSettings
 from qsd.predictor.training import TrainSettings
-from qsd.predictor.yardsticks import make_yardstick
+from qsd.predictor.yardsticks import fold_models
 from qsd.search.guided import cross_validated_gnn, fold_scorers
 from qsd.search.scores import FoldScorer, score_variants
 
@@ -86,12 +86,10 @@ def fit_predictors(graph: DenoiserGraph, option_table: pd.DataFrame, configs: Se
     predict: dict[str, Predict] = {"gnn": gnn_predict}
     units, options = option_space(option_table)
     for name in ("ridge", "mlp"):
-        out_of_fold, models = np.empty(len(configs)), []
-        for train, test in splits:
-            model = make_yardstick(name, units, options, seed).fit([configs[i] for i in train], targets[train])
-            out_of_fold[test] = model.score([configs[i] for i in test])
-            models.append(model)
-        held_out[name] = out_of_fold
+        models = fold_models(name, configs, targets, splits, units, options, seed)
+        held_out[name] = np.empty(len(configs))
+        for model, (_, test) in zip(models, splits, strict=True):
+            held_out[name][test] = model.score([configs[i] for i in test])
         predict[name] = lambda batch, models=models: np.mean([m.score(batch) for m in models], axis=0)
     members = ("gnn", "ridge", "mlp")
     held_out["ensemble"] = np.mean([held_out[m] for m in members], axis=0)
@@ -105,10 +103,10 @@ def validation_table(predictions: dict[str, np.ndarray], fids: np.ndarray, avg_b
     over the budget region (average bits ≤ `region_max`), MAE (FID) in the region and the counts."""
     targets, bits = -np.asarray(fids, dtype=float), np.asarray(avg_bits, dtype=float)
     region = bits <= region_max + BITS_TOLERANCE
+    in_region = int(region.sum())
     rows = []
     for name, predicted in predictions.items():
         predicted = np.asarray(predicted, dtype=float)
-        in_region = int(region.sum())
         rows.append({"predictor": name, "spearman": _spearman(predicted, targets),
                      "spearman_region": _spearman(predicted[region], targets[region]),
                      "mae_region": mae(predicted[region], targets[region]) if in_region else np.nan,
