@@ -46,6 +46,11 @@ def test_the_wheel_contains_the_kernel_sources(wheel):
 
 
 def test_an_installed_wheel_builds_and_runs_its_kernels(wheel, tmp_path):
+    """... and reuses the binary the checkout built from the same source (no second compile)."""
+    from qsd.packed import cpu
+
+    checkout_binary = Path(cpu.extension().__file__)
+    built_at = checkout_binary.stat().st_mtime_ns
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)  # what pip install puts into site-packages
     env = os.environ | {"PYTHONPATH": str(site), "QSD_KERNEL_CACHE": str(ROOT / "build" / "kernels")}
@@ -57,4 +62,6 @@ def test_an_installed_wheel_builds_and_runs_its_kernels(wheel, tmp_path):
     assert Path(report["cpp"]) == site / "qsd" / "packed" / "kernel_sources" / "lut_cpu.cpp"
     assert Path(report["triton"]).is_relative_to(site)
     assert report["cpu"].startswith("built"), report["cpu"]
+    assert report["cpu"].endswith(str(checkout_binary.parent)), "the wheel built into another folder"
+    assert checkout_binary.stat().st_mtime_ns == built_at, "the wheel compiled the same source again"
     assert report["max_diff"] < 1e-5

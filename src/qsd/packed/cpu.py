@@ -4,7 +4,8 @@ The extension is compiled on first use with `torch.utils.cpp_extension.load` (-O
 about a minute) into `$QSD_KERNEL_CACHE/<hash>`, default `<project root>/build/kernels/<hash>`. The hash covers the
 source, the flags, torch's and Python's versions and this CPU's feature flags, so a binary built for another
 CPU or torch is never loaded; torch's lock file in that folder keeps concurrent processes from building it
-twice. `register()` makes these kernels the "cpu" implementations of `torch.ops.qsd.*`; when the build fails
+twice. The source is compiled from a copy inside that folder: ninja rebuilds whenever the source's path in its
+build file changes, so compiling a wheel's or another checkout's copy in place would rebuild the same binary. `register()` makes these kernels the "cpu" implementations of `torch.ops.qsd.*`; when the build fails
 (no compiler, say) the ops keep the pure-torch reference and one warning says why.
 """
 
@@ -54,6 +55,16 @@ def build_dir(source: Path) -> Path:
     return (Path(cache) if cache else project_root() / "build" / "kernels") / digest
 
 
+def _source_copy(source: Path, directory: Path) -> Path:
+    """`source` copied into its build folder (written once: the folder's name already hashes its text)."""
+    copy = directory / source.name
+    if not copy.exists():
+        partial = directory / f".{source.name}.{os.getpid()}"
+        partial.write_text(source.read_text())
+        os.replace(partial, copy)
+    return copy
+
+
 def extension() -> ModuleType | None:
     """The compiled extension (built on the first call), or None when it cannot be built (warned once)."""
     with _lock:
@@ -66,7 +77,7 @@ def extension() -> ModuleType | None:
                 directory.mkdir(parents=True, exist_ok=True)
                 _state["module"] = load(
                     name="qsd_lut_cpu",
-                    sources=[str(source)],
+                    sources=[str(_source_copy(source, directory))],
                     extra_cflags=_CFLAGS,
                     extra_ldflags=_LDFLAGS,
                     build_directory=str(directory),
