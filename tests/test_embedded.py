@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from qsd.embedded import captions, digits, training
-from qsd.embedded.models import EMBEDDED_BUILDERS, checkpoint_path, load_embedded, load_trained_denoiser
+from qsd.embedded.models import (
+    CANDIDATE_SHAPES,
+    EMBEDDED_BUILDERS,
+    build_denoiser,
+    candidate_entry,
+    checkpoint_path,
+    load_embedded,
+    load_trained_denoiser,
+)
 from qsd.errors import CorruptFileError, InvalidSettingError, ModelNotAvailableError, SettingsMismatchError
 from qsd.label_session import LabellingSetup
 from qsd.models import DEFAULT_MODEL_ID, get_entry, load_model, registry
@@ -83,6 +91,26 @@ def test_shipped_checkpoints_load_small(model_id):
     assert torch.equal(targets, torch.arange(20) % 10)
     eps = model.predict_noise(torch.randn(2, 1, 16, 16), torch.tensor([10, 900]), model.condition(prompts[:2]))
     assert eps.shape == (2, 1, 16, 16) and torch.isfinite(eps).all()
+
+
+@pytest.mark.parametrize("name", list(CANDIDATE_SHAPES))
+def test_candidates_have_their_shape_and_tiny_pixarts_protocol(name):
+    """Issue 30's candidates: `depth` blocks at `width` channels, everything else (patching, captions, protocol) as
+    `tiny_pixart`, whose own shape the shared builder keeps."""
+    width, depth = CANDIDATE_SHAPES[name]
+    denoiser = build_denoiser(name)
+    assert len(denoiser.transformer_blocks) == depth and denoiser.config.num_attention_heads * 32 == width
+    tiny = build_denoiser("tiny_pixart")
+    assert (len(tiny.transformer_blocks), tiny.inner_dim) == (4, 128)
+    assert denoiser.pos_embed.proj.kernel_size == tiny.pos_embed.proj.kernel_size
+    entry = candidate_entry(name)
+    assert entry.model_id == name and entry.sampler == get_entry("tiny_pixart").sampler
+    model = load_embedded(entry, trained=False)
+    prompts, _ = model.protocol_prompts(2)
+    eps = model.predict_noise(torch.randn(2, 1, 16, 16), torch.tensor([10, 900]), model.condition(prompts))
+    assert eps.shape == (2, 1, 16, 16)
+    with pytest.raises(ModelNotAvailableError, match="candidates: pixart_w256_d8"):
+        candidate_entry("pixart_w999_d1")
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path):

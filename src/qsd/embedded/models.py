@@ -9,8 +9,10 @@ Checkpoints are shipped as fp16 safetensors in `data/checkpoints/` (made by note
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -48,13 +50,14 @@ RANGE_RULE_BASIS = ("uniform UAQ W4/W3 FID at 512 images (benchmarks/uaq_range_r
                     "keep the paper's search")
 
 
-def _pixart() -> nn.Module:
+def _pixart(width: int = 128, depth: int = 4) -> nn.Module:
+    """PixArt-α's transformer at `width` channels (heads of 32) and `depth` blocks; `tiny_pixart` is 128 × 4."""
     from diffusers import PixArtTransformer2DModel
 
     return PixArtTransformer2DModel(
-        num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=4,
-        cross_attention_dim=128, caption_channels=captions.EMBED_DIM, sample_size=digits.RESOLUTION, patch_size=4,
-        use_additional_conditions=False, norm_num_groups=1,
+        num_attention_heads=width // 32, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=depth,
+        cross_attention_dim=width, caption_channels=captions.EMBED_DIM, sample_size=digits.RESOLUTION,
+        patch_size=4, use_additional_conditions=False, norm_num_groups=1,
     )
 
 
@@ -79,6 +82,12 @@ def _dit() -> nn.Module:
 
 
 EMBEDDED_BUILDERS = {"tiny_pixart": _pixart, "tiny_sd": _unet, "tiny_dit": _dit}
+CANDIDATE_SHAPES: dict[str, tuple[int, int]] = {"pixart_w256_d8": (256, 8), "pixart_w256_d12": (256, 12),
+                                                "pixart_w384_d8": (384, 8)}
+"""Issue 30's paper-shaped candidates, (width, blocks): `tiny_pixart`'s captions, digits and 16 tokens, deeper and
+wider. Not registered models: `benchmarks/denoiser_candidates.py` trains and measures them, and the one chosen is
+registered with its shipped checkpoint."""
+CANDIDATE_BUILDERS = {name: partial(_pixart, *shape) for name, shape in CANDIDATE_SHAPES.items()}
 
 
 def checkpoint_path(model_id: str, directory: Path | None = None) -> Path:
@@ -92,7 +101,7 @@ def build_denoiser(model_id: str, seed: int = 0) -> nn.Module:
     from diffusers.models.embeddings import LabelEmbedding
 
     torch.manual_seed(seed)
-    denoiser = EMBEDDED_BUILDERS[model_id]()
+    denoiser = (EMBEDDED_BUILDERS | CANDIDATE_BUILDERS)[model_id]()
     for module in denoiser.modules():
         if isinstance(module, LabelEmbedding):
             module.dropout_prob = 0.0
@@ -225,3 +234,13 @@ ENTRIES = (
                    "min-max 106.7/105.3, L4 search 104.8/68.1, the paper's search 193.3/127.4 (float 19.3): no rule "
                    "reaches the paper's regime, the output layers dominate; min-max inverts W3/W4 least")),
 )
+
+
+def candidate_entry(name: str) -> ModelEntry:
+    """A candidate's entry: `tiny_pixart`'s protocol (guidance included, until the candidate's own sweep) under the
+    candidate's name."""
+    if name not in CANDIDATE_SHAPES:
+        raise ModelNotAvailableError(f"unknown candidate {name!r}; candidates: {', '.join(CANDIDATE_SHAPES)}")
+    width, depth = CANDIDATE_SHAPES[name]
+    return dataclasses.replace(ENTRIES[0], model_id=name, description=(
+        f"PixArt-α-like text-to-image transformer ({depth} blocks, d={width}) on MNIST-16, MiniLM captions"))

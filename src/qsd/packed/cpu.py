@@ -5,8 +5,9 @@ about a minute) into `$QSD_KERNEL_CACHE/<hash>`, default `<project root>/build/k
 source, the flags, torch's and Python's versions and this CPU's feature flags, so a binary built for another
 CPU or torch is never loaded; torch's lock file in that folder keeps concurrent processes from building it
 twice. The source is compiled from a copy inside that folder: ninja rebuilds whenever the source's path in its
-build file changes, so compiling a wheel's or another checkout's copy in place would rebuild the same binary. `register()` makes these kernels the "cpu" implementations of `torch.ops.qsd.*`; when the build fails
-(no compiler, say) the ops keep the pure-torch reference and one warning says why.
+build file changes, so compiling a wheel's or another checkout's copy in place would rebuild the same binary.
+`register()` makes these kernels the "cpu" implementations of `torch.ops.qsd.*`; when the build fails (no
+compiler, say) the ops keep the pure-torch reference and one warning says why.
 """
 
 from __future__ import annotations
