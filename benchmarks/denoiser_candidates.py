@@ -2,11 +2,12 @@
 PixArt-α-like transformers of 8-12 blocks at width 256-384 on `tiny_pixart`'s captions, digits and 16 tokens).
 
 Each candidate trains with `tiny_pixart`'s recipe (`qsd.embedded.training`, batch 64, `--steps`, seed 0) into
-`--out/<name>/`: the resumable training state (`train_state.pt`, saved every 250 steps; a killed or
-`--max-minutes`-limited run continues from it) and, once complete, `<name>.safetensors` with its training record
-(settings, minutes, final loss) as metadata, as the shipped checkpoints have. The baseline measured in the same run:
-`tiny_pixart`'s seconds per training step on this machine, next to every candidate's (`--timing-steps` steps after
-3 warm-up steps, fresh weights).
+`build/candidates/<name>/` (`qsd.embedded.models.checkpoint_dir`, where the stages load it from): the resumable
+training state (`train_state.pt`, saved every 250 steps; a killed or `--max-minutes`-limited run continues from it)
+and, once complete, `<name>.safetensors` with its training record (settings, minutes, final loss) as metadata, as
+the shipped checkpoints have. The baseline measured in the same run: `tiny_pixart`'s seconds per training step on
+this machine, next to every candidate's (`--timing-steps` steps after 3 warm-up steps, fresh weights). Then
+notebooks 00-02 measure a trained candidate like any model (`make reproduce MODEL=<name>`, stopped after 02).
 
 Run:  .venv/bin/python benchmarks/denoiser_candidates.py [--candidates pixart_w256_d8] [--max-minutes 60]
 Last stdout line: one JSON object, per candidate and for tiny_pixart: parameters, seconds per step, steps done,
@@ -18,15 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
 from qsd.embedded import captions
-from qsd.embedded.models import CANDIDATE_SHAPES, candidate_entry, load_embedded, save_checkpoint
+from qsd.embedded.models import (
+    CANDIDATE_SHAPES,
+    candidate_entry,
+    checkpoint_dir,
+    checkpoint_path,
+    load_embedded,
+    save_checkpoint,
+)
 from qsd.embedded.training import TrainSettings, train_denoiser
 from qsd.models import get_entry
-from qsd.paths import project_root
 
 BASELINE = "tiny_pixart"
 
@@ -52,11 +58,12 @@ def seconds_per_step(entry, timing_steps: int) -> float:
     return (time.perf_counter() - start) / timing_steps
 
 
-def train(name: str, out: Path, settings: TrainSettings) -> dict:
-    """Train (or resume) candidate `name` into `out/name/`; the checkpoint is written once training completes."""
-    directory = out / name
+def train(name: str, settings: TrainSettings) -> dict:
+    """Train (or resume) candidate `name` in its checkpoint folder; the checkpoint is written once training
+    completes."""
+    directory = checkpoint_dir(name)
     directory.mkdir(parents=True, exist_ok=True)
-    checkpoint = directory / f"{name}.safetensors"
+    checkpoint = checkpoint_path(name)
     model = load_embedded(candidate_entry(name), trained=False)
     record = train_denoiser(model, settings, directory)
     if record["complete"] and not checkpoint.is_file():
@@ -70,7 +77,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6000, help="training steps (tiny_pixart's recipe: 6000)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop resumably after this much training")
     parser.add_argument("--timing-steps", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=project_root() / "build" / "candidates")
     args = parser.parse_args()
     names = [n for n in args.candidates.split(",") if n]
     baseline = get_entry(BASELINE)
@@ -79,7 +85,7 @@ def main() -> None:
     for name in names:
         entry = candidate_entry(name)
         s_per_step = seconds_per_step(entry, args.timing_steps)
-        record = train(name, args.out, TrainSettings(steps=args.steps, max_minutes=args.max_minutes))
+        record = train(name, TrainSettings(steps=args.steps, max_minutes=args.max_minutes))
         width, depth = CANDIDATE_SHAPES[name]
         results[name] = {"width": width, "blocks": depth, "parameters": parameters(entry), "s_per_step": s_per_step,
                          "step_cost_vs_baseline": s_per_step / results[BASELINE]["s_per_step"],

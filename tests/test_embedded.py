@@ -13,6 +13,7 @@ from qsd.embedded.models import (
     EMBEDDED_BUILDERS,
     build_denoiser,
     candidate_entry,
+    checkpoint_dir,
     checkpoint_path,
     load_embedded,
     load_trained_denoiser,
@@ -94,23 +95,41 @@ def test_shipped_checkpoints_load_small(model_id):
 
 
 @pytest.mark.parametrize("name", list(CANDIDATE_SHAPES))
-def test_candidates_have_their_shape_and_tiny_pixarts_protocol(name):
+def test_candidates_have_their_shape_and_tiny_pixarts_protocol(name, tmp_path, monkeypatch):
     """Issue 30's candidates: `depth` blocks at `width` channels, everything else (patching, captions, protocol) as
-    `tiny_pixart`, whose own shape the shared builder keeps."""
+    `tiny_pixart`, whose own shape the shared builder keeps; registered, loaded from their build folder."""
+    monkeypatch.setenv("QSD_ROOT", str(tmp_path))
     width, depth = CANDIDATE_SHAPES[name]
     denoiser = build_denoiser(name)
     assert len(denoiser.transformer_blocks) == depth and denoiser.config.num_attention_heads * 32 == width
     tiny = build_denoiser("tiny_pixart")
     assert (len(tiny.transformer_blocks), tiny.inner_dim) == (4, 128)
     assert denoiser.pos_embed.proj.kernel_size == tiny.pos_embed.proj.kernel_size
-    entry = candidate_entry(name)
-    assert entry.model_id == name and entry.sampler == get_entry("tiny_pixart").sampler
+    entry, tiny_entry = candidate_entry(name), get_entry("tiny_pixart")
+    assert get_entry(name).model_id == name and entry.fid_reference == tiny_entry.fid_reference
+    assert (entry.sampler.guidance, entry.sampler.steps) == (tiny_entry.sampler.guidance, tiny_entry.sampler.steps)
     model = load_embedded(entry, trained=False)
     prompts, _ = model.protocol_prompts(2)
     eps = model.predict_noise(torch.randn(2, 1, 16, 16), torch.tensor([10, 900]), model.condition(prompts))
     assert eps.shape == (2, 1, 16, 16)
+    assert checkpoint_path(name) == tmp_path / "build" / "candidates" / name / f"{name}.safetensors"
+    with pytest.raises(ModelNotAvailableError, match=f"denoiser_candidates.py --candidates {name}"):
+        load_model(name)
     with pytest.raises(ModelNotAvailableError, match="candidates: pixart_w256_d8"):
         candidate_entry("pixart_w999_d1")
+
+
+def test_a_candidate_takes_the_guidance_of_its_own_sweep(tmp_path, monkeypatch):
+    monkeypatch.setenv("QSD_ROOT", str(tmp_path))
+    sweep = pd.DataFrame({"guidance": [1.25, 2.0, 3.0], "fid": [30.0, 21.5, 40.0], "prompt_accuracy": [0.9] * 3})
+    train_denoisers.ship_guidance_sweep("tiny_pixart", sweep.assign(fid=[1.0, 50.0, 60.0]),
+                                        checkpoint_dir("pixart_w256_d8"))  # another model's rows are ignored
+    train_denoisers.ship_guidance_sweep("pixart_w256_d8", sweep, checkpoint_dir("pixart_w256_d8"))
+    entry = candidate_entry("pixart_w256_d8")
+    assert entry.sampler.guidance == 2.0 and "FID 21.5 at 2" in entry.sampler.guidance_basis
+    assert candidate_entry("pixart_w384_d8").sampler.guidance == get_entry("tiny_pixart").sampler.guidance
+    with pytest.raises(InvalidSettingError, match="benchmarks/denoiser_candidates.py"):
+        train_denoisers.run(train_denoisers.Settings(model_id="pixart_w256_d8", retrain=True))
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path):

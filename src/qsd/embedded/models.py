@@ -9,6 +9,7 @@ Checkpoints are shipped as fp16 safetensors in `data/checkpoints/` (made by note
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -85,13 +86,22 @@ EMBEDDED_BUILDERS = {"tiny_pixart": _pixart, "tiny_sd": _unet, "tiny_dit": _dit}
 CANDIDATE_SHAPES: dict[str, tuple[int, int]] = {"pixart_w256_d8": (256, 8), "pixart_w256_d12": (256, 12),
                                                 "pixart_w384_d8": (384, 8)}
 """Issue 30's paper-shaped candidates, (width, blocks): `tiny_pixart`'s captions, digits and 16 tokens, deeper and
-wider. Not registered models: `benchmarks/denoiser_candidates.py` trains and measures them, and the one chosen is
-registered with its shipped checkpoint."""
+wider. Registered models whose checkpoints do not ship: `benchmarks/denoiser_candidates.py` trains each into
+`build/candidates/<name>/`, where the stages find it; the one chosen ships in `data/checkpoints/`."""
 CANDIDATE_BUILDERS = {name: partial(_pixart, *shape) for name, shape in CANDIDATE_SHAPES.items()}
+GUIDANCE_TABLE = "guidance_sweep.csv"
+"""Beside the checkpoints: the guidance sweep each embedded entry's guidance was chosen from (stage 00)."""
+
+
+def checkpoint_dir(model_id: str) -> Path:
+    """Where `model_id`'s checkpoint and guidance sweep live: `data/checkpoints/`, a candidate's build folder."""
+    if model_id in CANDIDATE_SHAPES:
+        return project_root() / "build" / "candidates" / model_id
+    return project_root() / "data" / "checkpoints"
 
 
 def checkpoint_path(model_id: str, directory: Path | None = None) -> Path:
-    return (directory or project_root() / "data" / "checkpoints") / f"{model_id}.safetensors"
+    return (directory or checkpoint_dir(model_id)) / f"{model_id}.safetensors"
 
 
 def build_denoiser(model_id: str, seed: int = 0) -> nn.Module:
@@ -123,10 +133,10 @@ def load_trained_denoiser(model_id: str, directory: Path | None = None) -> nn.Mo
     """The shipped (or retrained) denoiser in float32, eval mode."""
     path = checkpoint_path(model_id, directory)
     if not path.is_file():
-        raise ModelNotAvailableError(
-            f"no checkpoint for {model_id!r} at {path}; it ships in data/checkpoints/ with the repository, "
-            f"or run notebooks/00_train_denoisers.ipynb with model_id={model_id!r} to train it"
-        )
+        how = (f"train it with `.venv/bin/python benchmarks/denoiser_candidates.py --candidates {model_id}`"
+               if model_id in CANDIDATE_SHAPES else "it ships in data/checkpoints/ with the repository, or run "
+               f"notebooks/00_train_denoisers.ipynb with model_id={model_id!r} to train it")
+        raise ModelNotAvailableError(f"no checkpoint for {model_id!r} at {path}; {how}")
     denoiser = build_denoiser(model_id)
     try:
         state = load_file(path)
@@ -236,11 +246,30 @@ ENTRIES = (
 )
 
 
+def measured_guidance(model_id: str) -> tuple[float, float] | None:
+    """(FID-optimal guidance, its FID) in `model_id`'s guidance sweep beside its checkpoint, None if not swept."""
+    path = checkpoint_dir(model_id) / GUIDANCE_TABLE
+    rows = list(csv.DictReader(path.read_text().splitlines())) if path.is_file() else []
+    rows = [(float(r["fid"]), float(r["guidance"])) for r in rows if r["model_id"] == model_id]
+    return (min(rows)[1], min(rows)[0]) if rows else None
+
+
 def candidate_entry(name: str) -> ModelEntry:
-    """A candidate's entry: `tiny_pixart`'s protocol (guidance included, until the candidate's own sweep) under the
-    candidate's name."""
+    """A candidate's entry: `tiny_pixart`'s protocol under the candidate's name, at the FID-optimal guidance of the
+    candidate's own sweep (stage 00 writes it beside the checkpoint), `tiny_pixart`'s until it is swept."""
     if name not in CANDIDATE_SHAPES:
         raise ModelNotAvailableError(f"unknown candidate {name!r}; candidates: {', '.join(CANDIDATE_SHAPES)}")
     width, depth = CANDIDATE_SHAPES[name]
-    return dataclasses.replace(ENTRIES[0], model_id=name, description=(
-        f"PixArt-α-like text-to-image transformer ({depth} blocks, d={width}) on MNIST-16, MiniLM captions"))
+    tiny = ENTRIES[0]
+    measured = measured_guidance(name)
+    basis = (f"FID-optimal scale of stage 00's guidance sweep (build/candidates/{name}/{GUIDANCE_TABLE}): "
+             f"FID {measured[1]:.1f} at {measured[0]:g}" if measured else
+             f"not swept yet: tiny_pixart's ({tiny.sampler.guidance})")
+    sampler = dataclasses.replace(tiny.sampler, guidance=measured[0] if measured else tiny.sampler.guidance,
+                                  guidance_basis=basis)
+    return dataclasses.replace(tiny, model_id=name, sampler=sampler, description=(
+        f"issue 30 candidate: PixArt-α-like text-to-image transformer ({depth} blocks, d={width}) on MNIST-16, "
+        "MiniLM captions; checkpoint in build/candidates/"))
+
+
+CANDIDATE_ENTRIES = tuple(candidate_entry(name) for name in CANDIDATE_SHAPES)

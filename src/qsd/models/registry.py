@@ -1,7 +1,8 @@
 """Model registry: model id → `ModelEntry` (and a loader). Three kinds of entries:
 
 - the embedded defaults `tiny_pixart` (the default), `tiny_sd`, `tiny_dit` (`qsd.embedded.models`),
-  trained in-project, shipped in `data/checkpoints/`;
+  trained in-project, shipped in `data/checkpoints/`, and issue 30's deeper and wider PixArt-shaped candidates
+  (`pixart_w256_d8`, ...), trained by `benchmarks/denoiser_candidates.py` into `build/candidates/`;
 - the paper's models `pixart_alpha`, `pixart_sigma`, `hunyuan_dit`, `sdxl`, `sdv15`, `dit_xl2`
   (`qsd.models.paper`), loaded only from local diffusers directories;
 - `random_<arch>`: the random-init tiny architectures of `qsd.models.random_init` (denoiser only, for tests).
@@ -34,7 +35,8 @@ _RANDOM = tuple(
                f"random-init tiny {arch} (qsd.models.random_init); denoiser only")
     for arch in RANDOM_ARCHITECTURES
 )
-ENTRIES: dict[str, ModelEntry] = {e.model_id: e for e in (*embedded.ENTRIES, *paper.ENTRIES, *_RANDOM)}
+ENTRIES: dict[str, ModelEntry] = {e.model_id: e for e in (*embedded.ENTRIES, *embedded.CANDIDATE_ENTRIES,
+                                                           *paper.ENTRIES, *_RANDOM)}
 MODEL_IDS = tuple(ENTRIES)
 
 

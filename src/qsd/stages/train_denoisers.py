@@ -10,7 +10,9 @@ the sweep table (guidance_sweep.csv), a sweep figure and a sample grid at the en
 With `retrain=True` it retrains the denoiser (resumable) and the classifier and overwrites the shipped checkpoints.
 `smoke=True` trains a few steps into the stage folder (never touching `data/checkpoints/`) and measures the
 shipped model on a few images (eagerly, at two scales and the entry's).
-Paper models have nothing to train; the stage records that and returns.
+Paper models have nothing to train; the stage records that and returns. Issue 30's candidates
+(`qsd.embedded.models.CANDIDATE_SHAPES`) are trained by `benchmarks/denoiser_candidates.py`; here they are measured,
+and their sweep is written beside their checkpoint, where their registry entry reads its guidance.
 """
 
 from __future__ import annotations
@@ -27,8 +29,18 @@ from tqdm.auto import tqdm
 
 from qsd.embedded import digits
 from qsd.embedded.classifier import classifier_path, classifier_record, save_classifier, train_classifier
-from qsd.embedded.models import EMBEDDED_BUILDERS, checkpoint_metadata, checkpoint_path, load_embedded, save_checkpoint
+from qsd.embedded.models import (
+    CANDIDATE_SHAPES,
+    EMBEDDED_BUILDERS,
+    GUIDANCE_TABLE,
+    checkpoint_dir,
+    checkpoint_metadata,
+    checkpoint_path,
+    load_embedded,
+    save_checkpoint,
+)
 from qsd.embedded.training import TrainSettings, train_denoiser
+from qsd.errors import InvalidSettingError
 from qsd.files import atomic_write
 from qsd.metrics.fid import fid_scorer
 from qsd.metrics.prompt_accuracy import prompt_accuracy
@@ -44,8 +56,6 @@ STAGE = DENOISERS
 TRAIN_STEPS = {"tiny_pixart": 6000, "tiny_dit": 4000, "tiny_sd": 1200}
 """Training steps (batch 64) of the shipped checkpoints."""
 GUIDANCE_GRID = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
-GUIDANCE_TABLE = "guidance_sweep.csv"
-"""Shipped beside the checkpoints: the sweep each embedded entry's guidance was chosen from."""
 
 
 @dataclass(frozen=True)
@@ -112,10 +122,15 @@ def _train(settings: Settings, directory: Path) -> dict:
 def run(settings: Settings) -> Result:
     settings = settings.effective()
     directory = settings.output_dir(STAGE)
-    if settings.model_id not in EMBEDDED_BUILDERS:
+    candidate = settings.model_id in CANDIDATE_SHAPES
+    if settings.model_id not in EMBEDDED_BUILDERS and not candidate:
         summary = {"trained": False, "reason": f"{settings.model_id} is not an embedded model; nothing to train"}
         write_run_record(directory, settings, summary)
         return Result(settings, directory, summary, None)
+    if candidate and settings.retrain and not settings.smoke:
+        raise InvalidSettingError(f"{settings.model_id} is an issue-30 candidate: train it with "
+                                  "benchmarks/denoiser_candidates.py (retrain=True also retrains the shipped "
+                                  "digit classifier, which every embedded model's FID uses)")
     trained = _train(settings, directory) if settings.retrain else None
     model = load_model(settings.model_id)  # the shipped (or, after a full retrain, the new) checkpoint
     backend = feature_backend(model.entry.fid_reference)
@@ -137,6 +152,8 @@ def run(settings: Settings) -> Result:
     sweep.to_csv(directory / "guidance_sweep.csv", index=False)
     if trained is not None and trained["denoiser"]["complete"]:  # a new checkpoint ships with its own sweep
         ship_guidance_sweep(settings.model_id, sweep, _checkpoint_dir(settings, directory))
+    elif candidate and not settings.smoke:  # a candidate's entry takes its guidance from its own sweep
+        ship_guidance_sweep(settings.model_id, sweep, checkpoint_dir(settings.model_id))
     best = sweep.loc[sweep["fid"].idxmin()]
     heldout = digits.load_digits("heldout")[0]
     path = checkpoint_path(settings.model_id)
