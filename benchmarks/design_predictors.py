@@ -27,11 +27,11 @@ from qsd.errors import InvalidSettingError
 from qsd.run_folder import LABELS, RunFolder
 from qsd.search.predictor_choice import fit_predictors, validation_table
 from qsd.stages.build_configs import PredictorRecipe
+from qsd.store import TEST_KIND, labelled
 
 
 def rows(run: RunFolder, kind: str) -> pd.DataFrame:
-    labels = run.labels()
-    return labels[(labels["kind"] == kind) & labels["fid"].notna()].sort_values("sample_index")
+    return labelled(run.labels(), [kind]).sort_values("sample_index")
 
 
 def numbers(table: pd.DataFrame) -> dict:
@@ -55,7 +55,7 @@ def main() -> None:
         raise InvalidSettingError(f"both runs must share one search space; got {spaces}")
     random_rows = [rows(run, "random") for run in runs]
     n = min(len(r) for r in random_rows)
-    tests = pd.concat([rows(run, "test") for run in runs], ignore_index=True).drop_duplicates("fingerprint")
+    tests = pd.concat([rows(run, TEST_KIND) for run in runs], ignore_index=True).drop_duplicates("fingerprint")
     if tests.empty:
         raise InvalidSettingError("neither run has a test stream; run notebook 02 with test_configs > 0")
     test_configs = [QuantConfig.loads(c) for c in tests["config"]]
@@ -64,11 +64,11 @@ def main() -> None:
     result = {"model": args.model_id, "space": spaces[runs[0].run_id], "labels_each": n, "max_bits": args.max_bits,
               "test_configs": len(tests), "test_at_most_max_bits": int((tests["avg_bits"] <= args.max_bits).sum()),
               "runs": {}}
-    for run, labelled in zip(runs, random_rows, strict=True):
-        labelled = labelled.iloc[:n]
+    for run, training in zip(runs, random_rows, strict=True):
+        training = training.iloc[:n]
         print(f"{run.run_id}: fitting on {n} labels", file=sys.stderr)
-        configs = [QuantConfig.loads(c) for c in labelled["config"]]
-        fids, bits = labelled["fid"].to_numpy(float), labelled["avg_bits"].to_numpy(float)
+        configs = [QuantConfig.loads(c) for c in training["config"]]
+        fids, bits = training["fid"].to_numpy(float), training["avg_bits"].to_numpy(float)
         fitted = fit_predictors(graph, option_table, configs, fids, args.folds, recipe.predictor,
                                 recipe.training(args.epochs, args.seed), args.seed)
         predicted = {name: predict(test_configs) for name, predict in fitted.predict.items()}

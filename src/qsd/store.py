@@ -29,12 +29,18 @@ SCHEMA_VERSION = 1
 METRICS = ("fid", "prompt_accuracy", "clip_score", "sample_mse", "eps_error", "avg_bits", "quantized_bytes",
            "summed_error", "seconds")
 """Metric columns (NULL where a model has no such metric, e.g. prompt accuracy for the paper's models)."""
-KINDS = ("float", "uniform", "random", "imported", "constructed", "test")
+TEST_KIND = "test"
+KINDS = ("float", "uniform", "random", "imported", "constructed", TEST_KIND)
 """Label kinds: the reference rows, random configurations, rows imported from elsewhere, configurations built by
 stage 05 (their `name` says how) and stage 02's test stream (never trained on, never used to choose anything)."""
-DATASET_KINDS = tuple(kind for kind in KINDS if kind not in ("constructed", "test"))
+DATASET_KINDS = tuple(kind for kind in KINDS if kind not in ("constructed", TEST_KIND))
 """Every kind but stage 05's constructed rows and the test stream: the rows stage 02's summary and figures describe
 and predictors may train on."""
+
+
+def labelled(labels: pd.DataFrame, kinds: Iterable[str]) -> pd.DataFrame:
+    """The rows of `labels` (a store's table) of `kinds` that have a FID, in store order, renumbered from 0."""
+    return labels[labels["kind"].isin(list(kinds)) & labels["fid"].notna()].reset_index(drop=True)
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,7 @@ from qsd.search.pareto import dominated_fraction, pareto_front
 from qsd.search.predictor_choice import AUTO, CHOICES, PREDICTORS
 from qsd.search.scores import LEVELS
 from qsd.stages import StageSettings
+from qsd.store import TEST_KIND, labelled
 
 STAGE = CONFIGS
 DEFAULT_BUDGETS = (3.3, 3.4, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0)
@@ -310,7 +311,7 @@ def start_candidates(labels: pd.DataFrame, labelled_here: set[str]) -> list[Cand
 
 def test_stream(labels: pd.DataFrame) -> HeldOutStream | None:
     """Stage 02's test stream (kind `test`), or None when the run labelled none."""
-    rows = labels[(labels["kind"] == "test") & labels["fid"].notna()]
+    rows = labelled(labels, [TEST_KIND])
     if rows.empty:
         return None
     return HeldOutStream([QuantConfig.loads(c) for c in rows["config"]], rows["fid"].to_numpy(dtype=float),

@@ -52,7 +52,7 @@ from qsd.run_folder import LABELS, RunFolder
 from qsd.sampling import AUTO_DTYPE, resolve_compute_dtype
 from qsd.space import search_space
 from qsd.stages import SamplingSettings
-from qsd.store import DATASET_KINDS, LabelStore
+from qsd.store import DATASET_KINDS, TEST_KIND, LabelStore
 
 STAGE = LABELS
 PROXIES = ("sample_mse", "eps_error", "summed_error")
@@ -148,7 +148,7 @@ def random_jobs(sampler: ConfigSampler, seed: int, n: int) -> list[LabelJob]:
 
 def test_jobs(sampler: ConfigSampler, seed: int, n: int) -> list[LabelJob]:
     """Test-stream configurations 0..n-1: the same design, seed stream `TEST_STREAM` (`stream_generator`)."""
-    return [LabelJob(sampler(stream_generator(seed, i, TEST_STREAM), i), "test", f"test {i}", i) for i in range(n)]
+    return [LabelJob(sampler(stream_generator(seed, i, TEST_STREAM), i), TEST_KIND, f"test {i}", i) for i in range(n)]
 
 
 def run(settings: Settings) -> Result:
@@ -161,7 +161,7 @@ def run(settings: Settings) -> Result:
     sampler = config_sampler(settings.design, multiquantizer, settings.design_bits)
     labels = session.label(reference_jobs(multiquantizer) + random_jobs(sampler, settings.seed, settings.n_configs)
                            + test_jobs(sampler, settings.seed, settings.test_configs))
-    tests = int((labels["kind"] == "test").sum())
+    tests = int((labels["kind"] == TEST_KIND).sum())
     labels = labels[labels["kind"].isin(DATASET_KINDS)].reset_index(drop=True)
     float_fids = float_seed_fids(directory, session, settings.float_seeds)
     table = regime_table(labels, float_fids)

@@ -50,7 +50,7 @@ from qsd.predictor.yardsticks import YARDSTICKS, evaluate_yardsticks, fold_mean_
 from qsd.provenance import write_run_record
 from qsd.run_folder import GRAPH_FILE, PREDICTOR, RunFolder, predictor_variant
 from qsd.stages import StageSettings
-from qsd.store import DATASET_KINDS, KINDS
+from qsd.store import DATASET_KINDS, KINDS, TEST_KIND, labelled
 
 STAGE = PREDICTOR
 
@@ -144,8 +144,7 @@ def load_dataset(model_id: str, run_id: str, kinds: tuple[str, ...] = ("random",
     """Stage 02's labels of `kinds` with their configurations, stage 01's multiquantizer and the traced graph."""
     run = RunFolder(model_id, run_id)
     stored = run.labels()
-    labels = stored[stored["kind"].isin(kinds) & stored["fid"].notna()].reset_index(drop=True)
-    tests = stored[(stored["kind"] == "test") & stored["fid"].notna()].reset_index(drop=True)
+    labels, tests = labelled(stored, kinds), labelled(stored, [TEST_KIND])
     if len(labels) < 4:
         raise MissingFileError(f"stage 02 of run {run_id!r} has {len(labels)} labelled configurations of kinds "
                                f"{list(kinds)}; the predictor needs at least 4 (run notebook 02 with more n_configs)")
