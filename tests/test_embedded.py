@@ -1,6 +1,8 @@
 """The embedded defaults: data splits, captions, registry, checkpoints, training resume."""
 
 import dataclasses
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,8 @@ from qsd.models import DEFAULT_MODEL_ID, get_entry, load_model, registry
 from qsd.paths import project_root
 from qsd.stages import label_configs, train_denoisers
 from qsd.stages import multiquantizer as multiquantizer_stage
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_digits_are_mlxtends_numbers():
@@ -130,6 +134,23 @@ def test_a_candidate_takes_the_guidance_of_its_own_sweep(tmp_path, monkeypatch):
     assert candidate_entry("pixart_w384_d8").sampler.guidance == get_entry("tiny_pixart").sampler.guidance
     with pytest.raises(InvalidSettingError, match="benchmarks/denoiser_candidates.py"):
         train_denoisers.run(train_denoisers.Settings(model_id="pixart_w256_d8", retrain=True))
+
+
+def test_the_candidate_rule_by_hand():
+    """Issue 30's step 3 (`benchmarks/denoiser_candidates.py`): most checks among the eligible, then the best-W4 ratio
+    closest to 1, then the cheaper labelling; nobody unless it beats tiny_pixart's count."""
+    spec = importlib.util.spec_from_file_location("candidates", ROOT / "benchmarks" / "denoiser_candidates.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def m(met, ratio=1.5, seconds=1.0, eligible=True):
+        return {"met": met, "best_w4_fid_ratio": ratio, "label_seconds": seconds, "eligible": eligible}
+
+    assert bench.choose({"tiny_pixart": m(2), "a": m(3), "b": m(4, eligible=False)}) == "a"
+    assert bench.choose({"tiny_pixart": m(2), "a": m(3, 1.6), "b": m(3, 1.2), "c": m(3, 0.9, 0.5)}) == "c"
+    assert bench.choose({"tiny_pixart": m(2), "a": m(3, 1.2, 2.0), "b": m(3, 1.2, 1.5)}) == "b"
+    assert bench.choose({"tiny_pixart": m(3), "a": m(3), "b": m(1)}) is None
+    assert bench.choose({"tiny_pixart": m(0), "a": m(4, eligible=False)}) is None
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path):
