@@ -134,6 +134,7 @@ def test_a_candidate_takes_the_guidance_of_its_own_sweep(tmp_path, monkeypatch):
     assert candidate_entry("pixart_w384_d8").sampler.guidance == get_entry("tiny_pixart").sampler.guidance
     with pytest.raises(InvalidSettingError, match="benchmarks/denoiser_candidates.py"):
         train_denoisers.run(train_denoisers.Settings(model_id="pixart_w256_d8", retrain=True))
+    assert not (tmp_path / "data" / "runs").exists(), "the refused run wrote nothing"
 
 
 def test_the_candidate_rule_by_hand():

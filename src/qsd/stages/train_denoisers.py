@@ -121,16 +121,16 @@ def _train(settings: Settings, directory: Path) -> dict:
 
 def run(settings: Settings) -> Result:
     settings = settings.effective()
-    directory = settings.output_dir(STAGE)
     candidate = settings.model_id in CANDIDATE_SHAPES
-    if settings.model_id not in EMBEDDED_BUILDERS and not candidate:
-        summary = {"trained": False, "reason": f"{settings.model_id} is not an embedded model; nothing to train"}
-        write_run_record(directory, settings, summary)
-        return Result(settings, directory, summary, None)
     if candidate and settings.retrain and not settings.smoke:
         raise InvalidSettingError(f"{settings.model_id} is an issue-30 candidate: train it with "
                                   "benchmarks/denoiser_candidates.py (retrain=True also retrains the shipped "
                                   "digit classifier, which every embedded model's FID uses)")
+    directory = settings.output_dir(STAGE)
+    if settings.model_id not in EMBEDDED_BUILDERS and not candidate:
+        summary = {"trained": False, "reason": f"{settings.model_id} is not an embedded model; nothing to train"}
+        write_run_record(directory, settings, summary)
+        return Result(settings, directory, summary, None)
     trained = _train(settings, directory) if settings.retrain else None
     model = load_model(settings.model_id)  # the shipped (or, after a full retrain, the new) checkpoint
     backend = feature_backend(model.entry.fid_reference)
