@@ -45,7 +45,6 @@ from qsd.files import atomic_write
 from qsd.metrics.fid import fid_scorer
 from qsd.metrics.prompt_accuracy import prompt_accuracy
 from qsd.models import feature_backend, get_entry, load_model
-from qsd.paths import project_root
 from qsd.plotting import new_figure, savefig
 from qsd.provenance import write_run_record
 from qsd.run_folder import DENOISERS
@@ -102,7 +101,7 @@ class Result:
 
 
 def _checkpoint_dir(settings: Settings, directory: Path) -> Path:
-    return directory / "checkpoints" if settings.smoke else project_root() / "data" / "checkpoints"
+    return directory / "checkpoints" if settings.smoke else checkpoint_dir(settings.model_id)
 
 
 def _train(settings: Settings, directory: Path) -> dict:
@@ -150,10 +149,9 @@ def run(settings: Settings) -> Result:
             images, at_entry = sampled, rows[-1]
     sweep = pd.DataFrame(rows)
     sweep.to_csv(directory / "guidance_sweep.csv", index=False)
-    if trained is not None and trained["denoiser"]["complete"]:  # a new checkpoint ships with its own sweep
+    # a new checkpoint ships with its own sweep; a candidate's entry takes its guidance from its own sweep
+    if (trained is not None and trained["denoiser"]["complete"]) or (candidate and not settings.smoke):
         ship_guidance_sweep(settings.model_id, sweep, _checkpoint_dir(settings, directory))
-    elif candidate and not settings.smoke:  # a candidate's entry takes its guidance from its own sweep
-        ship_guidance_sweep(settings.model_id, sweep, checkpoint_dir(settings.model_id))
     best = sweep.loc[sweep["fid"].idxmin()]
     heldout = digits.load_digits("heldout")[0]
     path = checkpoint_path(settings.model_id)
